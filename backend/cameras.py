@@ -1,0 +1,157 @@
+"""Orbit cameras around the origin, DreamFusion-style random sampling and view-dependent prompts.
+
+World frame: right-handed, z up (Blender's). Cameras follow the OpenGL convention: they look down their
+local −z axis with +y up. Azimuth 0° is the front (camera on −y looking towards +y, like Blender's front
+view), 90° the object's right side; elevation is measured up from the horizontal plane.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from backend.errors import ConfigError
+
+
+@dataclass
+class CameraConfig:
+    """Ranges sampled uniformly per step (Latent-NeRF / DreamFusion defaults)."""
+
+    radius_range: tuple[float, float] = (1.0, 1.5)
+    fov_range: tuple[float, float] = (40.0, 70.0)  # vertical field of view, degrees
+    elevation_range: tuple[float, float] = (-10.0, 80.0)  # degrees
+    azimuth_range: tuple[float, float] = (-180.0, 180.0)  # degrees
+    front_angle: float = 70.0  # width of the "front" and "back" sectors, degrees
+    overhead_angle: float = 30.0  # elevations above 90° − this are "overhead"
+
+    def validate(self) -> None:
+        for name in ("radius_range", "fov_range", "elevation_range", "azimuth_range"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+                raise ConfigError(f"camera.{name} = {(lo, hi)} is not a finite (low, high) range")
+        if self.radius_range[0] <= 0:
+            raise ConfigError("camera.radius_range must be positive", "cameras orbit at a distance > 0")
+        if not (self.fov_range[0] > 0 and self.fov_range[1] < 180):
+            raise ConfigError("camera.fov_range must lie inside (0, 180) degrees")
+        if not (self.elevation_range[0] >= -90 and self.elevation_range[1] <= 90):
+            raise ConfigError("camera.elevation_range must lie inside [-90, 90] degrees")
+
+
+@dataclass
+class Cameras:
+    """A batch of pinhole cameras looking at the origin."""
+
+    c2w: torch.Tensor  # [B, 4, 4] camera-to-world
+    fov: torch.Tensor  # [B] vertical field of view, radians
+    elevation: torch.Tensor  # [B] degrees
+    azimuth: torch.Tensor  # [B] degrees, in [-180, 180)
+    radius: torch.Tensor  # [B]
+
+    @property
+    def batch(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.c2w.device
+
+    @staticmethod
+    def orbit(
+        elevation: torch.Tensor | float,
+        azimuth: torch.Tensor | float,
+        radius: torch.Tensor | float,
+        fov: torch.Tensor | float,
+        device: torch.device | str = "cpu",
+    ) -> Cameras:
+        """Cameras on a sphere around the origin; angles in degrees."""
+        el, az, r, fv = (torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1)
+                         for v in (elevation, azimuth, radius, fov))
+        el, az, r, fv = torch.broadcast_tensors(el, az, r, fv)
+        e, a = torch.deg2rad(el), torch.deg2rad(az)
+        position = torch.stack([torch.cos(e) * torch.sin(a), -torch.cos(e) * torch.cos(a), torch.sin(e)], -1)
+        position = position * r[:, None]
+        back = position / r[:, None]  # camera +z points away from the target
+        world_up = torch.tensor([0.0, 0.0, 1.0], device=device).expand_as(back)
+        right = torch.linalg.cross(world_up, back)
+        # straight above or below: any horizontal right vector will do
+        degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
+        right = torch.where(degenerate, torch.tensor([1.0, 0.0, 0.0], device=device).expand_as(back), right)
+        right = right / right.norm(dim=-1, keepdim=True)
+        up = torch.linalg.cross(back, right)
+        c2w = torch.eye(4, device=device).repeat(len(r), 1, 1)
+        c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2], c2w[:, :3, 3] = right, up, back, position
+        wrapped = torch.remainder(az + 180.0, 360.0) - 180.0
+        return Cameras(c2w=c2w, fov=torch.deg2rad(fv), elevation=el, azimuth=wrapped, radius=r)
+
+    def focal(self, size: int) -> torch.Tensor:
+        """Focal length in pixels for a square image of `size` pixels."""
+        return size / (2 * torch.tan(self.fov / 2))
+
+    def rays(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Origins and unit directions [B, size, size, 3] through pixel centres (row 0 at the top)."""
+        pix = torch.arange(size, device=self.device, dtype=torch.float32) + 0.5 - size / 2
+        f = self.focal(size)[:, None, None]
+        y, x = torch.meshgrid(-pix, pix, indexing="ij")
+        d_cam = torch.stack([x.expand(self.batch, -1, -1) / f, y.expand(self.batch, -1, -1) / f,
+                             -torch.ones(self.batch, size, size, device=self.device)], -1)
+        d = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], d_cam)
+        d = d / d.norm(dim=-1, keepdim=True)
+        o = self.c2w[:, None, None, :3, 3].expand_as(d)
+        return o, d
+
+    def mvp(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
+        """OpenGL model-view-projection matrices [B, 4, 4] (square images)."""
+        w2c = torch.linalg.inv(self.c2w)
+        t = 1.0 / torch.tan(self.fov / 2)
+        proj = torch.zeros(self.batch, 4, 4, device=self.device)
+        proj[:, 0, 0] = t
+        proj[:, 1, 1] = t
+        proj[:, 2, 2] = -(far + near) / (far - near)
+        proj[:, 2, 3] = -2 * far * near / (far - near)
+        proj[:, 3, 2] = -1.0
+        return proj @ w2c
+
+    def view_labels(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> list[str]:
+        """DreamFusion's view-dependent prompt suffixes: front, side, back or overhead."""
+        labels = []
+        for el, az in zip(self.elevation.tolist(), self.azimuth.tolist(), strict=True):
+            if el >= 90.0 - overhead_angle:
+                labels.append("overhead")
+            elif abs(az) < front_angle / 2:
+                labels.append("front")
+            elif abs(az) > 180.0 - front_angle / 2:
+                labels.append("back")
+            else:
+                labels.append("side")
+        return labels
+
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+class CameraSampler:
+    """Draws random orbit cameras from a `CameraConfig` with a seeded generator."""
+
+    def __init__(self, config: CameraConfig, generator: torch.Generator, device: torch.device | str) -> None:
+        config.validate()
+        self.config = config
+        self.generator = generator
+        self.device = device
+
+    def _uniform(self, lo: float, hi: float, n: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=self.generator)
+
+    def sample(self, batch: int = 1) -> Cameras:
+        c = self.config
+        # elevation uniform on the sphere's area, not in angle, so overhead views are not oversampled
+        s_lo, s_hi = (math.sin(math.radians(v)) for v in c.elevation_range)
+        elevation = torch.rad2deg(torch.asin(self._uniform(s_lo, s_hi, batch)))
+        return Cameras.orbit(
+            elevation=elevation,
+            azimuth=self._uniform(*c.azimuth_range, batch),
+            radius=self._uniform(*c.radius_range, batch),
+            fov=self._uniform(*c.fov_range, batch),
+            device=self.device,
+        )

@@ -1,0 +1,41 @@
+"""Export settings and their checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from backend.errors import ConfigError
+from backend.mesh import MAX_FACES
+
+
+@dataclass
+class ExportConfig:
+    grid_resolution: int = 256  # marching-cubes samples per axis over [-bound, bound]^3
+    density_threshold: float = 10.0  # the iso-level: the surface is where density crosses it
+    max_faces: int = 50_000  # simplify above this budget
+    texture_size: int = 1024  # baked texture is texture_size × texture_size
+    bound: float = 1.0  # half-extent of the sampled cube in the unit frame
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for a value of the wrong type, non-finite or out of range."""
+        _check_int("grid_resolution", self.grid_resolution, 8, 1024)  # 1024^3 floats is already 4 GB
+        _check_int("max_faces", self.max_faces, 100, MAX_FACES)
+        _check_int("texture_size", self.texture_size, 16, 8192)
+        _check_float("density_threshold", self.density_threshold)
+        _check_float("bound", self.bound)
+        if self.bound <= 0:
+            raise ConfigError(f"export.bound must be positive, got {self.bound}")
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    # bool is an int subclass, but `True` as a resolution is always a mistake
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"export.{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"export.{name} must be between {lo:,} and {hi:,}, got {value:,}")
+
+
+def _check_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"export.{name} must be a finite number, got {value!r}")

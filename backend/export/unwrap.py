@@ -1,0 +1,23 @@
+"""UV atlas generation with xatlas."""
+
+from __future__ import annotations
+
+import numpy as np
+import xatlas
+
+from backend.mesh import Mesh
+
+
+def unwrap(mesh: Mesh, texture_size: int) -> Mesh:
+    """`mesh` with per-vertex UVs in [0, 1]; vertices on chart seams are duplicated, positions unchanged."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(mesh.vertices, np.float32),
+                   np.ascontiguousarray(mesh.faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = texture_size
+    # gutters between charts, so bilinear filtering and the first mip levels stay inside a chart's colours
+    pack.padding = max(2, texture_size // 256)
+    atlas.generate(pack_options=pack)
+    vmapping, faces, uvs = atlas[0]
+    return mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
+                          uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)

@@ -1,0 +1,48 @@
+"""Guidance registry: `sd:MODEL` (Stable Diffusion) or `target:MESH` (the analytic known-answer prior)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from backend.errors import ConfigError
+from backend.guidance.base import Guidance, Prompt
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def default_model() -> str:
+    """`LATENTFORGE_MODEL` if set (a hub id, a diffusers folder or a .safetensors file), else SD 1.5."""
+    return os.environ.get("LATENTFORGE_MODEL") or DEFAULT_MODEL
+
+
+def build_guidance(spec: str, device: torch.device | str = "cpu") -> Guidance:
+    """Build a guidance from `sd:MODEL`, `target:PATH` or a bare model (taken as `sd:`)."""
+    kind, sep, arg = spec.partition(":")
+    if not sep or kind not in GUIDANCES:
+        # a bare hub id or path, e.g. "runwayml/stable-diffusion-v1-5" or "C:\\models\\sd15.safetensors"
+        kind, arg = "sd", spec
+    if not arg:
+        if kind == "sd":
+            arg = default_model()
+        else:
+            raise ConfigError(f"guidance {spec!r} names no file", "write target:PATH/TO/MESH.glb")
+    return GUIDANCES[kind](arg, torch.device(device))
+
+
+def _sd(arg: str, device: torch.device) -> Guidance:
+    from backend.guidance.stable_diffusion import StableDiffusionGuidance
+
+    return StableDiffusionGuidance.load(arg, device=device)
+
+
+def _target(arg: str, device: torch.device) -> Guidance:
+    from backend.guidance.target import TargetGuidance
+
+    return TargetGuidance.from_file(arg, device=device)
+
+
+GUIDANCES = {"sd": _sd, "target": _target}
+
+__all__ = ["DEFAULT_MODEL", "GUIDANCES", "Guidance", "Prompt", "build_guidance", "default_model"]

@@ -1,0 +1,84 @@
+"""What every 2D prior offers the optimisation loop.
+
+A guidance owns its noise schedule (a diffusers scheduler), its image↔latent maps and its noise
+prediction. Objectives (SDS, HiFA's BGT) only call these methods, so a new prior is one new file.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from backend.cameras import Cameras
+from backend.mesh import Frame
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    negative: str = ""
+    view_dependent: bool = True  # append "front view" / "side view" / ... by camera
+
+    def for_view(self, view: str) -> str:
+        return f"{self.text}, {view} view" if self.view_dependent else self.text
+
+
+class Guidance(ABC):
+    """A 2D diffusion prior (or an analytic stand-in for one)."""
+
+    #: a diffusers scheduler: `alphas_cumprod`, `config.num_train_timesteps`, `add_noise`, `set_timesteps`, `step`
+    scheduler = None
+    device: torch.device = torch.device("cpu")
+    #: size in pixels of the images `encode` expects (SD 1.x: 512) and of the latent it returns
+    image_size: int = 512
+    latent_size: int = 64
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ_t for t = 0 … T−1, float32 on the guidance's device."""
+        cached = getattr(self, "_alphas_cumprod", None)
+        if cached is None:
+            cached = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+            self._alphas_cumprod = cached
+        return cached
+
+    def prepare(self, prompt: Prompt) -> None:  # noqa: B027 - optional hook
+        """Called once per job before the first step: precompute what depends only on the prompt."""
+
+    @abstractmethod
+    def predict_noise(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        prompt: Prompt,
+        cameras: Cameras,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """ε̂(z_t; y, t) with classifier-free guidance, as float32 [B, 4, h, w]. Never differentiated."""
+
+    @abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB [B, 3, H, W] in [0, 1] → latents [B, 4, h, w], differentiable."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, 4, h, w] → RGB [B, 3, H, W] in [0, 1], differentiable."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def suggested_frame(self) -> Frame | None:
+        """Where the asset should sit when no sketch defines it (an analytic target knows)."""
+        return None
+
+
+def v_to_epsilon(v: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Convert a v-prediction into a noise prediction: ε = √ᾱ·v + √(1−ᾱ)·z_t."""
+    a = alpha_bar.reshape(-1, *([1] * (z_t.dim() - 1)))
+    return a.sqrt() * v + (1 - a).sqrt() * z_t

@@ -1,0 +1,290 @@
+"""Stable Diffusion 1.x / 2.x as the 2D prior, loaded with diffusers.
+
+Only what score distillation needs is kept: the U-Net (noise prediction with classifier-free guidance),
+the VAE (image↔latent, differentiable), the CLIP text encoder and tokenizer (prompt embeddings, computed
+once per distinct string) and the noise schedule, as a `DDIMScheduler` built from the checkpoint's own
+scheduler config so that ᾱ_t and the prediction type (ε or v) are the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from backend.cameras import VIEWS, Cameras
+from backend.errors import InputError, ModelNotFoundError
+from backend.guidance.base import Guidance, Prompt, v_to_epsilon
+
+# huggingface_hub reads these once, when first imported: keep a download attempt with no network short
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")
+
+from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
+from diffusers.loaders.single_file_utils import SingleFileComponentError  # noqa: E402
+from huggingface_hub import constants as hub_constants  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+CONFIG_ENV = "LATENTFORGE_SD_CONFIG"
+MODEL_HINT = (
+    "point --model (or LATENTFORGE_MODEL) at a local diffusers folder (one with model_index.json) or a "
+    "single .safetensors/.ckpt checkpoint; a hub id is downloaded once into the Hugging Face cache and "
+    "needs network access that time"
+)
+# what a failed load raises: hub and file errors are OSErrors, bad repo ids ValueErrors
+_LOAD_ERRORS = (OSError, ValueError)
+
+
+class StableDiffusionGuidance(Guidance):
+    """ε̂(z_t; y, t) from a Stable Diffusion U-Net with classifier-free guidance.
+
+    Build it with `StableDiffusionGuidance.load(model)`; the constructor takes loaded components.
+    """
+
+    def __init__(self, pipe: StableDiffusionPipeline, device: torch.device | str, name: str) -> None:
+        self.device = torch.device(device)
+        self.name = name
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.text_encoder = pipe.text_encoder
+        self.tokenizer = pipe.tokenizer
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(self.device).eval().requires_grad_(False)
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.prediction_type = str(self.scheduler.config.prediction_type)
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise InputError(
+                f"model {name!r} predicts {self.prediction_type!r}",
+                "score distillation needs an epsilon or v_prediction checkpoint (SD 1.x / 2.x)",
+            )
+        sample_size = self.vae.config.sample_size
+        self.image_size = int(sample_size[0] if isinstance(sample_size, (list, tuple)) else sample_size)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.latent_size = self.image_size // self.vae_scale_factor
+        self._embeddings: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        config: str | os.PathLike | None = None,
+    ) -> StableDiffusionGuidance:
+        """Load Stable Diffusion from a hub id, a diffusers folder or a single checkpoint file.
+
+        - hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"): the Hugging Face cache first, then
+          a download;
+        - a folder with model_index.json: loaded as it is, never touching the network;
+        - a single `.safetensors` / `.ckpt` file in the original LDM layout (as on civitai and the original
+          SD releases): `from_single_file`, which needs the matching diffusers configs. They come from
+          `config` (a diffusers folder or hub id of the same architecture), else from the folder named by
+          the environment variable LATENTFORGE_SD_CONFIG, else from the hub repo diffusers infers from
+          the checkpoint (cached, or downloaded). Offline, pass `config` or set LATENTFORGE_SD_CONFIG.
+
+        Weights are float16 on CUDA and float32 elsewhere unless `dtype` says otherwise. Raises
+        `ModelNotFoundError` when the weights are neither on disk nor downloadable, `InputError` when a
+        file is not a Stable Diffusion checkpoint.
+        """
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        name = os.fspath(model)
+        path = Path(name).expanduser()
+        if path.is_file():
+            pipe = _load_single_file(path, dtype, config)
+        elif path.is_dir():
+            _require_diffusers_folder(path, "model")
+            pipe = _load(StableDiffusionPipeline.from_pretrained, str(path), dtype, local_only=True,
+                         not_found=lambda why: ModelNotFoundError(
+                             f"could not load Stable Diffusion from {path}: {why}", MODEL_HINT))
+        elif _looks_like_path(name):
+            raise ModelNotFoundError(f"no model file or folder at {path}", MODEL_HINT)
+        else:
+            pipe = _load(StableDiffusionPipeline.from_pretrained, name, dtype, local_only=False,
+                         not_found=lambda why: ModelNotFoundError(
+                             f"Stable Diffusion model {name!r} is not in the Hugging Face cache "
+                             f"({hub_constants.HF_HUB_CACHE}) and could not be downloaded: {why}",
+                             MODEL_HINT))
+        return cls(pipe, device, name)
+
+    # -- prompts ---------------------------------------------------------------------------------------
+
+    def prepare(self, prompt: Prompt) -> None:
+        """Encode the negative prompt and the prompt for every view once, in one text-encoder call."""
+        texts = [prompt.negative] + [prompt.for_view(v) for v in VIEWS]
+        self._encode_missing(texts)
+
+    def _encode_missing(self, texts: list[str]) -> None:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
+        if not missing:
+            return
+        max_length = self.tokenizer.model_max_length
+        tokens = self.tokenizer(missing, padding="max_length", max_length=max_length, truncation=True,
+                                return_tensors="pt")
+        for text in missing:
+            if len(self.tokenizer(text).input_ids) > max_length:
+                log.warning("prompt %r is longer than %d tokens; its end is ignored", text, max_length)
+        # SD's own pipelines pass the attention mask only to text encoders trained with one (few are)
+        mask = tokens.attention_mask.to(self.device) if getattr(
+            self.text_encoder.config, "use_attention_mask", False) else None
+        with torch.no_grad():
+            hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        self._embeddings.update(zip(missing, hidden, strict=True))
+
+    def _embeddings_for(self, texts: list[str]) -> torch.Tensor:
+        self._encode_missing(texts)
+        return torch.stack([self._embeddings[t] for t in texts])
+
+    # -- the prior -------------------------------------------------------------------------------------
+
+    def predict_noise(
+        self,
+        z_t: torch.Tensor,
+        t: torch.Tensor,
+        prompt: Prompt,
+        cameras: Cameras,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        batch = z_t.shape[0]
+        if cameras.batch != batch:
+            raise ValueError(f"{cameras.batch} cameras for {batch} latents")
+        views = cameras.view_labels() if prompt.view_dependent else [""] * batch
+        cond = self._embeddings_for([prompt.for_view(v) for v in views])
+        uncond = self._embeddings_for([prompt.negative]).expand_as(cond)
+        t = torch.as_tensor(t, device=self.device).reshape(-1).expand(batch)
+        with torch.no_grad():
+            z_in = z_t.detach().to(self.device, self.unet.dtype)
+            out = self.unet(
+                torch.cat([z_in, z_in]),
+                torch.cat([t, t]),
+                encoder_hidden_states=torch.cat([uncond, cond]).to(self.unet.dtype),
+            ).sample.float()
+            out_uncond, out_cond = out.chunk(2)
+            guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+            if self.prediction_type == "v_prediction":
+                # linear in the model output, so converting after the guidance equals converting each
+                guided = v_to_epsilon(guided, z_t.detach().float(), self.alphas_cumprod[t.long()])
+        return guided
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB [B, 3, H, W] in [0, 1] → latents [B, 4, h, w], scaled as the U-Net expects.
+
+        Uses the posterior mean, not a sample: deterministic, and SD's posterior variance is negligible.
+        """
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
+        x = (2 * images - 1).to(self.device, self.vae.dtype)
+        z = self.vae.encode(x).latent_dist.mean
+        return ((z - self._shift) * self.vae.config.scaling_factor).float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, 4, h, w] → RGB [B, 3, H, W] in [0, 1]."""
+        z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor + self._shift
+        x = self.vae.decode(z).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    @property
+    def _shift(self) -> float:
+        # SD 1.x/2.x VAEs have none; later VAEs centre their latents with it
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
+    def describe(self) -> str:
+        dtype = str(self.unet.dtype).removeprefix("torch.")
+        return f"Stable Diffusion {self.name} ({self.prediction_type}, {dtype})"
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        os.sep in name
+        or (os.altsep is not None and os.altsep in name)
+        or name.startswith((".", "~"))
+        or name.lower().endswith(SINGLE_FILE_SUFFIXES)
+    )
+
+
+def _require_diffusers_folder(path: Path, what: str) -> None:
+    if not (path / "model_index.json").is_file():
+        raise ModelNotFoundError(
+            f"the {what} folder {path} has no model_index.json, so it is not a diffusers model folder",
+            MODEL_HINT)
+
+
+def _offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read it again so that setting it later counts
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(hub_constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load(
+    loader: Callable[..., StableDiffusionPipeline],
+    source: str,
+    dtype: torch.dtype,
+    local_only: bool,
+    not_found: Callable[[str], ModelNotFoundError],
+    **kwargs: object,
+) -> StableDiffusionPipeline:
+    """Call a diffusers loader on the local cache first, then (unless local_only or offline) online.
+
+    `not_found(reason)` builds the error a person sees when both fail.
+    """
+    # no safety checker: nothing is generated for people to see, and it would cost a 1.2 GB download
+    kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
+              "torch_dtype": dtype, **kwargs}
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except _LOAD_ERRORS as err:
+        if local_only or _offline():
+            why = "offline mode is on (HF_HUB_OFFLINE)" if _offline() and not local_only else _first_line(err)
+            raise not_found(why) from err
+    try:
+        return loader(source, local_files_only=False, **kwargs)
+    except _LOAD_ERRORS as err:
+        raise not_found(_first_line(err)) from err
+
+
+def _load_single_file(
+    path: Path, dtype: torch.dtype, config: str | os.PathLike | None
+) -> StableDiffusionPipeline:
+    if not path.name.lower().endswith(SINGLE_FILE_SUFFIXES):
+        raise InputError(f"{path} is not a .safetensors or .ckpt checkpoint", MODEL_HINT)
+    config_hint = (f"a single-file checkpoint needs the diffusers configs of its architecture: pass "
+                   f"config= or set {CONFIG_ENV} to a diffusers folder of the same model, e.g. a copy of "
+                   "stable-diffusion-v1-5 (its weights are not needed)")
+    config = os.fspath(config) if config is not None else os.environ.get(CONFIG_ENV) or None
+    local_only = False
+    if config is not None:
+        config_path = Path(config).expanduser()
+        if config_path.is_dir():
+            _require_diffusers_folder(config_path, "config")
+            config, local_only = str(config_path), True
+        elif _looks_like_path(config):
+            raise ModelNotFoundError(f"no config folder at {config_path} for the checkpoint {path}",
+                                     config_hint)
+    where = config or ("the hub repo diffusers infers from the weights, cached in "
+                       f"{hub_constants.HF_HUB_CACHE}")
+    try:
+        # with no local config, diffusers fetches the configs (not the weights) of the inferred hub repo
+        return _load(StableDiffusionPipeline.from_single_file, str(path), dtype, local_only=local_only,
+                     config=config, not_found=lambda why: ModelNotFoundError(
+                         f"could not load the checkpoint {path} with the configs from {where}: {why}",
+                         config_hint))
+    except (SingleFileComponentError, KeyError) as err:
+        raise InputError(
+            f"{path} is not a Stable Diffusion checkpoint in the original (LDM) layout: {_first_line(err)}",
+            "a file saved by diffusers belongs in a diffusers folder; point --model at that folder instead",
+        ) from err

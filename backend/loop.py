@@ -1,0 +1,112 @@
+"""The one optimisation loop every task runs.
+
+A task is a list of stages; each stage knows how to enter itself (switch the scene's mode and build its
+optimiser) and how to compute one step's losses. The loop owns everything else: backward and optimiser
+steps, progress and preview events with an ETA, the cancel flag, and checkpoints that let a killed job
+resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from backend.errors import Cancelled
+from backend.events import EventSink, Progress, StageStarted, ignore
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class Stage:
+    name: str
+    iters: int
+    enter: Callable[[], torch.optim.Optimizer]  # switch the scene into this stage, return its optimiser
+    step: Callable[[int, int], dict[str, torch.Tensor]]  # (step, total) → losses, "total" is minimised
+    preview: Callable[[], np.ndarray] | None = None  # a small RGB uint8 image of the current state
+
+
+@dataclass
+class LoopConfig:
+    checkpoint_every: int = 250  # steps; 0 disables checkpoints
+    preview_every_s: float = 5.0
+
+
+class Checkpointer:
+    """Saves the scene, optimiser and RNG state atomically to one file in a job folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / CHECKPOINT_NAME
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+def run_stages(
+    stages: list[Stage],
+    scene: torch.nn.Module,
+    generator: torch.Generator,
+    config: LoopConfig | None = None,
+    on_event: EventSink = ignore,
+    cancel: threading.Event | None = None,
+    checkpointer: Checkpointer | None = None,
+) -> dict[str, float]:
+    """Run every stage to its end; returns the last step's losses."""
+    config = config or LoopConfig()
+    start_stage, start_step, saved = 0, 0, None
+    if checkpointer is not None and (saved := checkpointer.load()) is not None:
+        start_stage, start_step = int(saved["stage"]), int(saved["step"])
+        scene.load_state_dict(saved["scene"])
+        generator.set_state(saved["generator"])
+    total_steps = sum(s.iters for s in stages)
+    done_before = sum(s.iters for s in stages[:start_stage]) + start_step
+    t0, steps_timed, last_preview = time.perf_counter(), 0, -float("inf")
+    losses: dict[str, float] = {}
+    for index in range(start_stage, len(stages)):
+        stage = stages[index]
+        optimizer = stage.enter()
+        first = start_step if index == start_stage else 0
+        if saved is not None and index == start_stage and "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
+        on_event(StageStarted(stage.name, stage.iters))
+        for step in range(first, stage.iters):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled during {stage.name} at step {step} of {stage.iters}")
+            optimizer.zero_grad(set_to_none=True)
+            parts = stage.step(step, stage.iters)
+            parts["total"].backward()
+            optimizer.step()
+            steps_timed += 1
+            now = time.perf_counter()
+            remaining = total_steps - (done_before + steps_timed)
+            preview = None
+            if stage.preview is not None and now - last_preview >= config.preview_every_s:
+                preview, last_preview = stage.preview(), now
+            losses = {k: float(v.detach()) for k, v in parts.items()}
+            on_event(Progress(stage.name, step + 1, stage.iters, losses,
+                              eta_s=(now - t0) / steps_timed * remaining, preview=preview))
+            at_end = step + 1 == stage.iters
+            if checkpointer is not None and config.checkpoint_every and (
+                    (step + 1) % config.checkpoint_every == 0 or at_end):
+                nxt_stage, nxt_step = (index + 1, 0) if at_end else (index, step + 1)
+                state = {"stage": nxt_stage, "step": nxt_step, "scene": scene.state_dict(),
+                         "generator": generator.get_state()}
+                if not at_end:
+                    state["optimizer"] = optimizer.state_dict()
+                checkpointer.save(state)
+    return losses

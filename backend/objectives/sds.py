@@ -1,0 +1,56 @@
+"""Score distillation sampling (DreamFusion; in latent space as Latent-NeRF).
+
+∇θ = w(t)·(ε̂(z_t; y, t) − ε)·∂z/∂θ with z_t = √ᾱ_t·z + √(1−ᾱ_t)·ε and w(t) = 1 − ᾱ_t. The U-Net is
+never differentiated: the gradient is applied through the surrogate ½‖z − sg(z − g)‖², summed over
+elements and averaged over the batch, whose gradient with respect to z is exactly g.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from backend.cameras import Cameras
+from backend.errors import ConfigError
+from backend.guidance.base import Guidance, Prompt
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "sds"
+    guidance_scale: float = 100.0  # classifier-free guidance (Latent-NeRF, DreamFusion: 100)
+
+    def validate(self) -> None:
+        from backend.objectives import OBJECTIVES
+
+        if self.name not in OBJECTIVES:
+            raise ConfigError(f"unknown method {self.name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")
+        if not self.guidance_scale >= 0:
+            raise ConfigError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
+
+
+class SDS:
+    def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
+        self.config = config
+        self.guidance = guidance
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        return 1 - self.guidance.alphas_cumprod[t]
+
+    def gradient(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
+                 cameras: Cameras) -> torch.Tensor:
+        """w(t)·(ε̂ − ε) for latents z [B, 4, h, w], as a detached tensor."""
+        z = z.detach()
+        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+        eps = self.guidance.predict_noise(z_t, t, prompt, cameras, self.config.guidance_scale)
+        grad = self.weight(t).view(-1, 1, 1, 1) * (eps - noise)
+        return torch.nan_to_num(grad)
+
+    def loss(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,
+             cameras: Cameras, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(z.shape, generator=generator).to(z)
+        grad = self.gradient(z, t, noise, prompt, cameras)
+        target = (z - grad).detach()
+        return 0.5 * ((z - target) ** 2).sum() / z.shape[0]

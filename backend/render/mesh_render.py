@@ -1,0 +1,52 @@
+"""Render a triangle mesh with per-vertex colours or a UV texture from orbit cameras."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from backend.cameras import Cameras
+from backend.render import rasterize as torch_raster
+
+
+def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of `texture` [C, Ht, Wt] at UVs [..., 2] (v = 0 is the image's bottom row)."""
+    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], -1)
+    flat = grid.reshape(1, 1, -1, 2)
+    out = F.grid_sample(texture[None], flat, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, 0].T.reshape(*uv.shape[:-1], texture.shape[0])
+
+
+def render_mesh(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    cameras: Cameras,
+    size: int,
+    background: torch.Tensor,
+    vertex_colors: torch.Tensor | None = None,
+    uvs: torch.Tensor | None = None,
+    texture: torch.Tensor | None = None,
+    supersample: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [B, C, size, size] and coverage [B, size, size] in [0, 1].
+
+    Colour comes from `texture` [C, Ht, Wt] sampled at `uvs` [V, 2] when given, else `vertex_colors`
+    [V, C]. Rendered at `supersample`× and area-averaged so edges are antialiased like a volume render.
+    Differentiable with respect to the colours and the texture.
+    """
+    res = size * supersample
+    homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1)
+    clip = torch.einsum("bij,vj->bvi", cameras.mvp(), homo)
+    rast = torch_raster.rasterize(clip, faces, (res, res))
+    hit = (rast[..., 3] > 0).float()
+    if uvs is not None and texture is not None:
+        uv = torch_raster.interpolate(uvs, rast, faces)
+        color = sample_texture(texture, uv)
+    else:
+        color = torch_raster.interpolate(vertex_colors, rast, faces)
+    image = color * hit[..., None] + background.view(1, 1, 1, -1) * (1 - hit[..., None])
+    image = image.permute(0, 3, 1, 2)
+    if supersample > 1:
+        image = F.avg_pool2d(image, supersample)
+        hit = F.avg_pool2d(hit[:, None], supersample)[:, 0]
+    return image, hit

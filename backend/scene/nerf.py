@@ -1,0 +1,120 @@
+"""Latent-NeRF: a hash-grid field of density and 4 latent channels, with a view-dependent background.
+
+In the latent stage the field renders straight into Stable Diffusion's latent space; the RGB refinement
+stage passes the same features through `LatentDecoderLayer`, a learnable 4→3 map initialised with
+Latent-NeRF's latent→RGB matrix, and renders RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backend.errors import ConfigError
+from backend.latent import LatentDecoderLayer
+from backend.scene.hashgrid import HashGrid
+
+
+@dataclass
+class NeRFConfig:
+    levels: int = 16
+    features_per_level: int = 2
+    log2_table_size: int = 19
+    base_resolution: int = 16
+    max_resolution: int = 2048  # Latent-NeRF: 2048 × bound
+    hidden_dim: int = 64
+    hidden_layers: int = 3
+    bound: float = 1.0  # the field lives in the sphere of this radius
+    blob_density: float = 5.0  # Gaussian density blob at the centre (Latent-NeRF: 5, σ = 0.2)
+    blob_radius: float = 0.2
+    background_frequencies: int = 6
+    background_hidden: int = 64
+
+    def validate(self) -> None:
+        for name in ("levels", "features_per_level", "log2_table_size", "base_resolution", "max_resolution",
+                     "hidden_dim", "hidden_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"nerf.{name} must be at least 1")
+        if self.log2_table_size > 24:
+            raise ConfigError("nerf.log2_table_size above 24 would not fit in memory")
+        if not self.bound > 0 or not self.blob_radius > 0:
+            raise ConfigError("nerf.bound and nerf.blob_radius must be positive")
+
+
+class _TruncExp(torch.autograd.Function):
+    """exp with its gradient clamped, as Instant-NGP uses for density, so early steps do not explode."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(-15, 15))
+
+
+def _mlp(dim_in: int, dim_out: int, hidden: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods.append(nn.Linear(dim_in if i == 0 else hidden, dim_out if i == layers - 1 else hidden,
+                              bias=True))
+        if i < layers - 1:
+            mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+class LatentNeRF(nn.Module):
+    def __init__(self, config: NeRFConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = HashGrid(config.levels, config.features_per_level, config.log2_table_size,
+                                config.base_resolution, config.max_resolution)
+        self.sigma_net = _mlp(self.encoder.output_dim, 1 + 4, config.hidden_dim, config.hidden_layers)
+        self.bg_net = _mlp(3 * 2 * config.background_frequencies + 3, 4, config.background_hidden, 2)
+        self.decoder = LatentDecoderLayer()
+        self.rgb = False  # True in the RGB refinement stage
+
+    def blob(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return c.blob_density * torch.exp(-(x**2).sum(-1) / (2 * c.blob_radius**2))
+
+    def field(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points [N, 3] in the unit frame → density [N] and latent features [N, 4]."""
+        h = self.sigma_net(self.encoder((x / self.config.bound + 1) / 2))
+        sigma = _TruncExp.apply(h[:, 0] + self.blob(x))
+        return sigma, h[:, 1:]
+
+    def density(self, x: torch.Tensor) -> torch.Tensor:
+        return self.field(x)[0]
+
+    def color(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [..., 4] in the current render space: latent, or RGB in [0, 1] after refinement."""
+        return self.decoder(features) if self.rgb else features
+
+    def rgb_at(self, x: torch.Tensor) -> torch.Tensor:
+        """RGB [N, 3] in [0, 1] at points [N, 3], whichever stage the field is in (for baking)."""
+        return self.decoder(self.field(x)[1]).clamp(0, 1)
+
+    def background(self, directions: torch.Tensor) -> torch.Tensor:
+        """View directions [N, 3] → background features [N, C] in the current render space."""
+        freqs = 2.0 ** torch.arange(self.config.background_frequencies, device=directions.device)
+        angles = directions[..., None, :] * freqs[:, None]
+        enc = torch.cat([directions, torch.sin(angles).flatten(-2), torch.cos(angles).flatten(-2)], -1)
+        return self.color(self.bg_net(enc))
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.rgb else 4
+
+    def param_groups(self, lr: float, grid_lr_scale: float = 10.0) -> list[dict]:
+        """Latent-NeRF's optimiser groups: the hash table learns `grid_lr_scale` times faster."""
+        return [
+            {"params": list(self.encoder.parameters()), "lr": lr * grid_lr_scale},
+            {"params": list(self.sigma_net.parameters()) + list(self.bg_net.parameters()), "lr": lr},
+            {"params": list(self.decoder.parameters()), "lr": lr if self.rgb else 0.0},
+        ]
