@@ -35,7 +35,8 @@ def sd_vpred(tiny_sd_vpred_dir: Path) -> StableDiffusionGuidance:
 
 
 def four_views() -> tuple[Cameras, list[str]]:
-    cameras = Cameras.orbit(elevation=[0.0, 10.0, 5.0, 75.0], azimuth=[0.0, 90.0, 180.0, 30.0], radius=1.2, fov=50.0)
+    cameras = Cameras.orbit(elevation=[0.0, 10.0, 5.0, 75.0], azimuth=[0.0, 90.0, 180.0, 30.0],
+                            radius=1.2, fov=50.0)
     return cameras, ["front", "side", "back", "overhead"]
 
 
@@ -44,17 +45,22 @@ def latents(batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def embed_by_hand(g: StableDiffusionGuidance, texts: list[str]) -> torch.Tensor:
-    ids = g.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = g.tokenizer(texts, padding="max_length", max_length=77, truncation=True,
+                      return_tensors="pt").input_ids
     with torch.no_grad():
         return g.text_encoder(ids)[0]
 
 
-def unet_by_hand(g: StableDiffusionGuidance, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+def unet_by_hand(
+    g: StableDiffusionGuidance, z: torch.Tensor, t: torch.Tensor, emb: torch.Tensor
+) -> torch.Tensor:
     with torch.no_grad():
         return g.unet(z, t, encoder_hidden_states=emb).sample
 
 
-def uncond_cond_by_hand(g: StableDiffusionGuidance, z: torch.Tensor, t: torch.Tensor, views: list[str]):
+def uncond_cond_by_hand(
+    g: StableDiffusionGuidance, z: torch.Tensor, t: torch.Tensor, views: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     cond = embed_by_hand(g, [PROMPT.for_view(v) for v in views])
     uncond = embed_by_hand(g, [PROMPT.negative]).expand_as(cond)
     return unet_by_hand(g, z, t, uncond), unet_by_hand(g, z, t, cond)
@@ -94,13 +100,17 @@ def test_ldm_layout_round_trips_through_diffusers_converters() -> None:
     checkpoint = to_ldm_checkpoint(c["unet"], c["vae"], c["text_encoder"])
     assert all(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."))
                for k in checkpoint)
+    def flat(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # CLIPTextModel's keys lost their "text_model." level in transformers 5
+        return {k.removeprefix("text_model."): v for k, v in state.items()}
+
     back = {
         "unet": convert_ldm_unet_checkpoint(checkpoint, c["unet"].config),
         "vae": convert_ldm_vae_checkpoint(checkpoint, c["vae"].config),
-        "text_encoder": {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(checkpoint).items()},
+        "text_encoder": flat(convert_ldm_clip_checkpoint(checkpoint)),
     }
     for name, state in back.items():
-        reference = {k.removeprefix("text_model."): v for k, v in c[name].state_dict().items()}
+        reference = flat(c[name].state_dict())
         assert state.keys() == reference.keys(), name
         assert all(torch.equal(state[k], reference[k]) for k in reference), name
 
@@ -113,7 +123,8 @@ def test_loads_a_single_file_checkpoint_with_its_own_weights(
     for name in MODULES:
         assert_same_weights(getattr(g, name), reference[name])
         # the config folder's own weights differ, so they were not what got loaded
-        assert not torch.equal(next(iter(getattr(g, name).parameters())), next(iter(getattr(sd, name).parameters())))
+        first = next(iter(getattr(g, name).parameters()))
+        assert not torch.equal(first, next(iter(getattr(sd, name).parameters())))
     assert (g.image_size, g.latent_size, g.prediction_type) == (IMAGE_SIZE, LATENT_SIZE, "epsilon")
     cameras, _ = four_views()
     assert torch.isfinite(g.predict_noise(latents(4), torch.tensor(500), PROMPT, cameras, 7.5)).all()
@@ -134,11 +145,16 @@ def test_diffusers_layout_single_file_is_rejected(tiny_sd_dir: Path, tmp_path: P
         StableDiffusionGuidance.load(path, config=tiny_sd_dir)
 
 
-@pytest.mark.parametrize("name", ["missing.safetensors", "models/sd15", "./sd15"])
+@pytest.mark.parametrize("name", ["missing.safetensors", "models/v1/sd15", "./sd15", "ABSOLUTE"])
 def test_missing_local_path_names_it(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a path must fail before any look-up, offline or not
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "nowhere" / "sd15")
+    start = time.perf_counter()
     with pytest.raises(ModelNotFoundError) as info:
         StableDiffusionGuidance.load(name)
+    assert time.perf_counter() - start < 0.5
     assert str(Path(name)) in info.value.message
     assert "--model" in info.value.hint
 
@@ -155,7 +171,7 @@ def test_unknown_hub_id_offline_fails_fast_with_a_hint(monkeypatch: pytest.Monke
         StableDiffusionGuidance.load("latentforge-tests/no-such-model")
     assert time.perf_counter() - start < 5
     assert "latentforge-tests/no-such-model" in info.value.message
-    assert "Hugging Face cache" in info.value.message
+    assert "Hugging Face cache" in info.value.message and "offline" in info.value.message
     assert "--model" in info.value.hint and "LATENTFORGE_MODEL" in info.value.hint
     assert info.value.code == "model_not_found"
 
@@ -177,7 +193,7 @@ def test_predict_noise_shape_dtype_and_finite(sd: StableDiffusionGuidance, tiny_
 
 
 @pytest.mark.parametrize("scale", [1.0, 7.5])
-def test_classifier_free_guidance_matches_a_hand_computation(sd: StableDiffusionGuidance, scale: float) -> None:
+def test_cfg_matches_a_hand_computation(sd: StableDiffusionGuidance, scale: float) -> None:
     cameras, views = four_views()
     assert cameras.view_labels() == views
     z, t = latents(4), torch.tensor([100, 400, 700, 900])
@@ -210,7 +226,9 @@ def test_v_prediction_is_converted_to_noise(sd_vpred: StableDiffusionGuidance) -
     assert not torch.allclose(eps, v, atol=1e-3)  # the conversion did something
 
 
-def test_prompt_embeddings_are_encoded_once(sd: StableDiffusionGuidance, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prompt_embeddings_are_encoded_once(
+    sd: StableDiffusionGuidance, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[int] = []
     forward = sd.text_encoder.forward
 

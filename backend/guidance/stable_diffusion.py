@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,8 +110,8 @@ class StableDiffusionGuidance(Guidance):
         else:
             pipe = _load(StableDiffusionPipeline.from_pretrained, name, dtype, local_only=False,
                          not_found=lambda why: ModelNotFoundError(
-                             f"Stable Diffusion model {name!r} is not in the Hugging Face cache "
-                             f"({hub_constants.HF_HUB_CACHE}) and could not be downloaded: {why}",
+                             f"{name!r} is no local file or folder, and as a hub id it is not in the Hugging "
+                             f"Face cache ({hub_constants.HF_HUB_CACHE}) and could not be downloaded: {why}",
                              MODEL_HINT))
         return cls(pipe, device, name)
 
@@ -204,12 +205,16 @@ class StableDiffusionGuidance(Guidance):
 # -- loading -----------------------------------------------------------------------------------------------
 
 
+# "name" or "owner/name": anything else with a separator in it can only be a path
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def _looks_like_path(name: str) -> bool:
     return (
-        os.sep in name
-        or (os.altsep is not None and os.altsep in name)
-        or name.startswith((".", "~"))
+        name.startswith((".", "~"))
         or name.lower().endswith(SINGLE_FILE_SUFFIXES)
+        or os.path.isabs(name)
+        or not _HUB_ID.fullmatch(name)
     )
 
 
@@ -244,7 +249,7 @@ def _load(
     """
     # no safety checker: nothing is generated for people to see, and it would cost a 1.2 GB download
     kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
-              "torch_dtype": dtype, **kwargs}
+              "dtype": dtype, **kwargs}
     try:
         return loader(source, local_files_only=True, **kwargs)
     except _LOAD_ERRORS as err:

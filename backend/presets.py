@@ -1,0 +1,25 @@
+"""Quality presets an artist picks instead of step counts: each is a set of config overrides."""
+
+from __future__ import annotations
+
+from backend.errors import ConfigError
+
+PRESETS: dict[str, dict] = {
+    "draft": {
+        "optim": {"iters": 1500},
+        "refine": {"iters": 0},
+        "export": {"grid_resolution": 128, "texture_size": 512, "max_faces": 20_000},
+    },
+    "standard": {},  # the defaults: 5000 latent steps, 1000 RGB refinement steps, 1024² texture
+    "high": {
+        "optim": {"iters": 10_000},
+        "refine": {"iters": 2000, "resolution": 512},
+        "export": {"grid_resolution": 384, "texture_size": 2048, "max_faces": 150_000},
+    },
+}
+
+
+def preset_overrides(name: str) -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown quality preset {name!r}", f"choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
