@@ -138,11 +138,23 @@ def test_single_file_config_from_environment(
     assert_same_weights(g.unet, build_components(seed=tiny_sd_single_file.seed)["unet"])
 
 
-def test_diffusers_layout_single_file_is_rejected(tiny_sd_dir: Path, tmp_path: Path) -> None:
-    path = tmp_path / "unet-only.safetensors"
-    save_file(build_components()["unet"].state_dict(), str(path))
+def test_loads_a_pickled_ckpt(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    c = build_components(seed=2)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": to_ldm_checkpoint(c["unet"], c["vae"], c["text_encoder"])}, path)
+    g = StableDiffusionGuidance.load(path, config=tiny_sd_dir)
+    assert_same_weights(g.vae, c["vae"])
+
+
+def test_diffusers_layout_or_broken_file_is_rejected(tiny_sd_dir: Path, tmp_path: Path) -> None:
+    diffusers_layout = tmp_path / "unet-only.safetensors"
+    save_file(build_components()["unet"].state_dict(), str(diffusers_layout))
     with pytest.raises(InputError, match="LDM"):
-        StableDiffusionGuidance.load(path, config=tiny_sd_dir)
+        StableDiffusionGuidance.load(diffusers_layout, config=tiny_sd_dir)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x00" * 4)
+    with pytest.raises(InputError, match="readable"):
+        StableDiffusionGuidance.load(truncated, config=tiny_sd_dir)
 
 
 @pytest.mark.parametrize("name", ["missing.safetensors", "models/v1/sd15", "./sd15", "ABSOLUTE"])

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -61,7 +61,7 @@ def _tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tokenizer(Path(tmp)))
 
 
-def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict[str, object]:
+def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict[str, Any]:
     """The pipeline's components, deterministic in `seed` and without touching the global RNG."""
     tokenizer = _tokenizer()
     with torch.random.fork_rng(devices=[]):

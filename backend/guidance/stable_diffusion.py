@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.cameras import VIEWS, Cameras
-from backend.errors import InputError, ModelNotFoundError
+from backend.errors import InputError, LatentForgeError, ModelNotFoundError
 from backend.guidance.base import Guidance, Prompt, v_to_epsilon
 
 # huggingface_hub reads these once, when first imported: keep a download attempt with no network short
@@ -28,11 +28,13 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")
 from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402
 from diffusers.loaders.single_file_utils import SingleFileComponentError  # noqa: E402
 from huggingface_hub import constants as hub_constants  # noqa: E402
+from safetensors import SafetensorError, safe_open  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 CONFIG_ENV = "LATENTFORGE_SD_CONFIG"
+LDM_UNET_PREFIX = "model.diffusion_model."
 MODEL_HINT = (
     "point --model (or LATENTFORGE_MODEL) at a local diffusers folder (one with model_index.json) or a "
     "single .safetensors/.ckpt checkpoint; a hub id is downloaded once into the Hugging Face cache and "
@@ -231,8 +233,18 @@ def _offline() -> bool:
     return bool(hub_constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _reason(error: BaseException) -> str:
+    """The error's first line and its root cause, short enough for one line of CLI output."""
+
+    def line(e: BaseException, limit: int) -> str:
+        text = (str(e).strip().splitlines() or [""])[0]
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    root = error
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    top = line(error, 160) or type(error).__name__
+    return top if root is error else f"{top}; cause: {type(root).__name__}: {line(root, 120)}"
 
 
 def _load(
@@ -240,12 +252,12 @@ def _load(
     source: str,
     dtype: torch.dtype,
     local_only: bool,
-    not_found: Callable[[str], ModelNotFoundError],
+    not_found: Callable[[str], LatentForgeError],
     **kwargs: object,
 ) -> StableDiffusionPipeline:
     """Call a diffusers loader on the local cache first, then (unless local_only or offline) online.
 
-    `not_found(reason)` builds the error a person sees when both fail.
+    `not_found(reason)` builds the error a person sees when that fails.
     """
     # no safety checker: nothing is generated for people to see, and it would cost a 1.2 GB download
     kwargs = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False,
@@ -254,12 +266,12 @@ def _load(
         return loader(source, local_files_only=True, **kwargs)
     except _LOAD_ERRORS as err:
         if local_only or _offline():
-            why = "offline mode is on (HF_HUB_OFFLINE)" if _offline() and not local_only else _first_line(err)
+            why = "offline mode is on (HF_HUB_OFFLINE)" if _offline() and not local_only else _reason(err)
             raise not_found(why) from err
     try:
         return loader(source, local_files_only=False, **kwargs)
     except _LOAD_ERRORS as err:
-        raise not_found(_first_line(err)) from err
+        raise not_found(_reason(err)) from err
 
 
 def _load_single_file(
@@ -267,29 +279,47 @@ def _load_single_file(
 ) -> StableDiffusionPipeline:
     if not path.name.lower().endswith(SINGLE_FILE_SUFFIXES):
         raise InputError(f"{path} is not a .safetensors or .ckpt checkpoint", MODEL_HINT)
+    _check_ldm_layout(path)
     config_hint = (f"a single-file checkpoint needs the diffusers configs of its architecture: pass "
                    f"config= or set {CONFIG_ENV} to a diffusers folder of the same model, e.g. a copy of "
                    "stable-diffusion-v1-5 (its weights are not needed)")
     config = os.fspath(config) if config is not None else os.environ.get(CONFIG_ENV) or None
-    local_only = False
-    if config is not None:
-        config_path = Path(config).expanduser()
-        if config_path.is_dir():
-            _require_diffusers_folder(config_path, "config")
-            config, local_only = str(config_path), True
-        elif _looks_like_path(config):
-            raise ModelNotFoundError(f"no config folder at {config_path} for the checkpoint {path}",
-                                     config_hint)
-    where = config or ("the hub repo diffusers infers from the weights, cached in "
-                       f"{hub_constants.HF_HUB_CACHE}")
+    config_path = Path(config).expanduser() if config is not None else None
+    if config_path is not None and config_path.is_dir():
+        _require_diffusers_folder(config_path, "config")
+        # all on disk: a failure is the file's, or the config's fit to it, never a download's
+        config, local_only, error = str(config_path), True, InputError
+        what = f"could not load the checkpoint {path} with the configs in {config_path}"
+    elif config is not None and _looks_like_path(config):
+        raise ModelNotFoundError(f"no config folder at {config_path} for the checkpoint {path}", config_hint)
+    else:
+        # diffusers fetches the configs (not the weights) of `config`, or of the hub repo it infers from
+        # the weights, from the Hugging Face cache or the network
+        local_only, error = False, ModelNotFoundError
+        what = (f"the diffusers configs for the checkpoint {path} (from "
+                f"{config or 'the hub repo diffusers infers from the weights'}) are not in the Hugging Face "
+                f"cache ({hub_constants.HF_HUB_CACHE}) and could not be downloaded")
     try:
-        # with no local config, diffusers fetches the configs (not the weights) of the inferred hub repo
         return _load(StableDiffusionPipeline.from_single_file, str(path), dtype, local_only=local_only,
-                     config=config, not_found=lambda why: ModelNotFoundError(
-                         f"could not load the checkpoint {path} with the configs from {where}: {why}",
-                         config_hint))
-    except (SingleFileComponentError, KeyError) as err:
+                     config=config, not_found=lambda why: error(f"{what}: {why}", config_hint))
+    except SingleFileComponentError as err:  # e.g. a .ckpt without VAE or text-encoder weights
+        raise InputError(f"{path} is not a complete Stable Diffusion checkpoint: {_reason(err)}",
+                         MODEL_HINT) from err
+
+
+def _check_ldm_layout(path: Path) -> None:
+    """Reject unreadable files and diffusers-layout files up front, from the safetensors header alone."""
+    if not path.name.lower().endswith(".safetensors"):
+        return  # a .ckpt is a pickle: nothing to learn without loading all of it
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path} is not a readable .safetensors file: {_reason(err)}",
+                         "download it again; it may be truncated") from err
+    if not any(k.startswith(LDM_UNET_PREFIX) for k in keys):
         raise InputError(
-            f"{path} is not a Stable Diffusion checkpoint in the original (LDM) layout: {_first_line(err)}",
-            "a file saved by diffusers belongs in a diffusers folder; point --model at that folder instead",
-        ) from err
+            f"{path} holds no Stable Diffusion U-Net in the original (LDM) layout ({LDM_UNET_PREFIX}* weights)",
+            "a file of a single diffusers model or a LoRA is not a checkpoint; a diffusers folder is loaded as "
+            "a folder: point --model at it",
+        )

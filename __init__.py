@@ -1,0 +1,5 @@
+"""Blender extension entry point: Blender loads the package beside blender_manifest.toml."""
+
+from .addon import register, unregister
+
+__all__ = ["register", "unregister"]

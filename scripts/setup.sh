@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install the backend with its test tools. Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# Pin torch first: an unpinned requirement would pull a multi-GB CUDA build where a CPU one will do.
+# On a CUDA machine set TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>").
+python -c "import torch" 2>/dev/null || python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
+python -m pip install -q -e ".[dev]"

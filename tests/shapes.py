@@ -1,0 +1,37 @@
+"""Known-answer shapes and metrics shared by the quality tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+
+from backend.mesh import Mesh
+
+RED = np.array([0.85, 0.12, 0.10], np.float32)
+BLUE = np.array([0.12, 0.25, 0.85], np.float32)
+
+
+def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5)) -> Mesh:
+    """A box off the origin: red above its middle, blue below (faces split so colours stay crisp)."""
+    box = trimesh.creation.box(extents).subdivide().subdivide()
+    v = np.asarray(box.vertices, np.float32)[np.asarray(box.faces)].reshape(-1, 3)
+    faces = np.arange(len(v)).reshape(-1, 3)
+    upper = v.reshape(-1, 3, 3).mean(1)[:, 2] > 0
+    colors = np.repeat(np.where(upper[:, None], RED, BLUE), 3, axis=0).astype(np.float32)
+    return Mesh(v + np.asarray(center, np.float32), faces, vertex_colors=colors)
+
+
+def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
+    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
+    lo = np.minimum(a.vertices.min(0), b.vertices.min(0))
+    hi = np.maximum(a.vertices.max(0), b.vertices.max(0))
+    pitch = float((hi - lo).max()) / resolution
+    axes = [np.arange(lo[k], hi[k] + pitch, pitch) for k in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+    def filled(m: Mesh) -> np.ndarray:
+        vox = trimesh.Trimesh(m.vertices, m.faces, process=False).voxelized(pitch / 2).fill()
+        return vox.is_filled(grid)
+
+    in_a, in_b = filled(a), filled(b)
+    return float((in_a & in_b).sum()) / max(float((in_a | in_b).sum()), 1.0)
