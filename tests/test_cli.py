@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
+from tiny_config import TINY
 
 from backend.cli import main
-from tiny_config import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "backend" / "examples" / "toadstool" / "target.glb"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 
 import numpy as np
 import pytest
 import torch
+from shapes import two_tone_box
+from tiny_config import TINY
 
-from backend.cameras import Cameras, CameraConfig, CameraSampler
+from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.config import from_dict, merge
 from backend.errors import Cancelled, ConfigError
 from backend.guidance.base import Guidance, Prompt, v_to_epsilon
@@ -21,8 +24,6 @@ from backend.render.rasterize import interpolate, rasterize
 from backend.render.volume import composite, intersect_sphere
 from backend.scene.hashgrid import HashGrid
 from backend.tasks.generate import GenerateConfig, generate
-from shapes import two_tone_box
-from tiny_config import TINY
 
 
 class KnownNoise(Guidance):
@@ -182,10 +183,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
                 out.append(e.losses["guidance"])
                 if e.step == cancel_at:
                     cancel.set()
-        try:
+        with contextlib.suppress(Cancelled):
             generate(config, guidance, job_dir / "x.glb", on_event=sink, cancel=cancel, job_dir=job_dir)
-        except Cancelled:
-            pass
         return out
 
     (tmp_path / "a").mkdir()

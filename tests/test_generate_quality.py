@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from shapes import BLUE, RED, two_tone_box, voxel_iou
 
 from backend.config import merge
 from backend.guidance.target import TargetGuidance
 from backend.mesh import load_mesh
 from backend.tasks.generate import GenerateConfig, generate
-from shapes import BLUE, RED, two_tone_box, voxel_iou
 
 # small enough for a CPU: 32² renders, a reduced hash grid, 400 steps
 FAST = {

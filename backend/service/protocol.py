@@ -1,0 +1,432 @@
+"""Protocol v1 of the LatentForge service: multipart ZeroMQ messages, encoded and strictly validated.
+
+Frame 0 is a UTF-8 JSON header `{"v": 1, "type": ..., "id"?: ..., <fields>, "arrays": [...], "blobs": [...]}`;
+one raw little-endian frame follows per declared array, then one per declared blob. PROTOCOL.md is
+the human-readable version of this file. Imports only the standard library, numpy and pyzmq: the
+Blender add-on ships this module as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+MAX_PROMPT_CHARS = 1000  # the same limit the generate task enforces
+MAX_FACES = 2_000_000  # the same limit the backend's mesh validation enforces
+MAX_VERTICES = 3 * MAX_FACES
+MAX_PREVIEW_BYTES = 4 << 20
+
+CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "heartbeat"})
+SERVER_REPLIES = frozenset({"welcome", "accepted", "job", "jobs", "progress", "result", "error", "heartbeat"})
+WORKER_TO_BROKER = frozenset({"ready", "heartbeat", "progress", "checkpoint", "result", "error"})
+BROKER_TO_WORKER = frozenset({"task", "cancel", "heartbeat"})
+MESSAGE_TYPES = CLIENT_REQUESTS | SERVER_REPLIES | WORKER_TO_BROKER | BROKER_TO_WORKER
+
+TASK_NAMES = frozenset({"generate", "paint"})
+JOB_STATES = frozenset({"queued", "running", "finished", "failed", "cancelled"})
+DTYPES = frozenset({"uint8", "int32", "int64", "float16", "float32", "float64"})
+
+ERROR_CODES: dict[str, str] = {
+    # the message itself
+    "bad_message": "frame 0 is not a UTF-8 JSON object",
+    "unsupported_version": "the header's `v` is not a protocol version this peer speaks",
+    "unknown_type": "the header's `type` is not a message type of this protocol",
+    "unexpected_type": "a known type that this side does not accept (e.g. a reply sent as a request)",
+    "bad_frames": "the frames disagree with the header's `arrays` and `blobs`",
+    "too_large": "a message, header, array or blob is over its size limit",
+    "bad_field": "a header field is missing, unknown, of the wrong type or out of range",
+    "bad_array": "an array has the wrong name, dtype or shape, non-finite values or bad indices",
+    # the service
+    "unknown_job": "no job has this id",
+    "unknown_model": "the model is not one the service was started with",
+    "unsupported_task": "the task exists in the protocol but this service cannot run it yet",
+    "queue_full": "this client already has the maximum number of queued jobs",
+    "not_finished": "fetch of a job that has no result (yet)",
+    "bad_config": "a setting (preset, overrides, iterations...) is invalid",
+    "bad_input": "a mesh or prompt cannot be used",
+    "model_not_found": "the worker could not load the model's weights",
+    "cancelled": "the job was cancelled by a client",
+    "worker_lost": "the job's worker died too many times while running it",
+    "job_failed": "the job stopped with an error; the message says why",
+    "internal": "a bug in the service; the message has details",
+    "busy": "a worker was sent a task while it was running another",
+}
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: cannot name a path outside the jobs folder
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; `code` is one of ERROR_CODES."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps for decoding; the service applies REQUEST_LIMITS to everything a client sends."""
+
+    max_message_bytes: int
+    max_header_bytes: int
+    max_frames: int
+    max_array_bytes: int
+    max_ndim: int = 4
+    max_depth: int = 8  # nesting of JSON objects and lists in header fields
+
+
+REQUEST_LIMITS = Limits(max_message_bytes=256 << 20, max_header_bytes=64 << 10, max_frames=8,
+                        max_array_bytes=128 << 20)
+# replies from an authenticated server, and the broker ↔ worker link (results, checkpoints)
+TRUSTED_LIMITS = Limits(max_message_bytes=4 << 30, max_header_bytes=4 << 20, max_frames=4096,
+                        max_array_bytes=2 << 30, max_depth=32)
+
+
+@dataclass
+class Message:
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)  # the header without v, type, arrays and blobs
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # read-only views of the frames
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str | None:
+        return self.fields.get("id")
+
+
+# ---------------------------------------------------------------------------------------------- fields
+
+
+@dataclass(frozen=True)
+class F:
+    """One header field's rule."""
+
+    kind: type
+    required: bool = False
+    max_len: int | None = None  # characters of a str, items of a list
+    lo: float | None = None
+    hi: float | None = None
+    choices: frozenset | None = None
+    pattern: re.Pattern | None = None
+    nullable: bool = False
+
+
+def _str(max_len: int, **kw: Any) -> F:
+    return F(str, max_len=max_len, **kw)
+
+
+_JOB = F(str, required=True, pattern=JOB_ID)
+_STATE = F(str, choices=JOB_STATES)
+_TEXT = _str(4000)
+
+SCHEMAS: dict[str, dict[str, F]] = {
+    "hello": {"client": _str(200)},
+    "submit": {
+        "task": F(str, required=True, choices=TASK_NAMES),
+        "prompt": _str(MAX_PROMPT_CHARS), "negative": _str(MAX_PROMPT_CHARS),
+        "method": _str(64, pattern=_NAME), "preset": _str(64, pattern=_NAME), "model": _str(1024),
+        "seed": F(int, lo=0, hi=2**32 - 1), "iterations": F(int, lo=1, hi=1_000_000),
+        "overrides": F(dict), "watch": F(bool),
+    },
+    "status": {"job": _JOB, "watch": F(bool)},
+    "list": {"limit": F(int, lo=1, hi=1000), "state": _STATE},
+    "cancel": {"job": _JOB},
+    "fetch": {"job": _JOB, "glb": F(bool)},
+    "heartbeat": {"time": F(float), "queue": F(int, lo=0)},
+    "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
+                "presets": F(list), "models": F(list), "queue": F(int, lo=0), "workers": F(int, lo=0),
+                "limits": F(dict)},
+    "accepted": {"job": _JOB, "position": F(int, lo=0)},
+    "job": {"job": F(dict, required=True)},
+    "jobs": {"jobs": F(list, required=True, max_len=1000)},
+    "progress": {"job": _JOB, "stage": _str(64, required=True), "step": F(int, required=True, lo=0),
+                 "total": F(int, required=True, lo=0), "losses": F(dict), "eta_s": F(float, lo=0, nullable=True),
+                 "worker": _str(200)},
+    "result": {"job": _JOB, "glb_path": _str(4096), "stats": F(dict)},
+    "error": {"job": F(str, pattern=JOB_ID), "code": _str(64, required=True, pattern=_NAME),
+              "message": F(str, required=True, max_len=4000), "hint": F(str, max_len=4000, nullable=True)},
+    "ready": {"models": F(list, required=True, max_len=64), "device": _str(64), "pid": F(int, lo=0),
+              "name": _str(200)},
+    "task": {"job": _JOB, "spec": F(dict, required=True), "checkpoint": F(dict, nullable=True),
+             "attempt": F(int, lo=0)},
+    "checkpoint": {"job": _JOB, "state": F(dict, required=True)},
+}
+assert set(SCHEMAS) == MESSAGE_TYPES  # noqa: S101 - a schema for every type, checked at import
+
+
+def _check_field(name: str, rule: F, value: Any, depth_limit: int) -> None:
+    def bad(why: str) -> ProtocolError:
+        return ProtocolError("bad_field", f"field {name!r} {why}")
+
+    if value is None:
+        if rule.nullable:
+            return
+        raise bad("must not be null")
+    if rule.kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise bad("must be a finite number")
+    elif rule.kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, rule.kind)
+    if not ok:
+        raise bad(f"must be {rule.kind.__name__}, got {type(value).__name__}")
+    if rule.max_len is not None and len(value) > rule.max_len:
+        raise bad(f"is longer than {rule.max_len}")
+    if rule.lo is not None and value < rule.lo or rule.hi is not None and value > rule.hi:
+        raise bad(f"must be in [{rule.lo}, {rule.hi}], got {value}")
+    if rule.choices is not None and value not in rule.choices:
+        raise bad(f"must be one of {', '.join(sorted(rule.choices))}, got {value!r}")
+    if rule.pattern is not None and not rule.pattern.fullmatch(value):
+        raise bad(f"has a malformed value {value[:80]!r}")
+    if isinstance(value, (dict, list)) and _depth(value) > depth_limit:
+        raise bad(f"is nested deeper than {depth_limit} levels")
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIMITS) -> None:
+    """Refuse unknown, missing and ill-typed fields of a `kind` message (envelope keys excluded)."""
+    schema = SCHEMAS[kind]
+    for name, value in fields.items():
+        if name == "id":
+            if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+                raise ProtocolError("bad_field", "field 'id' must be 1-64 printable ASCII characters")
+            continue
+        rule = schema.get(name)
+        if rule is None:
+            raise ProtocolError("bad_field", f"unknown field {name!r} in a {kind} message",
+                                fields.get("id") if isinstance(fields.get("id"), str) else None)
+        _check_field(name, rule, value, limits.max_depth)
+    missing = [n for n, r in schema.items() if r.required and n not in fields]
+    if missing:
+        raise ProtocolError("bad_field", f"a {kind} message needs field {missing[0]!r}")
+
+
+# ---------------------------------------------------------------------------------------------- arrays
+
+
+@dataclass(frozen=True)
+class ArrayRule:
+    dtypes: frozenset
+    columns: int | None  # shape [N, columns]; None: any shape
+    max_rows: int = 0
+    finite: bool = False
+
+
+_VERTS = ArrayRule(frozenset({"float32"}), 3, MAX_VERTICES, finite=True)
+_FACES = ArrayRule(frozenset({"int32", "int64"}), 3, MAX_FACES)
+_UVS = ArrayRule(frozenset({"float32"}), 2, MAX_VERTICES, finite=True)
+_MESH = {"vertices": _VERTS, "faces": _FACES, "uvs": _UVS}
+_ANY = ArrayRule(DTYPES, None)
+CHECKPOINT_PREFIX = "ckpt."  # arrays of a checkpoint are named ckpt.0, ckpt.1, ...
+
+ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": _MESH, "result": _MESH, "task": _MESH}
+CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
+BLOBS: dict[str, dict[str, int]] = {
+    "progress": {"preview": MAX_PREVIEW_BYTES},
+    "result": {"texture": 1 << 30, "glb": 2 << 30},
+}
+
+
+def _array_rule(kind: str, name: str) -> ArrayRule:
+    if kind in CHECKPOINT_ARRAYS and name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
+        return _ANY
+    rule = ARRAYS.get(kind, {}).get(name)
+    if rule is None:
+        raise ProtocolError("bad_array", f"a {kind} message carries no array named {name!r}")
+    return rule
+
+
+def _check_array(name: str, rule: ArrayRule, array: np.ndarray) -> None:
+    if rule.columns is not None:
+        if array.ndim != 2 or array.shape[1] != rule.columns:
+            raise ProtocolError("bad_array", f"array {name!r} must have shape [N, {rule.columns}], "
+                                             f"got {list(array.shape)}")
+        if array.shape[0] > rule.max_rows:
+            raise ProtocolError("too_large", f"array {name!r} has {array.shape[0]:,} rows, over the limit "
+                                             f"of {rule.max_rows:,}")
+    if rule.finite and not np.isfinite(array).all():
+        raise ProtocolError("bad_array", f"array {name!r} contains NaN or infinite values")
+
+
+def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
+    """The arrays a submit of `task` needs: generate an optional sketch, paint a mesh and optional UVs."""
+    have = set(arrays)
+    if task == "generate" and have not in (set(), {"vertices", "faces"}):
+        raise ProtocolError("bad_array", "a generate sketch needs both 'vertices' and 'faces' (and no 'uvs')")
+    if task == "paint" and not {"vertices", "faces"} <= have:
+        raise ProtocolError("bad_array", "a paint job needs the mesh's 'vertices' and 'faces'")
+    if "faces" in arrays:
+        faces, n = arrays["faces"], len(arrays["vertices"])
+        if faces.size and (int(faces.min()) < 0 or int(faces.max()) >= n):
+            raise ProtocolError("bad_array", f"'faces' index vertices outside [0, {n})")
+    if "uvs" in arrays and len(arrays["uvs"]) != len(arrays["vertices"]):
+        raise ProtocolError("bad_array", "'uvs' must have one [u, v] row per vertex")
+
+
+# ------------------------------------------------------------------------------------------ encode/decode
+
+
+def encode(kind: str, fields: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None,
+           blobs: dict[str, bytes] | None = None) -> list[bytes | memoryview]:
+    """Frames of one message. Arrays are sent as little-endian C-contiguous buffers."""
+    if kind not in MESSAGE_TYPES:
+        raise ValueError(f"unknown message type {kind!r}")
+    header: dict[str, Any] = {"v": VERSION, "type": kind, **(fields or {})}
+    frames: list[bytes | memoryview] = []
+    specs = []
+    for name, array in (arrays or {}).items():
+        array = np.asarray(array)
+        if array.dtype.name not in DTYPES:
+            raise ValueError(f"array {name!r} has dtype {array.dtype}, not one of {sorted(DTYPES)}")
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
+        frames.append(memoryview(array).cast("B"))
+    header["arrays"] = specs
+    header["blobs"] = [{"name": name, "size": len(data)} for name, data in (blobs or {}).items()]
+    frames.extend(bytes(data) if not isinstance(data, bytes) else data for data in (blobs or {}).values())
+    head = json.dumps(header, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return [head, *frames]
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _parse_header(frame: bytes, limits: Limits) -> dict[str, Any]:
+    if len(frame) > limits.max_header_bytes:
+        raise ProtocolError("too_large", f"the header is {len(frame):,} bytes, over {limits.max_header_bytes:,}")
+    try:
+        header = json.loads(bytes(frame).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("bad_message", f"frame 0 is not UTF-8 JSON: {str(exc)[:200]}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_message", "frame 0 must be a JSON object")
+    return header
+
+
+def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str], request_id: str | None) -> list[dict]:
+    specs = header.get(key, [])
+    if not isinstance(specs, list) or not all(
+            isinstance(s, dict) and set(s) == set(keys) for s in specs):
+        raise ProtocolError("bad_frames", f"'{key}' must be a list of objects with keys {', '.join(keys)}",
+                            request_id)
+    names = [s["name"] for s in specs]
+    if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names) or len(set(names)) != len(names):
+        raise ProtocolError("bad_frames", f"'{key}' names must be unique identifiers", request_id)
+    return specs
+
+
+def _decode_array(spec: dict, frame: bytes, limits: Limits, request_id: str | None) -> np.ndarray:
+    name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError("bad_array", f"array {name!r} has dtype {str(dtype)[:20]!r}, not one of "
+                                         f"{', '.join(sorted(DTYPES))}", request_id)
+    if (not isinstance(shape, list) or len(shape) > limits.max_ndim
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise ProtocolError("bad_array", f"array {name!r} needs a shape of at most {limits.max_ndim} "
+                                         "non-negative integers", request_id)
+    dt = np.dtype(dtype).newbyteorder("<")
+    declared = math.prod(shape) * dt.itemsize
+    if declared > limits.max_array_bytes:
+        raise ProtocolError("too_large", f"array {name!r} declares {declared:,} bytes, over "
+                                         f"{limits.max_array_bytes:,}", request_id)
+    if declared != len(frame):
+        raise ProtocolError("bad_frames", f"array {name!r} declares {declared:,} bytes but its frame has "
+                                          f"{len(frame):,}", request_id)
+    array = np.frombuffer(frame, dtype=dt).reshape(shape)
+    return array if dt.isnative else array.astype(dt.newbyteorder("="))
+
+
+def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
+           accept: frozenset[str] | None = None) -> Message:
+    """Parse and validate one message; raises ProtocolError. `accept`: the types this side takes."""
+    if not frames:
+        raise ProtocolError("bad_frames", "an empty message")
+    if len(frames) > limits.max_frames + 1:
+        raise ProtocolError("too_large", f"{len(frames)} frames, over the limit of {limits.max_frames + 1}")
+    total = sum(len(f) for f in frames)
+    if total > limits.max_message_bytes:
+        raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
+    header = _parse_header(frames[0], limits)
+    rid = header.get("id") if isinstance(header.get("id"), str) and _REQUEST_ID.fullmatch(header["id"]) else None
+    if header.get("v") != VERSION or isinstance(header.get("v"), bool):
+        raise ProtocolError("unsupported_version", f"protocol version {str(header.get('v'))[:20]!r} is not "
+                                                   f"supported; this peer speaks v{VERSION}", rid)
+    kind = header.get("type")
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}", rid)
+    if accept is not None and kind not in accept:
+        raise ProtocolError("unexpected_type", f"a {kind} message is not accepted here; send one of "
+                                               f"{', '.join(sorted(accept))}", rid)
+    array_specs = _frame_specs(header, "arrays", ("name", "dtype", "shape"), rid)
+    blob_specs = _frame_specs(header, "blobs", ("name", "size"), rid)
+    if len(frames) != 1 + len(array_specs) + len(blob_specs):
+        raise ProtocolError("bad_frames", f"the header describes {len(array_specs)} arrays and "
+                                          f"{len(blob_specs)} blobs but {len(frames) - 1} frames follow", rid)
+    fields = {k: v for k, v in header.items() if k not in ("v", "type", "arrays", "blobs")}
+    try:
+        check_fields(kind, fields, limits)
+    except ProtocolError as exc:
+        exc.request_id = rid
+        raise
+    message = Message(kind, fields)
+    for i, spec in enumerate(array_specs, start=1):
+        rule = _with_id(lambda s=spec: _array_rule(kind, s["name"]), rid)
+        array = _decode_array(spec, frames[i], limits, rid)
+        _with_id(lambda n=spec["name"], r=rule, a=array: _check_array(n, r, a), rid)
+        message.arrays[spec["name"]] = array
+    allowed_blobs = BLOBS.get(kind, {})
+    for spec, frame in zip(blob_specs, frames[1 + len(array_specs):], strict=True):
+        name, size = spec["name"], spec["size"]
+        if name not in allowed_blobs:
+            raise ProtocolError("bad_frames", f"a {kind} message carries no blob named {name!r}", rid)
+        if not isinstance(size, int) or isinstance(size, bool) or size != len(frame):
+            raise ProtocolError("bad_frames", f"blob {name!r} declares {str(size)[:20]} bytes but its frame "
+                                              f"has {len(frame):,}", rid)
+        if size > allowed_blobs[name]:
+            raise ProtocolError("too_large", f"blob {name!r} is over {allowed_blobs[name]:,} bytes", rid)
+        message.blobs[name] = bytes(frame)
+    if kind == "submit":
+        _with_id(lambda: check_mesh_arrays(fields["task"], message.arrays), rid)
+    return message
+
+
+def _with_id(check: Any, request_id: str | None) -> Any:
+    try:
+        return check()
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def error_fields(code: str, message: str, hint: str | None = None, request_id: str | None = None,
+                 job: str | None = None) -> dict[str, Any]:
+    """The fields of an error message, trimmed to the protocol's limits."""
+    fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed", "message": message[:4000]}
+    if hint:
+        fields["hint"] = hint[:4000]
+    if request_id is not None:
+        fields["id"] = request_id
+    if job is not None:
+        fields["job"] = job
+    return fields
