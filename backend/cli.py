@@ -14,6 +14,7 @@ from backend import __version__
 from backend.config import from_dict, load_file, merge
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.events import Event, Finished, Progress, StageStarted
+from backend.service import commands as service_commands
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,12 +52,17 @@ class TqdmEvents:
             self.bar = None
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
+                "method": "objective.name"}
+GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
+                  "looseness": "sketch.looseness"}
+PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
+
+
+def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     """CLI flags that were given, as nested config keys (flags beat the config file)."""
     o: dict = {}
-    for flag, path in (("prompt", "prompt"), ("negative", "negative"), ("seed", "seed"),
-                       ("resolution", "resolution"), ("iters", "optim.iters"),
-                       ("refine_iters", "refine.iters"), ("method", "objective.name")):
+    for flag, path in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
             node = o
@@ -67,7 +73,7 @@ def _overrides(args: argparse.Namespace) -> dict:
     return o
 
 
-def add_generate_args(p: argparse.ArgumentParser) -> None:
+def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to make, e.g. 'a red toadstool'")
     p.add_argument("--negative", help="what to avoid (classifier-free guidance's negative prompt)")
     p.add_argument("--guidance", default=None,
@@ -75,8 +81,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
                         "(default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
     p.add_argument("--method", help="score distillation objective: sds")
-    p.add_argument("--iters", type=int, help="latent-stage steps (default 5000)")
-    p.add_argument("--refine-iters", type=int, help="RGB refinement steps (default 1000, 0 to skip)")
+    p.add_argument("--iters", type=int, help="optimisation steps (default 5000)")
     p.add_argument("--resolution", type=int, help="training render size in pixels (default 64)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
@@ -85,13 +90,28 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output .glb (a .png of the texture is written beside it)")
 
 
-def build_generate_config(args: argparse.Namespace, base: dict | None = None):  # noqa: ANN201
-    from backend.tasks.generate import GenerateConfig
+def add_generate_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--refine-iters", type=int, help="RGB refinement steps (default 1000, 0 to skip)")
+    p.add_argument("--sketch", help="a mesh of primitives (.glb/.obj/.ply) for the shape to follow")
+    p.add_argument("--looseness", type=float,
+                   help="how loosely to follow the sketch: distance from its surface, in units of a sketch "
+                        "scaled to radius 0.5, within which the shape is free (default 0.3)")
 
-    config = from_dict(GenerateConfig, base or {})
+
+def add_paint_args(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    p.add_argument("--mesh", required=True, help="the mesh to paint (.glb/.obj/.ply); its vertices are kept")
+    p.add_argument("--texture-size", type=int, help="final texture size in pixels (default 1024)")
+    p.add_argument("--finetune-iters", type=int, help="RGB fine-tuning steps after decoding (default 0)")
+
+
+def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str]):  # noqa: ANN201
+    """Defaults, then the --config file, then the flags given."""
+    config = cls()
     if args.config:
         config = merge(config, load_file(args.config))
-    return merge(config, _overrides(args))
+    return merge(config, _overrides(args, flags))
 
 
 def guidance_spec(args: argparse.Namespace) -> str:
@@ -104,13 +124,29 @@ def guidance_spec(args: argparse.Namespace) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from backend.guidance import build_guidance
-    from backend.tasks.generate import generate
+    from backend.mesh import load_mesh
+    from backend.tasks.generate import GenerateConfig, generate
 
-    config = build_generate_config(args)
+    config = build_config(GenerateConfig, args, GENERATE_FLAGS)
     config.validate()
+    sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
     device = pick_device(args.device)
     guidance = build_guidance(guidance_spec(args), device)
-    return _run(lambda events: generate(config, guidance, args.out, on_event=events, job_dir=args.job_dir),
+    return _run(lambda events: generate(config, guidance, args.out, sketch=sketch, on_event=events,
+                                        job_dir=args.job_dir), guidance.describe(), device)
+
+
+def cmd_paint(args: argparse.Namespace) -> int:
+    from backend.guidance import build_guidance
+    from backend.mesh import load_mesh
+    from backend.tasks.paint import PaintConfig, paint
+
+    config = build_config(PaintConfig, args, PAINT_FLAGS)
+    config.validate()
+    mesh = load_mesh(args.mesh, "paint mesh")
+    device = pick_device(args.device)
+    guidance = build_guidance(guidance_spec(args), device)
+    return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir),
                 guidance.describe(), device)
 
 
@@ -159,12 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="text (and sketch) to a textured GLB")
     add_generate_args(g)
     g.set_defaults(func=cmd_generate)
+    p = sub.add_parser("paint", help="texture a mesh from a prompt (Latent-Paint), keeping its geometry")
+    add_paint_args(p)
+    p.set_defaults(func=cmd_paint)
     d = sub.add_parser("demo", help="generate the shipped example (Stable Diffusion, or its target)")
     d.add_argument("--model", help="Stable Diffusion checkpoint (default: LATENTFORGE_MODEL or SD 1.5)")
     d.add_argument("--device", default="auto")
     d.add_argument("--full", action="store_true", help="the default schedule even on the CPU")
     d.add_argument("--out", default="out/example.glb")
     d.set_defaults(func=cmd_demo)
+    service_commands.register(sub)  # serve, worker, keys, submit, status, fetch
     return parser
 
 

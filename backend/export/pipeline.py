@@ -46,7 +46,7 @@ def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: Expor
     report("marching cubes")
     mesh = extract_mesh(density_fn, config, device)
     report("uv unwrap")
-    mesh = unwrap(mesh, config.texture_size)
+    mesh, _ = unwrap(mesh, config.texture_size)
     report("bake")
     texture = bake_texture(mesh, color_fn, config.texture_size, device)
     report("write")

@@ -8,8 +8,11 @@ import xatlas
 from backend.mesh import Mesh
 
 
-def unwrap(mesh: Mesh, texture_size: int) -> Mesh:
-    """`mesh` with per-vertex UVs in [0, 1]; vertices on chart seams are duplicated, positions unchanged."""
+def unwrap(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
+    """`mesh` with per-vertex UVs in [0, 1], and for each of its vertices the input vertex it copies.
+
+    Vertices on chart seams are duplicated; positions and the order of faces are unchanged.
+    """
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.ascontiguousarray(mesh.vertices, np.float32),
                    np.ascontiguousarray(mesh.faces, np.uint32))
@@ -19,5 +22,6 @@ def unwrap(mesh: Mesh, texture_size: int) -> Mesh:
     pack.padding = max(2, texture_size // 256)
     atlas.generate(pack_options=pack)
     vmapping, faces, uvs = atlas[0]
-    return mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
-                          uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)
+    unwrapped = mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
+                               uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)
+    return unwrapped, vmapping.astype(np.int64)

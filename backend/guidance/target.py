@@ -67,9 +67,9 @@ class TargetGuidance(Guidance):
 
     def render_rgb(self, cameras: Cameras, size: int) -> torch.Tensor:
         """G's render [B, 3, size, size] in [0, 1] over the background."""
-        image, _ = render_mesh(self._vertices, self._faces, cameras, size, self.background,
-                               vertex_colors=self._colors, uvs=self._uvs, texture=self._texture)
-        return image
+        color, coverage = render_mesh(self._vertices, self._faces, cameras, size, vertex_colors=self._colors,
+                                      uvs=self._uvs, texture=self._texture)
+        return color + (1 - coverage[:, None]) * self.background.view(1, 3, 1, 1)
 
     def target_latents(self, cameras: Cameras, size: int) -> torch.Tensor:
         """z*_c: G's render from each camera, in latent space at size × size."""

@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from backend.cameras import Cameras
+from backend.render import nvdiffrast_raster
 from backend.render import rasterize as torch_raster
+
+
+def rasterizer_for(device: torch.device):  # noqa: ANN201 - a rasterize function
+    """nvdiffrast on CUDA when it is installed, else the pure-torch reference (same interface)."""
+    if device.type == "cuda" and nvdiffrast_raster.available():
+        return nvdiffrast_raster.rasterize
+    return torch_raster.rasterize
 
 
 def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -22,31 +30,29 @@ def render_mesh(
     faces: torch.Tensor,
     cameras: Cameras,
     size: int,
-    background: torch.Tensor,
     vertex_colors: torch.Tensor | None = None,
     uvs: torch.Tensor | None = None,
     texture: torch.Tensor | None = None,
     supersample: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images [B, C, size, size] and coverage [B, size, size] in [0, 1].
+    """Premultiplied colour [B, C, size, size] and coverage [B, size, size] in [0, 1].
 
     Colour comes from `texture` [C, Ht, Wt] sampled at `uvs` [V, 2] when given, else `vertex_colors`
-    [V, C]. Rendered at `supersample`× and area-averaged so edges are antialiased like a volume render.
-    Differentiable with respect to the colours and the texture.
+    [V, C]. Rendered at `supersample`× and area-averaged so edges are antialiased like a volume render;
+    composite with `image = colour + (1 − coverage) · background`. Differentiable with respect to the
+    colours and the texture (not the geometry).
     """
     res = size * supersample
     homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1)
     clip = torch.einsum("bij,vj->bvi", cameras.mvp(), homo)
-    rast = torch_raster.rasterize(clip, faces, (res, res))
-    hit = (rast[..., 3] > 0).float()
+    rast = rasterizer_for(vertices.device)(clip, faces, (res, res))
+    hit = (rast[..., 3] > 0).to(vertices.dtype)
     if uvs is not None and texture is not None:
-        uv = torch_raster.interpolate(uvs, rast, faces)
-        color = sample_texture(texture, uv)
+        color = sample_texture(texture, torch_raster.interpolate(uvs, rast, faces))
     else:
         color = torch_raster.interpolate(vertex_colors, rast, faces)
-    image = color * hit[..., None] + background.view(1, 1, 1, -1) * (1 - hit[..., None])
-    image = image.permute(0, 3, 1, 2)
+    color = (color * hit[..., None]).permute(0, 3, 1, 2)
     if supersample > 1:
-        image = F.avg_pool2d(image, supersample)
+        color = F.avg_pool2d(color, supersample)
         hit = F.avg_pool2d(hit[:, None], supersample)[:, 0]
-    return image, hit
+    return color, hit

@@ -14,6 +14,7 @@ from torch import nn
 
 from backend.errors import ConfigError
 from backend.latent import LatentDecoderLayer
+from backend.scene.background import DirectionalBackground, mlp
 from backend.scene.hashgrid import HashGrid
 
 
@@ -57,16 +58,6 @@ class _TruncExp(torch.autograd.Function):
         return g * torch.exp(x.clamp(-15, 15))
 
 
-def _mlp(dim_in: int, dim_out: int, hidden: int, layers: int) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods.append(nn.Linear(dim_in if i == 0 else hidden, dim_out if i == layers - 1 else hidden,
-                              bias=True))
-        if i < layers - 1:
-            mods.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*mods)
-
-
 class LatentNeRF(nn.Module):
     def __init__(self, config: NeRFConfig) -> None:
         super().__init__()
@@ -74,8 +65,8 @@ class LatentNeRF(nn.Module):
         self.config = config
         self.encoder = HashGrid(config.levels, config.features_per_level, config.log2_table_size,
                                 config.base_resolution, config.max_resolution)
-        self.sigma_net = _mlp(self.encoder.output_dim, 1 + 4, config.hidden_dim, config.hidden_layers)
-        self.bg_net = _mlp(3 * 2 * config.background_frequencies + 3, 4, config.background_hidden, 2)
+        self.sigma_net = mlp(self.encoder.output_dim, 1 + 4, config.hidden_dim, config.hidden_layers)
+        self.bg_net = DirectionalBackground(4, config.background_frequencies, config.background_hidden)
         self.decoder = LatentDecoderLayer()
         self.rgb = False  # True in the RGB refinement stage
 
@@ -102,10 +93,7 @@ class LatentNeRF(nn.Module):
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
         """View directions [N, 3] → background features [N, C] in the current render space."""
-        freqs = 2.0 ** torch.arange(self.config.background_frequencies, device=directions.device)
-        angles = directions[..., None, :] * freqs[:, None]
-        enc = torch.cat([directions, torch.sin(angles).flatten(-2), torch.cos(angles).flatten(-2)], -1)
-        return self.color(self.bg_net(enc))
+        return self.color(self.bg_net(directions))
 
     @property
     def channels(self) -> int:

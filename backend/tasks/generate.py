@@ -19,12 +19,13 @@ from backend.events import EventSink, StageStarted, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
-from backend.mesh import Frame
+from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES, ObjectiveConfig
 from backend.regularisers import sparsity
 from backend.render.volume import VolumeConfig, VolumeRenderer
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.schedules import TimestepConfig
+from backend.sketch import SketchConfig, SketchShape
 from backend.tasks.distill import DistillStep, SceneRender, to_preview
 
 MAX_PROMPT_CHARS = 1000
@@ -61,6 +62,7 @@ class GenerateConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    sketch: SketchConfig = field(default_factory=SketchConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
@@ -76,7 +78,8 @@ class GenerateConfig:
             raise ConfigError("learning rates must be positive")
         if self.optim.batch < 1 or self.optim.lambda_sparsity < 0:
             raise ConfigError("optim.batch must be ≥ 1 and optim.lambda_sparsity ≥ 0")
-        for part in (self.camera, self.nerf, self.render, self.timesteps, self.objective, self.export):
+        for part in (self.camera, self.nerf, self.render, self.timesteps, self.objective, self.export,
+                     self.sketch):
             part.validate()
 
 
@@ -120,17 +123,18 @@ def generate(
     config: GenerateConfig,
     guidance: Guidance,
     out_path: str | Path,
+    sketch: Mesh | None = None,
     sketch_frame: Frame | None = None,
-    extra_regularisers: dict | None = None,
     on_event: EventSink = ignore,
     cancel: threading.Event | None = None,
     job_dir: str | Path | None = None,
 ) -> ExportResult:
     """Optimise a Latent-NeRF for `config.prompt` under `guidance` and export it to `out_path` (GLB).
 
-    The asset lands in the input's frame: `sketch_frame` when a sketch placed it, else where the guidance
-    suggests (a target mesh's own frame), else the unit volume. With `job_dir`, checkpoints go there and
-    a rerun resumes from the last one.
+    With a `sketch` (a triangle mesh of primitives, in any placement), the NeRF follows it (Sketch-Shape
+    loss) and the asset lands where the sketch was. Without one it lands in `sketch_frame` if given, else where the
+    guidance suggests (a target mesh's own frame), else in the unit volume. With `job_dir`,
+    checkpoints go there and a rerun resumes from the last one.
     """
     config.validate()
     if config.objective.name not in OBJECTIVES:
@@ -141,7 +145,8 @@ def generate(
     device = guidance.device
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    frame = sketch_frame or guidance.suggested_frame() or Frame()
+    shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
+    frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
     if hasattr(guidance, "set_frame"):
         guidance.set_frame(frame)
     prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
@@ -151,7 +156,9 @@ def generate(
     nerf = scene.nerf
     sampler = CameraSampler(config.camera, generator, device)
     regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
-    regularisers.update(extra_regularisers or {})
+    if shape is not None:
+        regularisers["sketch"] = (config.sketch.weight,
+                                  lambda out, *_: shape.loss(out.extras.points, out.extras.sigmas))
     step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
 
