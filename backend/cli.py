@@ -14,6 +14,7 @@ from backend import __version__
 from backend.config import from_dict, load_file, merge
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.events import Event, Finished, Progress, StageStarted
+from backend.methods import method_overrides
 from backend.service import commands as service_commands
 
 
@@ -80,7 +81,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="sd:MODEL (hub id, diffusers folder or .safetensors) or target:MESH.glb "
                         "(default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
-    p.add_argument("--method", help="score distillation objective: sds")
+    p.add_argument("--method", help="sds (default) or hifa (BGT+ with √-annealed timesteps, z-variance and "
+                                    "kernel-smoothed importance sampling)")
     p.add_argument("--iters", type=int, help="optimisation steps (default 5000)")
     p.add_argument("--resolution", type=int, help="training render size in pixels (default 64)")
     p.add_argument("--seed", type=int)
@@ -107,10 +109,12 @@ def add_paint_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str]):  # noqa: ANN201
-    """Defaults, then the --config file, then the flags given."""
-    config = cls()
-    if args.config:
-        config = merge(config, load_file(args.config))
+    """Defaults, then the method's defaults, then the --config file, then the flags given."""
+    file = load_file(args.config) if args.config else {}
+    objective = file.get("objective") if isinstance(file, dict) else None
+    method = args.method or (objective.get("name") if isinstance(objective, dict) else None) or "sds"
+    config = merge(cls(), method_overrides(str(method), cls))
+    config = merge(config, file)
     return merge(config, _overrides(args, flags))
 
 

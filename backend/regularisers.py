@@ -12,3 +12,41 @@ def sparsity(opacity: torch.Tensor) -> torch.Tensor:
     """
     a = opacity.clamp(1e-5, 1 - 1e-5)
     return (-a * torch.log2(a) - (1 - a) * torch.log2(1 - a)).mean()
+
+
+def z_variance(distances: torch.Tensor, weights: torch.Tensor, min_opacity: float = 0.5) -> torch.Tensor:
+    """HiFA's z-variance: the variance of sample distance along each ray under its normalised weights,
+    Σ_i (z_i − μ_r)²·w_i/Σw, averaged over rays [R, S] (rays with Σw ≤ `min_opacity` count as 0).
+
+    Low when each ray's weight sits at one depth: a crisp surface instead of a semi-transparent haze.
+    """
+    total = weights.sum(-1, keepdim=True)
+    p = weights / total.clamp(min=1e-5)
+    mean = (p * distances).sum(-1, keepdim=True)
+    variance = (p * (distances - mean) ** 2).sum(-1)
+    return (variance * (total[:, 0] > min_opacity).detach()).mean()
+
+
+def ramp(step: int, total: int, fraction: float = 0.5) -> float:
+    """0 → 1 linearly over the first `fraction` of training, then 1 (HiFA's z-variance weight)."""
+    return min(1.0, step / max(fraction * total, 1e-9))
+
+
+def scale_invariant_disparity(disparity: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """HiFA's depth loss: ‖d′ − d*‖² with d′ = ⟨d, d*⟩·d/‖d‖², over the pixels in `mask`.
+
+    Monocular disparity is only known up to scale and shift, so both are centred first (the target also
+    scaled to unit spread, as HiFA's reference does); the optimal scale is then solved, not learnt.
+    Images [B, H, W]; 0 where no pixel is in the mask.
+    """
+    losses = []
+    for d, t, m in zip(disparity, target, mask, strict=True):
+        if int(m.sum()) < 2:
+            losses.append(d.sum() * 0)
+            continue
+        t = t[m].detach()
+        t = (t - t.mean()) / t.std().clamp(min=1e-6)
+        d = d[m] - d[m].mean()
+        fitted = (d * t).sum() / (d * d).sum().clamp(min=1e-12) * d
+        losses.append(((fitted - t) ** 2).mean())
+    return torch.stack(losses).mean()

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from backend.objectives.sds import SDS, ObjectiveConfig
+from dataclasses import dataclass, field
 
-OBJECTIVES = {"sds": SDS}
+from backend.objectives import sds
+from backend.objectives.hifa import BGT, BGTConfig
+from backend.objectives.sds import SDS
 
-__all__ = ["OBJECTIVES", "SDS", "ObjectiveConfig"]
+OBJECTIVES = {"sds": SDS, "hifa": BGT}
+
+
+@dataclass
+class ObjectiveConfig(sds.ObjectiveConfig):
+    """The settings every objective shares (name, guidance scale) plus one table per objective that has its own."""
+
+    hifa: BGTConfig = field(default_factory=BGTConfig)
+
+    def validate(self) -> None:
+        super().validate()
+        self.hifa.validate()
+
+
+__all__ = ["OBJECTIVES", "SDS", "BGT", "BGTConfig", "ObjectiveConfig"]

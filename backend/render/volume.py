@@ -1,4 +1,11 @@
-"""Volume rendering of a density + feature field inside a bounding sphere."""
+"""Volume rendering of a density + feature field inside a bounding sphere.
+
+Samples are stratified along each ray. With `importance_samples`, a coarse pass (no gradient) first
+finds where the weight lies, the coarse weights are smoothed with a small kernel (HiFA: without it,
+samples collapse onto the few bins that happened to catch the surface and textures flicker between
+steps), and that many extra samples are drawn from them by inverse CDF; the merged, sorted samples
+are then rendered with gradients.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +13,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from backend.errors import ConfigError
 
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points → (density, features)
+
+# smoothing kernels for importance sampling: boxcar (HiFA's default) and the piecewise-linear pdf
+# through the bin centres (each bin keeps 3/4 of its mass and gives 1/8 to each neighbour)
+KERNELS = {"boxcar": (1 / 3, 1 / 3, 1 / 3), "trapezoidal": (1 / 8, 3 / 4, 1 / 8)}
 
 
 @dataclass
 class VolumeConfig:
     samples: int = 64  # stratified samples per ray
     min_near: float = 0.1
+    importance_samples: int = 0  # extra samples per ray from the smoothed coarse weights (0: off)
+    kernel: str = "boxcar"  # smoothing of the coarse weights: one of KERNELS
 
     def validate(self) -> None:
         if int(self.samples) < 2:
             raise ConfigError("render.samples must be at least 2")
+        if int(self.importance_samples) < 0:
+            raise ConfigError(f"render.importance_samples must be 0 (off) or more, got {self.importance_samples}")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"unknown render.kernel {self.kernel!r}", f"choose one of {', '.join(KERNELS)}")
 
 
 @dataclass
@@ -27,10 +45,10 @@ class VolumeRender:
     image: torch.Tensor  # [B, C, H, W] features composited over the background
     opacity: torch.Tensor  # [B, H, W] Σ w: how much of each pixel is object
     depth: torch.Tensor  # [B, H, W] expected distance along the ray
-    points: torch.Tensor  # [R, S, 3] sample positions (R rays)
+    points: torch.Tensor  # [R, S, 3] sample positions (R rays; S counts importance samples too)
     sigmas: torch.Tensor  # [R, S] densities there
     weights: torch.Tensor  # [R, S] compositing weights
-    t_mid: torch.Tensor  # [R, S] sample distances
+    t_mid: torch.Tensor  # [R, S] sample distances, increasing along each ray
 
 
 def intersect_sphere(o: torch.Tensor, d: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +67,37 @@ def composite(sigma: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
     alpha = 1 - torch.exp(-sigma * deltas)
     trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha + 1e-10], -1), -1)[:, :-1]
     return alpha * trans
+
+
+def smooth_weights(weights: torch.Tensor, kernel: str = "boxcar") -> torch.Tensor:
+    """Kernel-smoothed per-ray weights [R, S], each ray keeping its total weight.
+
+    Every bin spreads its weight over the kernel taps that land on the ray, renormalised to them, so
+    nothing wraps from one end of the ray to the other and nothing is lost off its ends.
+    """
+    k = torch.tensor(KERNELS[kernel], dtype=weights.dtype, device=weights.device).view(1, 1, -1)
+    pad = k.shape[-1] // 2
+    reach = F.conv1d(torch.ones_like(weights[:1, None]), k, padding=pad)[:, 0]  # [1, S] taps on the ray
+    return F.conv1d((weights / reach)[:, None], k.flip(-1), padding=pad)[:, 0]
+
+
+def sample_pdf(edges: torch.Tensor, weights: torch.Tensor, n: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """`n` distances per ray [R, n] drawn by inverse CDF from piecewise-constant weights [R, S] on bins
+    with `edges` [R, S+1]; random with `generator`, else evenly spaced quantiles (deterministic)."""
+    pdf = weights + 1e-5  # an empty ray samples uniformly
+    cdf = torch.cumsum(pdf, -1)
+    cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf / cdf[:, -1:]], -1).contiguous()
+    if generator is not None:
+        u = torch.rand(weights.shape[0], n, generator=generator).to(weights)
+    else:
+        u = ((torch.arange(n, device=weights.device, dtype=weights.dtype) + 0.5) / n).expand(weights.shape[0], n)
+    hi = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, weights.shape[1])
+    lo = hi - 1
+    c0, c1 = cdf.gather(1, lo), cdf.gather(1, hi)
+    e0, e1 = edges.gather(1, lo), edges.gather(1, hi)
+    frac = ((u - c0) / (c1 - c0).clamp(min=1e-12)).clamp(0, 1)
+    return e0 + frac * (e1 - e0)
 
 
 class VolumeRenderer:
@@ -80,12 +129,14 @@ class VolumeRenderer:
             jitter = torch.full((o.shape[0], s), 0.5, device=o.device)
         t_mid = edges[:, :-1] + (edges[:, 1:] - edges[:, :-1]) * jitter
         deltas = edges[:, 1:] - edges[:, :-1]
+        if self.config.importance_samples:
+            t_mid, deltas = self._importance(field, o, d, edges, t_mid, deltas, generator)
         points = o[:, None] + d[:, None] * t_mid[..., None]
         sigma, feats = field(points.reshape(-1, 3))
-        sigma = sigma.view(-1, s)
+        sigma = sigma.view(-1, t_mid.shape[1])
         weights = composite(sigma, deltas)
         opacity = weights.sum(-1)
-        feats = feats.view(-1, s, feats.shape[-1])
+        feats = feats.view(-1, t_mid.shape[1], feats.shape[-1])
         fg = (weights[..., None] * feats).sum(1)
         bg = background(d)
         image = fg + (1 - opacity)[:, None] * bg
@@ -99,3 +150,17 @@ class VolumeRenderer:
             weights=weights,
             t_mid=t_mid,
         )
+
+    def _importance(self, field: Field, o: torch.Tensor, d: torch.Tensor, edges: torch.Tensor,
+                    t_mid: torch.Tensor, deltas: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coarse samples merged with importance samples: sorted distances and the length each covers."""
+        with torch.no_grad():
+            sigma, _ = field((o[:, None] + d[:, None] * t_mid[..., None]).reshape(-1, 3))
+            weights = composite(sigma.view(t_mid.shape), deltas)
+            extra = sample_pdf(edges, smooth_weights(weights, self.config.kernel),
+                               int(self.config.importance_samples), generator)
+        t_all = torch.sort(torch.cat([t_mid, extra], -1), -1).values
+        # each sample stands for the stretch up to half-way to its neighbours, as a stratified one for its bin
+        bounds = torch.cat([edges[:, :1], (t_all[:, 1:] + t_all[:, :-1]) / 2, edges[:, -1:]], -1)
+        return t_all, bounds[:, 1:] - bounds[:, :-1]

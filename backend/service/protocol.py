@@ -22,6 +22,7 @@ MAX_PROMPT_CHARS = 1000  # the same limit the generate task enforces
 MAX_FACES = 2_000_000  # the same limit the backend's mesh validation enforces
 MAX_VERTICES = 3 * MAX_FACES
 MAX_PREVIEW_BYTES = 4 << 20
+LIVENESS = 5  # heartbeat intervals of silence after which the service counts a worker as gone
 
 CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "heartbeat"})
 SERVER_REPLIES = frozenset({"welcome", "accepted", "job", "jobs", "progress", "result", "error", "heartbeat"})
@@ -93,6 +94,9 @@ TRUSTED_LIMITS = Limits(max_message_bytes=4 << 30, max_header_bytes=4 << 20, max
                         max_array_bytes=2 << 30, max_depth=32)
 
 
+Frames = list[bytes | memoryview]  # one multipart message, as `encode` returns it
+
+
 @dataclass
 class Message:
     type: str
@@ -145,8 +149,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "fetch": {"job": _JOB, "glb": F(bool)},
     "heartbeat": {"time": F(float), "queue": F(int, lo=0)},
     "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
-                "presets": F(list), "models": F(list), "queue": F(int, lo=0), "workers": F(int, lo=0),
-                "limits": F(dict)},
+                "methods": F(list), "presets": F(list), "models": F(list), "queue": F(int, lo=0),
+                "workers": F(int, lo=0), "limits": F(dict)},
     "accepted": {"job": _JOB, "position": F(int, lo=0)},
     "job": {"job": F(dict, required=True)},
     "jobs": {"jobs": F(list, required=True, max_len=1000)},
@@ -162,7 +166,6 @@ SCHEMAS: dict[str, dict[str, F]] = {
              "attempt": F(int, lo=0)},
     "checkpoint": {"job": _JOB, "state": F(dict, required=True)},
 }
-assert set(SCHEMAS) == MESSAGE_TYPES  # noqa: S101 - a schema for every type, checked at import
 
 
 def _check_field(name: str, rule: F, value: Any, depth_limit: int) -> None:
@@ -213,8 +216,7 @@ def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIM
             continue
         rule = schema.get(name)
         if rule is None:
-            raise ProtocolError("bad_field", f"unknown field {name!r} in a {kind} message",
-                                fields.get("id") if isinstance(fields.get("id"), str) else None)
+            raise ProtocolError("bad_field", f"unknown field {name!r} in a {kind} message")
         _check_field(name, rule, value, limits.max_depth)
     missing = [n for n, r in schema.items() if r.required and n not in fields]
     if missing:
@@ -227,7 +229,7 @@ def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIM
 @dataclass(frozen=True)
 class ArrayRule:
     dtypes: frozenset
-    columns: int | None  # shape [N, columns]; None: any shape
+    columns: int | None  # shape [N, columns], 0 for [N]; None: any shape
     max_rows: int = 0
     finite: bool = False
 
@@ -236,10 +238,13 @@ _VERTS = ArrayRule(frozenset({"float32"}), 3, MAX_VERTICES, finite=True)
 _FACES = ArrayRule(frozenset({"int32", "int64"}), 3, MAX_FACES)
 _UVS = ArrayRule(frozenset({"float32"}), 2, MAX_VERTICES, finite=True)
 _MESH = {"vertices": _VERTS, "faces": _FACES, "uvs": _UVS}
+# a painted mesh is split along UV seams: vertex_map[i] is the input vertex that output vertex i copies
+_VERTEX_MAP = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_VERTICES)
 _ANY = ArrayRule(DTYPES, None)
 CHECKPOINT_PREFIX = "ckpt."  # arrays of a checkpoint are named ckpt.0, ckpt.1, ...
 
-ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": _MESH, "result": _MESH, "task": _MESH}
+ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": _MESH, "result": {**_MESH, "vertex_map": _VERTEX_MAP},
+                                          "task": _MESH}
 CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
@@ -257,15 +262,25 @@ def _array_rule(kind: str, name: str) -> ArrayRule:
 
 
 def _check_array(name: str, rule: ArrayRule, array: np.ndarray) -> None:
+    if array.dtype.name not in rule.dtypes:
+        raise ProtocolError("bad_array", f"array {name!r} must be {' or '.join(sorted(rule.dtypes))}, "
+                                         f"got {array.dtype.name}")
     if rule.columns is not None:
-        if array.ndim != 2 or array.shape[1] != rule.columns:
-            raise ProtocolError("bad_array", f"array {name!r} must have shape [N, {rule.columns}], "
-                                             f"got {list(array.shape)}")
+        expected = (None, rule.columns) if rule.columns else (None,)
+        if array.shape[1:] != expected[1:] or array.ndim != len(expected):
+            shape = f"[N, {rule.columns}]" if rule.columns else "[N]"
+            raise ProtocolError("bad_array", f"array {name!r} must have shape {shape}, got {list(array.shape)}")
         if array.shape[0] > rule.max_rows:
             raise ProtocolError("too_large", f"array {name!r} has {array.shape[0]:,} rows, over the limit "
                                              f"of {rule.max_rows:,}")
     if rule.finite and not np.isfinite(array).all():
         raise ProtocolError("bad_array", f"array {name!r} contains NaN or infinite values")
+
+
+def check_arrays(kind: str, arrays: dict[str, np.ndarray]) -> None:
+    """Names, shapes, row limits and finiteness of the arrays of a `kind` message."""
+    for name, array in arrays.items():
+        _check_array(name, _array_rule(kind, name), array)
 
 
 def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
@@ -287,12 +302,12 @@ def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def encode(kind: str, fields: dict[str, Any] | None = None, arrays: dict[str, np.ndarray] | None = None,
-           blobs: dict[str, bytes] | None = None) -> list[bytes | memoryview]:
+           blobs: dict[str, bytes] | None = None) -> Frames:
     """Frames of one message. Arrays are sent as little-endian C-contiguous buffers."""
     if kind not in MESSAGE_TYPES:
         raise ValueError(f"unknown message type {kind!r}")
     header: dict[str, Any] = {"v": VERSION, "type": kind, **(fields or {})}
-    frames: list[bytes | memoryview] = []
+    frames: Frames = []
     specs = []
     for name, array in (arrays or {}).items():
         array = np.asarray(array)
@@ -324,35 +339,35 @@ def _parse_header(frame: bytes, limits: Limits) -> dict[str, Any]:
     return header
 
 
-def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str], request_id: str | None) -> list[dict]:
+def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str]) -> list[dict]:
     specs = header.get(key, [])
     if not isinstance(specs, list) or not all(
             isinstance(s, dict) and set(s) == set(keys) for s in specs):
-        raise ProtocolError("bad_frames", f"'{key}' must be a list of objects with keys {', '.join(keys)}",
-                            request_id)
+        raise ProtocolError("bad_frames", f"'{key}' must be a list of objects with keys {', '.join(keys)}")
     names = [s["name"] for s in specs]
     if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names) or len(set(names)) != len(names):
-        raise ProtocolError("bad_frames", f"'{key}' names must be unique identifiers", request_id)
+        raise ProtocolError("bad_frames", f"'{key}' names must be unique identifiers")
     return specs
 
 
-def _decode_array(spec: dict, frame: bytes, limits: Limits, request_id: str | None) -> np.ndarray:
+def _decode_array(spec: dict, frame: bytes, limits: Limits) -> np.ndarray:
     name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ProtocolError("bad_array", f"array {name!r} has dtype {str(dtype)[:20]!r}, not one of "
-                                         f"{', '.join(sorted(DTYPES))}", request_id)
+                                         f"{', '.join(sorted(DTYPES))}")
     if (not isinstance(shape, list) or len(shape) > limits.max_ndim
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise ProtocolError("bad_array", f"array {name!r} needs a shape of at most {limits.max_ndim} "
-                                         "non-negative integers", request_id)
+                                         "non-negative integers")
     dt = np.dtype(dtype).newbyteorder("<")
     declared = math.prod(shape) * dt.itemsize
-    if declared > limits.max_array_bytes:
+    # the nonzero dimensions are bounded too: [0, 10**9, 10**9] holds no bytes but numpy cannot shape it
+    if max(declared, math.prod(d for d in shape if d) * dt.itemsize) > limits.max_array_bytes:
         raise ProtocolError("too_large", f"array {name!r} declares {declared:,} bytes, over "
-                                         f"{limits.max_array_bytes:,}", request_id)
+                                         f"{limits.max_array_bytes:,}")
     if declared != len(frame):
         raise ProtocolError("bad_frames", f"array {name!r} declares {declared:,} bytes but its frame has "
-                                          f"{len(frame):,}", request_id)
+                                          f"{len(frame):,}")
     array = np.frombuffer(frame, dtype=dt).reshape(shape)
     return array if dt.isnative else array.astype(dt.newbyteorder("="))
 
@@ -368,55 +383,52 @@ def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
     if total > limits.max_message_bytes:
         raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
     header = _parse_header(frames[0], limits)
-    rid = header.get("id") if isinstance(header.get("id"), str) and _REQUEST_ID.fullmatch(header["id"]) else None
+    rid = header.get("id")
+    try:
+        return _decode_header(header, frames, limits, accept)
+    except ProtocolError as exc:
+        # the request id lets the sender match the error to its request, when it is well formed
+        exc.request_id = rid if isinstance(rid, str) and _REQUEST_ID.fullmatch(rid) else None
+        raise
+
+
+def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limits,
+                   accept: frozenset[str] | None) -> Message:
     if header.get("v") != VERSION or isinstance(header.get("v"), bool):
         raise ProtocolError("unsupported_version", f"protocol version {str(header.get('v'))[:20]!r} is not "
-                                                   f"supported; this peer speaks v{VERSION}", rid)
+                                                   f"supported; this peer speaks v{VERSION}")
     kind = header.get("type")
     if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
-        raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}", rid)
+        raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
     if accept is not None and kind not in accept:
         raise ProtocolError("unexpected_type", f"a {kind} message is not accepted here; send one of "
-                                               f"{', '.join(sorted(accept))}", rid)
-    array_specs = _frame_specs(header, "arrays", ("name", "dtype", "shape"), rid)
-    blob_specs = _frame_specs(header, "blobs", ("name", "size"), rid)
+                                               f"{', '.join(sorted(accept))}")
+    array_specs = _frame_specs(header, "arrays", ("name", "dtype", "shape"))
+    blob_specs = _frame_specs(header, "blobs", ("name", "size"))
     if len(frames) != 1 + len(array_specs) + len(blob_specs):
         raise ProtocolError("bad_frames", f"the header describes {len(array_specs)} arrays and "
-                                          f"{len(blob_specs)} blobs but {len(frames) - 1} frames follow", rid)
+                                          f"{len(blob_specs)} blobs but {len(frames) - 1} frames follow")
     fields = {k: v for k, v in header.items() if k not in ("v", "type", "arrays", "blobs")}
-    try:
-        check_fields(kind, fields, limits)
-    except ProtocolError as exc:
-        exc.request_id = rid
-        raise
+    check_fields(kind, fields, limits)
     message = Message(kind, fields)
-    for i, spec in enumerate(array_specs, start=1):
-        rule = _with_id(lambda s=spec: _array_rule(kind, s["name"]), rid)
-        array = _decode_array(spec, frames[i], limits, rid)
-        _with_id(lambda n=spec["name"], r=rule, a=array: _check_array(n, r, a), rid)
-        message.arrays[spec["name"]] = array
+    for spec, frame in zip(array_specs, frames[1:], strict=False):
+        _array_rule(kind, spec["name"])  # an unexpected name is refused before its frame is read
+        message.arrays[spec["name"]] = _decode_array(spec, frame, limits)
+    check_arrays(kind, message.arrays)
     allowed_blobs = BLOBS.get(kind, {})
     for spec, frame in zip(blob_specs, frames[1 + len(array_specs):], strict=True):
         name, size = spec["name"], spec["size"]
         if name not in allowed_blobs:
-            raise ProtocolError("bad_frames", f"a {kind} message carries no blob named {name!r}", rid)
+            raise ProtocolError("bad_frames", f"a {kind} message carries no blob named {name!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size != len(frame):
             raise ProtocolError("bad_frames", f"blob {name!r} declares {str(size)[:20]} bytes but its frame "
-                                              f"has {len(frame):,}", rid)
+                                              f"has {len(frame):,}")
         if size > allowed_blobs[name]:
-            raise ProtocolError("too_large", f"blob {name!r} is over {allowed_blobs[name]:,} bytes", rid)
+            raise ProtocolError("too_large", f"blob {name!r} is over {allowed_blobs[name]:,} bytes")
         message.blobs[name] = bytes(frame)
     if kind == "submit":
-        _with_id(lambda: check_mesh_arrays(fields["task"], message.arrays), rid)
+        check_mesh_arrays(fields["task"], message.arrays)
     return message
-
-
-def _with_id(check: Any, request_id: str | None) -> Any:
-    try:
-        return check()
-    except ProtocolError as exc:
-        exc.request_id = request_id
-        raise
 
 
 def error_fields(code: str, message: str, hint: str | None = None, request_id: str | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
+from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, StageStarted, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
@@ -21,7 +22,7 @@ from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES, ObjectiveConfig
-from backend.regularisers import sparsity
+from backend.regularisers import ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.schedules import TimestepConfig
@@ -38,6 +39,7 @@ class OptimConfig:
     grid_lr_scale: float = 10.0  # Latent-NeRF trains the hash table 10× faster than the MLPs
     batch: int = 1
     lambda_sparsity: float = 5e-4
+    lambda_zvar: float = 0.0  # HiFA's z-variance along rays, ramped in over the first half of the steps
 
 
 @dataclass
@@ -63,6 +65,7 @@ class GenerateConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sketch: SketchConfig = field(default_factory=SketchConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
@@ -76,10 +79,10 @@ class GenerateConfig:
                 raise ConfigError(f"{name} must be a multiple of 8 in [8, 1024], got {value}")
         if not (self.optim.lr > 0 and self.refine.lr > 0 and self.optim.grid_lr_scale > 0):
             raise ConfigError("learning rates must be positive")
-        if self.optim.batch < 1 or self.optim.lambda_sparsity < 0:
-            raise ConfigError("optim.batch must be ≥ 1 and optim.lambda_sparsity ≥ 0")
+        if self.optim.batch < 1 or self.optim.lambda_sparsity < 0 or self.optim.lambda_zvar < 0:
+            raise ConfigError("optim.batch must be ≥ 1, optim.lambda_sparsity and optim.lambda_zvar ≥ 0")
         for part in (self.camera, self.nerf, self.render, self.timesteps, self.objective, self.export,
-                     self.sketch):
+                     self.sketch, self.depth):
             part.validate()
 
 
@@ -159,6 +162,11 @@ def generate(
     if shape is not None:
         regularisers["sketch"] = (config.sketch.weight,
                                   lambda out, *_: shape.loss(out.extras.points, out.extras.sigmas))
+    regularisers["zvar"] = (config.optim.lambda_zvar, lambda out, step, total: ramp(step, total) * z_variance(
+        out.extras.t_mid, out.extras.weights))
+    if config.depth.weight > 0:
+        regularisers["depth"] = (config.depth.weight, depth_regulariser(
+            MonocularDepth.load(config.depth.model, device), guidance.decode))
     step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
 

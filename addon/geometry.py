@@ -1,0 +1,106 @@
+"""Scene geometry out: selected objects as world-space triangle arrays for the service.
+
+Objects are evaluated through the depsgraph so modifiers count, triangulated with Blender's own
+loop triangles (no edit to the object), and read with `foreach_get` into numpy in one call per array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import bpy
+import numpy as np
+
+
+@dataclass
+class TriangleMesh:
+    """World-space triangles. `uvs` is per corner ([F, 3, 2]), as loops are in Blender."""
+
+    vertices: np.ndarray  # [V, 3] float32
+    faces: np.ndarray  # [F, 3] int32, indices into vertices
+    uvs: np.ndarray | None = None  # [F, 3, 2] float32
+    loops: np.ndarray | None = None  # [F, 3] int32: the original mesh's loop of each corner
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.vertices.min(axis=0), self.vertices.max(axis=0)
+
+    def center(self) -> np.ndarray:
+        lo, hi = self.bounds()
+        return (lo + hi) / 2
+
+
+def selection_problem(objects: Sequence[bpy.types.Object], single: bool = False) -> str | None:
+    """Why these objects cannot be sent (a sentence for the user), or None when they can."""
+    if not objects:
+        return "Nothing is selected: select the mesh objects to use" if not single else "Select one mesh object"
+    if single and len(objects) != 1:
+        return f"{len(objects)} objects are selected: select exactly one mesh to paint"
+    for obj in objects:
+        if obj.type != "MESH":
+            return f"\"{obj.name}\" is a {obj.type.lower().replace('_', ' ')}, not a mesh: select mesh objects only"
+    return None
+
+
+def _read(collection: bpy.types.bpy_prop_collection, attr: str, width: int, dtype: type) -> np.ndarray:
+    out = np.empty(len(collection) * width, dtype=dtype)
+    collection.foreach_get(attr, out)
+    return out.reshape(-1, width) if width > 1 else out
+
+
+def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_uvs: bool = False) -> TriangleMesh:
+    """One object's evaluated mesh, triangulated, in world space."""
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        mesh.calc_loop_triangles()
+        local = _read(mesh.vertices, "co", 3, np.float32)
+        matrix = np.array(evaluated.matrix_world, dtype=np.float64)
+        world = (local @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+        faces = _read(mesh.loop_triangles, "vertices", 3, np.int32)
+        loops = _read(mesh.loop_triangles, "loops", 3, np.int32)
+        uvs = None
+        if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
+            # The painted texture is mapped back onto the object's own loops, so they must be the same.
+            raise ValueError(f"\"{obj.name}\" has modifiers that change its topology: apply them before painting")
+        if with_uvs and mesh.uv_layers.active is not None:
+            per_loop = _read(mesh.uv_layers.active.uv, "vector", 2, np.float32)
+            uvs = per_loop[loops]
+        return TriangleMesh(world, faces, uvs, loops)
+    finally:
+        evaluated.to_mesh_clear()
+
+
+def concatenate(meshes: Iterable[TriangleMesh]) -> TriangleMesh:
+    """Join meshes into one vertex and face list (UVs and loop maps only survive a single mesh)."""
+    meshes = list(meshes)
+    if len(meshes) == 1:
+        return meshes[0]
+    offsets = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    return TriangleMesh(
+        np.concatenate([m.vertices for m in meshes]),
+        np.concatenate([m.faces + offset for m, offset in zip(meshes, offsets, strict=True)]).astype(np.int32),
+    )
+
+
+def export_objects(objects: Sequence[bpy.types.Object], depsgraph: bpy.types.Depsgraph,
+                   with_uvs: bool = False) -> TriangleMesh:
+    """The objects as one world-space triangle mesh. Raises ValueError with a user-facing reason."""
+    if problem := selection_problem(objects, single=with_uvs):
+        raise ValueError(problem)
+    mesh = concatenate(mesh_triangles(obj, depsgraph, with_uvs) for obj in objects)
+    if len(mesh.faces) == 0:
+        names = ", ".join(obj.name for obj in objects)
+        raise ValueError(f"{names}: no faces to send (the evaluated mesh is empty)")
+    return mesh
+
+
+def per_vertex_uvs(mesh: TriangleMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(vertices, faces, uvs) with one UV per vertex, as the service wants them: a vertex on a UV seam
+    is split into one copy per UV it has. Face order is kept, so faces still match `mesh.loops`."""
+    if mesh.uvs is None:
+        return mesh.vertices, mesh.faces, None
+    keys = np.concatenate([mesh.faces.reshape(-1, 1).astype(np.float64), mesh.uvs.reshape(-1, 2)], axis=1)
+    unique, corner_to_new = np.unique(keys, axis=0, return_inverse=True)
+    vertices = mesh.vertices[unique[:, 0].astype(np.int64)]
+    return vertices, corner_to_new.reshape(-1, 3).astype(np.int32), unique[:, 1:].astype(np.float32)

@@ -1,0 +1,147 @@
+"""What the add-on knows about the server and each scene's job, between events (plain Python, no bpy)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
+
+
+@dataclass
+class ServerStatus:
+    connected: bool = False
+    message: str = "Connecting…"  # why it is not connected, in words
+    info: dict[str, Any] = field(default_factory=dict)  # the service's welcome: server, models, queue, workers
+
+    def summary(self) -> str:
+        if not self.connected:
+            return self.message
+        info = self.info
+        parts = [info.get("server", "LatentForge"), f"v{info['version']}" if info.get("version") else ""]
+        return " ".join(p for p in parts if p)
+
+    def details(self) -> list[str]:
+        info = self.info
+        out = []
+        if models := info.get("models"):
+            out.append("Model: " + ", ".join(str(m) for m in models))
+        if "workers" in info:
+            out.append(f"Workers: {info['workers']}  ·  Queue: {info.get('queue', 0)}")
+        return out
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@dataclass
+class Job:
+    """One scene's job, from the click to its result or error."""
+
+    scene: int  # the scene's session_uid: survives renames
+    task: str  # generate | paint | fetch
+    prompt: str = ""
+    request: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # ours, until the service names it
+    job: str | None = None  # the service's id
+    state: str = "submitting"  # submitting → queued → running → finished | failed | cancelled
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    message: str = ""  # the service's error, verbatim
+    sketch: list[int] = field(default_factory=list)  # session_uids of the objects to hide and collect
+    target: int | None = None  # paint: the painted object's session_uid
+    loops: np.ndarray | None = None  # paint: the mesh loop of each sent vertex
+    anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the new object's origin goes
+    started: float = field(default_factory=time.monotonic)
+    preview_at: float = 0.0
+    preview: str | None = None  # name of the bpy image holding the latest preview
+    result_dir: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.state not in FINAL_STATES
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    def progress_text(self) -> str:
+        if self.state == "submitting":
+            return "Sending…"
+        if self.state == "queued":
+            return "Queued"
+        if not self.total:
+            return self.stage or self.state.capitalize()
+        text = f"{self.stage.replace('_', ' ').capitalize()} {self.step}/{self.total}"
+        if self.eta_s is not None:
+            text += f"  ·  {format_duration(self.eta_s)} left"
+        return text
+
+    def on_progress(self, event: dict[str, Any]) -> None:
+        self.state = "running"
+        self.stage = str(event.get("stage", ""))
+        self.step = int(event.get("step", 0))
+        self.total = int(event.get("total", 0))
+        self.eta_s = event.get("eta_s")
+
+    def on_summary(self, summary: dict[str, Any]) -> None:
+        """A `job` message (status or cancel): state, last progress, error."""
+        self.job = summary.get("job", self.job)
+        self.prompt = self.prompt or summary.get("prompt", "")
+        state = summary.get("state", self.state)
+        if state in ("failed", "cancelled"):
+            self.fail(summary.get("error") or {}, state)
+            return
+        if progress := summary.get("progress"):
+            self.on_progress(progress)
+        if state != "finished":  # a finished job stays "running" until its result is in the scene
+            self.state = state
+
+    def fail(self, error: dict[str, Any], state: str = "failed") -> None:
+        self.state = "cancelled" if error.get("code") == "cancelled" or state == "cancelled" else "failed"
+        message = error.get("message") or f"the job was {state}"
+        self.message = f"{message} ({error['hint']})" if error.get("hint") else message
+
+
+class Jobs:
+    """At most one job per scene; finished ones stay until the next starts, so their outcome shows."""
+
+    def __init__(self) -> None:
+        self._by_scene: dict[int, Job] = {}
+
+    def get(self, scene: int) -> Job | None:
+        return self._by_scene.get(scene)
+
+    def active(self, scene: int) -> Job | None:
+        job = self._by_scene.get(scene)
+        return job if job is not None and job.active else None
+
+    def add(self, job: Job) -> Job:
+        if (running := self.active(job.scene)) is not None:
+            raise RuntimeError(f"this scene already has a job running ({running.progress_text()}): cancel it first")
+        self._by_scene[job.scene] = job
+        return job
+
+    def find(self, job: str | None = None, request: str | None = None) -> Job | None:
+        for item in self._by_scene.values():
+            if (job is not None and item.job == job) or (request is not None and item.request == request):
+                return item
+        return None
+
+    def all(self) -> list[Job]:
+        return list(self._by_scene.values())
+
+    def any_active(self) -> bool:
+        return any(job.active for job in self._by_scene.values())

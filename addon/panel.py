@@ -1,0 +1,129 @@
+"""View3D › Sidebar › LatentForge: server status, prompt and settings, progress, preview, errors."""
+
+from __future__ import annotations
+
+import textwrap
+
+import bpy
+
+from . import timers
+from .jobs import Job
+
+WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
+
+
+def wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE") -> None:
+    """Long text as several labels (a label does not wrap), the icon on the first line only."""
+    col = layout.column(align=True)
+    for i, line in enumerate(textwrap.wrap(text, WRAP_CHARS) or [""]):
+        col.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")
+
+
+class _Sidebar:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "LatentForge"
+
+
+class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
+    bl_label = "LatentForge"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        rt = timers.RUNTIME
+        if rt is None:
+            layout.label(text="The add-on is not running", icon="ERROR")
+            return
+        self.draw_server(layout, rt)
+        settings = context.scene.latentforge
+        col = layout.column(align=True)
+        col.prop(settings, "prompt", text="", icon="OUTLINER_OB_FONT", placeholder="A prompt, e.g. a teddy bear")
+        col.prop(settings, "negative", text="", icon="CANCEL", placeholder="Negative prompt (optional)")
+        layout.row().prop(settings, "mode", expand=True)
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(settings, "method")
+        col.prop(settings, "quality")
+        col.prop(settings, "seed")
+        if settings.mode == "GENERATE":
+            col.prop(settings, "looseness")
+        col.prop(settings, "texture_size")
+        row = layout.row()
+        row.scale_y = 1.5
+        if settings.mode == "PAINT":
+            row.operator("latentforge.paint", icon="BRUSH_DATA")
+        else:
+            row.operator("latentforge.generate", icon="PLAY")
+        if (job := rt.jobs.get(context.scene.session_uid)) is not None:
+            self.draw_job(layout, job)
+
+    @staticmethod
+    def draw_server(layout: bpy.types.UILayout, rt: timers.Runtime) -> None:
+        box = layout.box()
+        row = box.row()
+        if rt.server.connected:
+            row.label(text=rt.server.summary(), icon="CHECKMARK")
+        else:
+            row.label(text="Not connected", icon="ERROR")
+        row.operator("latentforge.reconnect", text="", icon="FILE_REFRESH")
+        if rt.server.connected:
+            for line in rt.server.details():
+                wrapped(box, line)
+        else:
+            wrapped(box, rt.server.message)
+            row = box.row()
+            if rt.backend.running:
+                row.operator("latentforge.stop_server", icon="PAUSE")
+            else:
+                row.operator("latentforge.start_server", icon="PLAY")
+
+    @staticmethod
+    def draw_job(layout: bpy.types.UILayout, job: Job) -> None:
+        box = layout.box()
+        if job.prompt:
+            box.label(text=f"\u201c{job.prompt}\u201d", icon="INFO")
+        if job.active:
+            row = box.row(align=True)
+            row.progress(factor=job.fraction, type="BAR", text=job.progress_text())
+            row.operator("latentforge.cancel", text="", icon="X")
+            if job.cancel_requested:
+                box.label(text="Cancelling…")
+        elif job.state == "finished":
+            box.label(text="Done: the result is in the scene", icon="CHECKMARK")
+            box.operator("latentforge.open_results", icon="FILE_FOLDER")
+        elif job.state == "cancelled":
+            box.label(text="Cancelled", icon="CANCEL")
+        else:
+            wrapped(box, job.message, icon="ERROR")
+        if job.job:
+            box.label(text=f"Job {job.job}")
+        image = bpy.data.images.get(job.preview) if job.preview else None
+        if job.active and image is not None and image.preview is not None:
+            box.template_icon(icon_value=image.preview.icon_id, scale=10.0)
+
+
+class VIEW3D_PT_latentforge_advanced(_Sidebar, bpy.types.Panel):
+    bl_label = "Advanced"
+    bl_parent_id = "VIEW3D_PT_latentforge"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        settings = context.scene.latentforge
+        layout = self.layout
+        col = layout.column()
+        col.use_property_split = True
+        col.use_property_decorate = False
+        col.prop(settings, "iterations")
+        col.prop(settings, "extra_json")
+        layout.separator()
+        layout.label(text="Fetch a result by job id:")
+        row = layout.row(align=True)
+        row.prop(settings, "fetch_job_id", text="")
+        row.operator("latentforge.fetch", text="", icon="IMPORT")
+        if settings.job_id:
+            layout.label(text=f"Last job here: {settings.job_id}")
+        layout.operator("latentforge.open_results", icon="FILE_FOLDER")
+
+
+CLASSES = (VIEW3D_PT_latentforge, VIEW3D_PT_latentforge_advanced)

@@ -1,0 +1,104 @@
+"""Per-scene settings (`scene.latentforge`) and how they become a job for the service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+
+TEXTURE_SIZES = (512, 1024, 2048, 4096)
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: `extra` wins, sub-dicts merge instead of replacing each other."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class LatentForgeSettings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", description="What to make, e.g. \"a teddy bear\"", maxlen=1000)
+    negative: StringProperty(name="Negative", description="What to avoid, e.g. \"blurry, low quality\"",
+                             maxlen=1000)
+    mode: EnumProperty(
+        name="Mode",
+        items=(
+            ("GENERATE", "From Sketch", "Generate a new object that follows the selected primitives", "MESH_ICOSPHERE",
+             0),
+            ("PAINT", "Paint", "Texture the selected mesh; its shape stays as it is", "BRUSH_DATA", 1),
+            ("TEXT", "Text Only", "Generate from the prompt alone, at the 3D cursor", "FONT_DATA", 2),
+        ),
+        default="GENERATE",
+    )
+    method: EnumProperty(
+        name="Method",
+        items=(
+            ("sds", "SDS", "Score distillation (DreamFusion / Latent-NeRF)"),
+            ("hifa", "HiFA", "HiFA's multi-step denoising losses and annealed timesteps: sharper, slower"),
+        ),
+        default="sds",
+    )
+    quality: EnumProperty(
+        name="Quality",
+        items=(
+            ("draft", "Draft", "Fewer steps, coarser mesh and texture: minutes on a GPU"),
+            ("standard", "Standard", "The methods' published settings"),
+            ("high", "High", "More steps, finer mesh, 2048² texture"),
+        ),
+        default="standard",
+    )
+    seed: IntProperty(name="Seed", description="Same seed and settings give the same result", min=0, default=0)
+    looseness: FloatProperty(
+        name="Follow Loosely",
+        description="How far from the sketch's surface the shape may wander (in units where the sketch fits a "
+                    "sphere of radius 0.5): small follows the sketch tightly, large treats it as a rough hint",
+        min=0.01, max=2.0, default=0.3, precision=2, step=5,
+    )
+    texture_size: EnumProperty(
+        name="Texture",
+        items=(("0", "From Quality", "The quality preset's texture size"),
+               *((str(s), f"{s} px", f"{s} × {s} texture") for s in TEXTURE_SIZES)),
+        default="0",
+    )
+    iterations: IntProperty(name="Iterations", description="Optimisation steps (0: the quality preset's)",
+                            min=0, max=1_000_000, default=0)
+    extra_json: StringProperty(
+        name="Extra Settings",
+        description="Any service setting as JSON, merged last, e.g. {\"objective\": {\"guidance_scale\": 50}}",
+    )
+    show_advanced: BoolProperty(name="Advanced", default=False)
+    job_id: StringProperty(name="Job", description="The service's id of this scene's latest job (saved with the "
+                                                   "file, so a result can be fetched after reopening it)")
+    fetch_job_id: StringProperty(name="Job ID", description="Id of a finished job to bring into the scene")
+
+    def extra_overrides(self) -> dict[str, Any]:
+        """The Extra Settings JSON as a dict; raises ValueError with the position of a typo."""
+        if not self.extra_json.strip():
+            return {}
+        try:
+            value = json.loads(self.extra_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Extra Settings is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("Extra Settings must be a JSON object, e.g. {\"refine\": {\"iters\": 0}}")
+        return value
+
+    def submit_fields(self, task: str) -> dict[str, Any]:
+        """The header fields of a `generate` or `paint` submit (see PROTOCOL.md), without the mesh arrays."""
+        overrides: dict[str, Any] = {}
+        if task == "generate" and self.mode == "GENERATE":
+            overrides["sketch"] = {"looseness": round(self.looseness, 4)}
+        if self.texture_size != "0":  # generate bakes it at export; paint decodes its latent texture to it
+            size = int(self.texture_size)
+            overrides |= {"texture_size": size} if task == "paint" else {"export": {"texture_size": size}}
+        fields: dict[str, Any] = {
+            "task": task, "prompt": self.prompt.strip(), "negative": self.negative.strip(),
+            "method": self.method, "preset": self.quality, "seed": self.seed,
+            "overrides": merge(overrides, self.extra_overrides()),
+        }
+        if self.iterations:
+            fields["iterations"] = self.iterations
+        return fields

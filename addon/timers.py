@@ -1,0 +1,246 @@
+"""The main-thread half: a `bpy.app.timers` callback drains the connection's events into the add-on's
+state, the scene (results, previews) and the UI. Only this side touches bpy.data.
+
+Headless (tests, `blender -b`) there is no event loop to fire timers, so `drain()` is also what a
+script calls in its own loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+
+import bpy
+
+from . import preferences
+from .connection import Connection, Event
+from .jobs import Job, Jobs, ServerStatus
+from .local_backend import LocalBackend
+
+ACTIVE_INTERVAL_S = 0.1  # while a job runs: progress feels live
+IDLE_INTERVAL_S = 0.5
+PREVIEW_IMAGE = "LatentForge Preview"
+
+
+class Runtime:
+    """Everything the add-on holds between events; one per Blender session, made in register()."""
+
+    def __init__(self) -> None:
+        self.connection: Connection | None = None
+        self.server = ServerStatus()
+        self.jobs = Jobs()
+        self.backend = LocalBackend()
+        self.results: dict[str, Event] = {}  # result events waiting for the import operator
+        self.last_result_dir: str | None = None
+        self.connect_pending = True  # connect on the first tick: preferences do not exist during register()
+
+
+RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    if RUNTIME is None:
+        raise RuntimeError("the LatentForge add-on is not registered")
+    return RUNTIME
+
+
+def start() -> None:
+    global RUNTIME
+    RUNTIME = Runtime()
+    # Blender may quit without unregistering add-ons: the local server must not outlive it.
+    atexit.register(RUNTIME.backend.stop)
+    if not bpy.app.timers.is_registered(drain):
+        bpy.app.timers.register(drain, first_interval=ACTIVE_INTERVAL_S, persistent=True)
+
+
+def stop() -> None:
+    global RUNTIME
+    if bpy.app.timers.is_registered(drain):
+        bpy.app.timers.unregister(drain)
+    if RUNTIME is not None:
+        if RUNTIME.connection is not None:
+            RUNTIME.connection.stop()
+        RUNTIME.backend.stop()
+        atexit.unregister(RUNTIME.backend.stop)
+    RUNTIME = None
+
+
+def restart_connection() -> None:
+    """(Re)connect with the current preferences; a setting that cannot work shows as the server status."""
+    rt = RUNTIME
+    if rt is None:
+        return
+    rt.connect_pending = False
+    if rt.connection is not None:
+        rt.connection.stop()
+        rt.connection = None
+    try:
+        settings = preferences.connection_settings(preferences.get())
+    except (ValueError, KeyError) as exc:
+        rt.server = ServerStatus(False, str(exc))
+        return
+    rt.server = ServerStatus(False, f"Connecting to {settings.address}…")
+    # Liveness checks scale with the timeout: a server that misses one is noticed within about two.
+    half = max(0.5, settings.timeout_s / 2)
+    rt.connection = Connection(settings, heartbeat_s=half, quiet_s=half, retry_s=min(2.0, half))
+    rt.connection.start()
+    for job in rt.jobs.all():  # running jobs go on; the new connection picks their events up
+        if job.active and job.job is not None:
+            rt.connection.fetch(job.job)
+
+
+def scene_by_uid(uid: int) -> bpy.types.Scene | None:
+    return next((s for s in bpy.data.scenes if s.session_uid == uid), None)
+
+
+def object_by_uid(uid: int) -> bpy.types.Object | None:
+    return next((o for o in bpy.data.objects if o.session_uid == uid), None)
+
+
+def redraw() -> None:
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+
+
+def notify(level: str, message: str) -> None:
+    """A line in the status bar and the Info log (through an operator: only operators can report)."""
+    print(f"LatentForge: {message}")
+    # An operator that reports an error also raises it here: the report has been made by then.
+    with contextlib.suppress(RuntimeError):
+        bpy.ops.latentforge.notify(level=level, message=message[:1000])
+
+
+def drain() -> float | None:
+    """The timer callback: handle every waiting event; returns the seconds until the next call."""
+    rt = RUNTIME
+    if rt is None:
+        return None
+    if rt.connect_pending:
+        restart_connection()
+    events = rt.connection.drain() if rt.connection is not None else []
+    for event in events:
+        try:
+            HANDLERS.get(event.get("type", ""), _ignore)(rt, event)
+        except Exception:  # an exception would unregister the timer for good
+            traceback.print_exc()
+    if (exited := rt.backend.exit_message()) is not None and not rt.server.connected:
+        rt.server.message = exited
+    if events:
+        redraw()
+    return ACTIVE_INTERVAL_S if rt.jobs.any_active() else IDLE_INTERVAL_S
+
+
+# -- event handlers -------------------------------------------------------------------------------------
+
+
+def _ignore(_rt: Runtime, _event: Event) -> None:
+    pass
+
+
+def _connected(rt: Runtime, event: Event) -> None:
+    rt.server = ServerStatus(True, "", dict(event.get("info", {})))
+
+
+def _disconnected(rt: Runtime, event: Event) -> None:
+    rt.server.connected = False
+    rt.server.message = event["message"]
+    if rt.jobs.any_active():
+        notify("WARNING", f"lost the server ({event['message']}); the job goes on there and its progress "
+                          "comes back with the connection")
+
+
+def _heartbeat(rt: Runtime, event: Event) -> None:
+    if "queue" in event:
+        rt.server.info["queue"] = event["queue"]
+
+
+def _accepted(rt: Runtime, event: Event) -> None:
+    job = rt.jobs.find(request=event["request"])
+    if job is None:
+        return
+    job.job, job.state = event["job"], "queued"
+    if (scene := scene_by_uid(job.scene)) is not None:
+        scene.latentforge.job_id = job.job
+    if job.cancel_requested and rt.connection is not None:  # Cancel was pressed before the id came
+        rt.connection.cancel(job.job)
+
+
+def _job(rt: Runtime, event: Event) -> None:
+    summary = event["job"]
+    job = rt.jobs.find(job=summary.get("job"))
+    if job is None:
+        return
+    was_active = job.active
+    job.on_summary(summary)
+    if was_active and not job.active:
+        _report_end(job)
+
+
+def _progress(rt: Runtime, event: Event) -> None:
+    job = rt.jobs.find(job=event.get("job"))
+    if job is None or not job.active:
+        return
+    job.on_progress(event)
+    preview = event.get("blobs", {}).get("preview")
+    if preview and time.monotonic() - job.preview_at >= preferences.get().preview_interval_s:
+        job.preview_at = time.monotonic()
+        job.preview = show_preview(preview)
+
+
+def _result(rt: Runtime, event: Event) -> None:
+    job = rt.jobs.find(job=event.get("job"))
+    if job is None or not job.active:
+        return
+    rt.results[job.job] = event
+    try:
+        # An operator, so that one undo step removes the result; a call from Python only pushes that
+        # undo step when asked to (the positional True).
+        bpy.ops.latentforge.import_result("EXEC_DEFAULT", True, job=job.job)
+    except RuntimeError as exc:  # the operator reported an error
+        job.fail({"message": f"the result could not be added to the scene: {exc}"})
+    finally:
+        rt.results.pop(job.job, None)
+    if not job.active:
+        _report_end(job)
+
+
+def _error(rt: Runtime, event: Event) -> None:
+    job = rt.jobs.find(job=event.get("job")) or rt.jobs.find(request=event.get("request"))
+    if job is None:
+        if event.get("code") not in ("not_connected", "timeout"):
+            notify("ERROR", event.get("message", "unknown error"))
+        return
+    if not job.active:
+        return
+    job.fail(event)
+    _report_end(job)
+
+
+def _report_end(job: Job) -> None:
+    if job.state == "failed":
+        notify("ERROR", job.message)
+    elif job.state == "cancelled":
+        notify("INFO", "the job was cancelled")
+
+
+HANDLERS: dict[str, Callable[[Runtime, Event], None]] = {
+    "connected": _connected, "disconnected": _disconnected, "heartbeat": _heartbeat, "accepted": _accepted,
+    "job": _job, "progress": _progress, "result": _result, "error": _error,
+}
+
+
+def show_preview(png: bytes) -> str:
+    """Replace the preview image with this PNG; returns the image's name."""
+    from .results import load_png
+
+    if (old := bpy.data.images.get(PREVIEW_IMAGE)) is not None:
+        bpy.data.images.remove(old)
+    image = load_png(PREVIEW_IMAGE, png)
+    image.preview_ensure()
+    return image.name
+

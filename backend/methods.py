@@ -1,0 +1,41 @@
+"""Methods a user picks by name (`--method`, a job's "method"): an objective plus the defaults it comes with.
+
+Picking a method applies its overrides on top of a task's defaults and before any config file, preset or
+flag, so a user's own settings still win. A task keeps only the parts it has (painting has no volume
+renderer, so HiFA's sampling and z-variance settings do not apply to it).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from backend.errors import ConfigError
+
+METHODS: dict[str, dict] = {
+    "sds": {},
+    "hifa": {
+        # √-annealed timesteps from 980 down to 300 of 1000 (HiFA's reference range)
+        "timesteps": {"schedule": "sqrt", "t_min": 0.3, "t_max": 0.98},
+        # kernel-smoothed importance sampling: half again as many samples as the stratified pass
+        "render": {"importance_samples": 32, "kernel": "boxcar"},
+        "optim": {"lambda_zvar": 2000.0},
+    },
+}
+
+
+def method_overrides(name: str, config_type: type | None = None) -> dict:
+    """Config overrides that select method `name` (its objective and defaults), as nested dicts.
+
+    With `config_type` (a task's config dataclass), only the tables that config has are kept.
+    """
+    from backend.objectives import OBJECTIVES
+
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown method {name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")
+    overrides = copy.deepcopy(METHODS.get(name, {}))
+    overrides.setdefault("objective", {})["name"] = name
+    if config_type is not None:
+        known = {f.name for f in dataclasses.fields(config_type)}
+        overrides = {k: v for k, v in overrides.items() if k in known}
+    return overrides

@@ -1,0 +1,119 @@
+"""HiFA's BGT and BGT+ objectives: distil towards a multi-step denoised estimate, in latent and image space.
+
+SDS pulls the render towards the one-step estimate ẑ_1step = (z_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t. HiFA denoises z_t
+with several DDIM steps instead (the guidance's own noise schedule, through diffusers' DDIMScheduler),
+and regresses the render onto that sharper estimate ẑ, in latent space and, for BGT+, in image space:
+
+    L = ‖z − ẑ‖² + λ_rgb·‖x − x̂‖²,  x̂ = D(ẑ)
+
+where x is the RGB render when the scene renders RGB, else D(z). ẑ and x̂ are constants (no gradient
+flows through the U-Net or the decoding of ẑ).
+
+Normalisation: each term is a mean over its own elements times the element count of Stable Diffusion's
+native sizes (a 4×64×64 latent, a 3×512×512 image), and the whole is scaled by ½·w with HiFA's constant
+w = 0.05. At the native size this equals HiFA's summed loss exactly, so its published weights (λ_rgb = 0.1,
+and the regularisers' weights beside it) apply as they are; at any other render size the loss keeps the
+same magnitude, so the weights carry across resolutions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from diffusers import DDIMScheduler
+
+from backend.cameras import Cameras
+from backend.errors import ConfigError
+from backend.guidance.base import Guidance, Prompt
+from backend.latent import resize
+
+WEIGHT = 0.05  # HiFA's constant loss weight, which its other weights are relative to
+NATIVE_LATENT_ELEMENTS = 4 * 64 * 64  # SD 1.x/2.x-base latent
+NATIVE_IMAGE_ELEMENTS = 3 * 512 * 512  # and its decoded image
+
+
+@dataclass
+class BGTConfig:
+    denoise_steps: int = 4  # DDIM steps from t down to 0 (HiFA: 4)
+    lambda_rgb: float = 0.1  # weight of the image-space term; 0 is plain BGT (and skips the VAE)
+    eta: float = 1.0  # DDIM stochasticity: 0 deterministic, 1 DDPM-like (HiFA: 1)
+
+    def validate(self) -> None:
+        if isinstance(self.denoise_steps, bool) or int(self.denoise_steps) < 1:
+            raise ConfigError(f"objective.hifa.denoise_steps must be at least 1, got {self.denoise_steps}",
+                              "HiFA denoises in 4 DDIM steps")
+        if not self.lambda_rgb >= 0:
+            raise ConfigError(f"objective.hifa.lambda_rgb must be ≥ 0, got {self.lambda_rgb}",
+                              "0 turns the image-space term off; HiFA uses 0.1")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"objective.hifa.eta must be in [0, 1], got {self.eta}")
+
+
+class BGT:
+    """BGT+ (BGT when λ_rgb = 0). Built from the objective config's `hifa` table and a guidance."""
+
+    def __init__(self, config: object, guidance: Guidance) -> None:
+        self.config = config
+        self.settings: BGTConfig = getattr(config, "hifa", None) or BGTConfig()
+        self.settings.validate()
+        self.guidance = guidance
+        # a private copy: set_timesteps mutates the scheduler, and predict_noise always returns ε
+        self.scheduler = DDIMScheduler.from_config(guidance.scheduler.config, prediction_type="epsilon")
+
+    def denoise(self, z_t: torch.Tensor, t: int, prompt: Prompt, cameras: Cameras | None,
+                generator: torch.Generator) -> torch.Tensor:
+        """ẑ: DDIM from timestep t down to 0 in `denoise_steps` steps (fewer when t is smaller than that).
+
+        The stride is the smallest DDIMScheduler offers that reaches below 0 within the steps; the last
+        step's x₀ prediction is the estimate (its `prev_sample` would still hold noise at ᾱ_0 < 1).
+        """
+        num_train = self.scheduler.config.num_train_timesteps
+        steps = int(self.settings.denoise_steps)
+        stride = -(-(t + 1) // steps)  # ⌈(t+1)/steps⌉
+        self.scheduler.set_timesteps(max(num_train // stride, 1))
+        stride = num_train // self.scheduler.num_inference_steps  # what step() will use
+        batch = z_t.shape[0]
+        sample = z_t
+        for tau in range(t, -1, -stride):
+            eps = self.guidance.predict_noise(sample, torch.full((batch,), tau, device=z_t.device), prompt,
+                                              cameras, self.config.guidance_scale).to(sample)
+            noise = None
+            if self.settings.eta > 0:
+                noise = torch.randn(sample.shape, generator=generator).to(sample)
+            out = self.scheduler.step(eps, tau, sample, eta=self.settings.eta, variance_noise=noise)
+            sample = out.prev_sample
+        return out.pred_original_sample
+
+    def estimate(self, z: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        """ẑ for each latent of the batch from its own timestep, as a detached tensor."""
+        with torch.no_grad():
+            z = z.detach().float()
+            noise = torch.randn(z.shape, generator=generator).to(z)
+            z_t = self.scheduler.add_noise(z, noise, t.to(z.device))
+            out = torch.empty_like(z)
+            # a DDIM chain has one timestep per call: denoise each distinct t on its own (usually one)
+            for value in t.unique().tolist():
+                idx = (t == value).nonzero().flatten().to(z.device)
+                cams = cameras if len(idx) == z.shape[0] else _take(cameras, idx)
+                out[idx] = self.denoise(z_t[idx], int(value), prompt, cams, generator).float()
+        return torch.nan_to_num(out)
+
+    def loss(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,
+             cameras: Cameras | None, generator: torch.Generator) -> torch.Tensor:
+        z_hat = self.estimate(z, t, prompt, cameras, generator)
+        loss = NATIVE_LATENT_ELEMENTS * ((z - z_hat) ** 2).mean()
+        if self.settings.lambda_rgb > 0:
+            x = images if images is not None else self.guidance.decode(z)
+            with torch.no_grad():
+                x_hat = resize(self.guidance.decode(z_hat), x.shape[-1]).to(x)
+            loss = loss + self.settings.lambda_rgb * NATIVE_IMAGE_ELEMENTS * ((x - x_hat) ** 2).mean()
+        return 0.5 * WEIGHT * loss
+
+
+def _take(cameras: Cameras | None, index: torch.Tensor) -> Cameras | None:
+    """The cameras at `index` (a batch of cameras is a dataclass of per-camera tensors)."""
+    if cameras is None:
+        return None
+    return type(cameras)(**{f.name: getattr(cameras, f.name)[index.to(cameras.device)] for f in fields(cameras)})

@@ -1,0 +1,177 @@
+"""The worker side of the service: ZeroMQ's load-balancing pattern with heartbeats.
+
+Workers (local processes or remote machines) connect DEALERs to a ROUTER and say `ready`; idle workers
+wait least-recently-used first, and the oldest queued job goes to the first idle worker that serves its
+model. A worker that misses heartbeats, exits, or says `ready` while it still holds a job has lost that
+job: the service requeues it, and the next worker resumes it from the checkpoint it last shipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+
+from backend.service.protocol import (
+    LIVENESS,
+    TRUSTED_LIMITS,
+    WORKER_TO_BROKER,
+    Frames,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+
+@dataclass
+class WorkerInfo:
+    identity: bytes
+    socket: zmq.Socket
+    models: frozenset[str]
+    name: str
+    pid: int
+    last_heard: float
+    job: str | None = None
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        return id(self.socket), self.identity
+
+
+class JobHost(Protocol):
+    """What the broker reports to the service."""
+
+    def job_message(self, job: str, message: Message, worker: WorkerInfo) -> None: ...
+
+    def job_lost(self, job: str, worker: WorkerInfo, why: str) -> None: ...
+
+
+class Broker:
+    def __init__(self, host: JobHost, heartbeat_s: float = 1.0) -> None:
+        self.host = host
+        self.heartbeat_s = heartbeat_s
+        self.queue: deque[str] = deque()
+        self.workers: dict[tuple[int, bytes], WorkerInfo] = {}
+        self.idle: list[tuple[int, bytes]] = []  # least recently used first
+        self._last_beat = 0.0
+
+    # --- the queue
+
+    def enqueue(self, job: str, front: bool = False) -> None:
+        if front:
+            self.queue.appendleft(job)
+        else:
+            self.queue.append(job)
+
+    def dequeue(self, job: str) -> bool:
+        try:
+            self.queue.remove(job)
+            return True
+        except ValueError:
+            return False
+
+    def position(self, job: str) -> int | None:
+        try:
+            return self.queue.index(job)
+        except ValueError:
+            return None
+
+    def running_on(self, job: str) -> WorkerInfo | None:
+        return next((w for w in self.workers.values() if w.job == job), None)
+
+    # --- worker messages
+
+    def receive(self, socket: zmq.Socket) -> None:
+        identity, *frames = socket.recv_multipart(copy=True)
+        try:
+            message = decode(frames, TRUSTED_LIMITS, WORKER_TO_BROKER)
+        except ProtocolError as exc:
+            print(f"service: dropped a malformed worker message ({exc.code}: {exc.message})", file=sys.stderr)
+            return
+        worker = self.workers.get((id(socket), identity))
+        if message.type == "ready":
+            worker = self._ready(socket, identity, message, worker)
+        elif worker is None:
+            return  # a worker the service does not know (it restarted): it will time out and say ready again
+        worker.last_heard = time.monotonic()
+        job = message.fields.get("job")
+        if message.type in ("progress", "checkpoint", "result", "error") and job is not None and job == worker.job:
+            if message.type in ("result", "error"):
+                worker.job = None
+            self.host.job_message(job, message, worker)
+
+    def _ready(self, socket: zmq.Socket, identity: bytes, message: Message,
+               worker: WorkerInfo | None) -> WorkerInfo:
+        if worker is None:
+            f = message.fields
+            worker = WorkerInfo(identity, socket, frozenset(m for m in f["models"] if isinstance(m, str)),
+                                str(f.get("name", identity.hex())), int(f.get("pid", 0)), time.monotonic())
+            self.workers[worker.key] = worker
+            print(f"service: worker {worker.name} joined ({', '.join(sorted(worker.models))})", file=sys.stderr)
+        elif worker.job is not None:
+            job, worker.job = worker.job, None
+            self.host.job_lost(job, worker, f"worker {worker.name} dropped it")
+        if worker.key not in self.idle:
+            self.idle.append(worker.key)
+        return worker
+
+    # --- dispatch and liveness
+
+    def match(self, model_of: Callable[[str], str]) -> list[tuple[str, WorkerInfo]]:
+        """Pair the oldest queued jobs with idle workers that serve their model, and mark them busy."""
+        pairs = []
+        for key in list(self.idle):
+            worker = self.workers[key]
+            job = next((j for j in self.queue if model_of(j) in worker.models), None)
+            if job is not None:
+                self.queue.remove(job)
+                self.idle.remove(key)
+                worker.job = job
+                pairs.append((job, worker))
+        return pairs
+
+    def release(self, worker: WorkerInfo) -> None:
+        """Make a worker idle again without a job (its task could not be sent)."""
+        worker.job = None
+        if worker.key not in self.idle:
+            self.idle.append(worker.key)
+
+    def send(self, worker: WorkerInfo, frames: Frames) -> None:
+        worker.socket.send_multipart([worker.identity, *frames], copy=False)
+
+    def tick(self, now: float | None = None) -> None:
+        """Send heartbeats and drop workers that have gone quiet (their jobs are lost)."""
+        now = time.monotonic() if now is None else now
+        for worker in list(self.workers.values()):
+            if now - worker.last_heard > LIVENESS * self.heartbeat_s:
+                self.remove(worker, f"worker {worker.name} stopped answering")
+        if now - self._last_beat >= self.heartbeat_s:
+            self._last_beat = now
+            beat = encode("heartbeat", {"time": time.time(), "queue": len(self.queue)})
+            for worker in self.workers.values():
+                self.send(worker, beat)
+
+    def remove(self, worker: WorkerInfo, why: str) -> None:
+        self.workers.pop(worker.key, None)
+        if worker.key in self.idle:
+            self.idle.remove(worker.key)
+        print(f"service: {why}", file=sys.stderr)
+        if worker.job is not None:
+            job, worker.job = worker.job, None
+            self.host.job_lost(job, worker, why)
+
+    def remove_pid(self, pid: int, socket: zmq.Socket) -> None:
+        for worker in [w for w in self.workers.values() if w.pid == pid and w.socket is socket]:
+            self.remove(worker, f"worker {worker.name} exited")
+
+    def cancel(self, job: str) -> bool:
+        worker = self.running_on(job)
+        if worker is not None:
+            self.send(worker, encode("cancel", {"job": job}))
+        return worker is not None

@@ -1,0 +1,248 @@
+"""The LatentForge service client, shared by the command line and the Blender add-on.
+
+A DEALER socket that sends requests with an id and matches replies by it; job events (progress,
+result, error) that arrive meanwhile are queued for `poll`/`events`/`wait`. A request that times out
+resets the socket (the "lazy pirate" pattern), so a late reply never answers the wrong request.
+Imports only the standard library, numpy and pyzmq.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.auth
+
+from . import protocol
+from .protocol import SERVER_REPLIES, TRUSTED_LIMITS, Message, ProtocolError
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+class ServiceError(Exception):
+    """An error reply (or a local check that would have produced one): `code`, `message`, `hint`."""
+
+    def __init__(self, code: str, message: str, hint: str | None = None, job: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint, self.job = code, message, hint, job
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class ServiceTimeout(ServiceError):
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message, "is the service running, and are the address and keys right?")
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """The server's public key and this client's key pair (z85)."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    @staticmethod
+    def load(server_key: str | Path, client_key: str | Path) -> CurveKeys:
+        """From the server's `server.key` and a client's `NAME.key_secret` (as `latentforge keys` writes)."""
+        server_public, _ = zmq.auth.load_certificate(str(server_key))
+        public, secret = zmq.auth.load_certificate(str(client_key))
+        if not secret:
+            raise ServiceError("bad_field", f"{client_key} holds no secret key", "give the .key_secret file")
+        return CurveKeys(server_public, public, secret)
+
+    def apply(self, socket: zmq.Socket) -> None:
+        socket.curve_serverkey = self.server_public
+        socket.curve_publickey = self.public
+        socket.curve_secretkey = self.secret
+
+
+@dataclass
+class JobResult:
+    job: str
+    vertices: np.ndarray  # [V, 3] float32, z up
+    faces: np.ndarray  # [F, 3] int
+    uvs: np.ndarray | None  # [V, 2] float32
+    vertex_map: np.ndarray | None  # paint: [V] index of the input vertex each output vertex copies
+    texture_png: bytes
+    glb_path: str | None  # where the service keeps the GLB (on its machine)
+    glb: bytes | None  # the GLB itself, when fetched with glb=True
+    stats: dict[str, Any]
+
+    @staticmethod
+    def from_message(message: Message) -> JobResult:
+        a, b, f = message.arrays, message.blobs, message.fields
+        return JobResult(f["job"], a["vertices"], a["faces"], a.get("uvs"), a.get("vertex_map"), b["texture"],
+                         f.get("glb_path"), b.get("glb"), f.get("stats", {}))
+
+
+def _error(message: Message) -> ServiceError:
+    f = message.fields
+    return ServiceError(f["code"], f["message"], f.get("hint"), f.get("job"))
+
+
+class Client:
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout_s: float = 10.0, keys: CurveKeys | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint, self.timeout_s, self.keys = endpoint, timeout_s, keys
+        self.context = context or zmq.Context.instance()
+        self._events: deque[Message] = deque()
+        self.socket: zmq.Socket | None = None
+        self._open()
+
+    def _open(self) -> None:
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        if self.keys is not None:
+            self.keys.apply(self.socket)
+        self.socket.connect(self.endpoint)
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------- transport
+
+    def _receive(self, timeout_s: float) -> Message | None:
+        """One decoded message within `timeout_s`, or None (malformed ones are dropped)."""
+        if not self.socket.poll(max(0, int(timeout_s * 1000))):
+            return None
+        frames = self.socket.recv_multipart()
+        try:
+            return protocol.decode(frames, TRUSTED_LIMITS, SERVER_REPLIES)
+        except ProtocolError:
+            return None
+
+    def request(self, kind: str, fields: dict[str, Any] | None = None,
+                arrays: dict[str, np.ndarray] | None = None, timeout_s: float | None = None) -> Message:
+        """Send a request and return its reply; raises ServiceError for an error reply, ServiceTimeout."""
+        request_id = uuid.uuid4().hex[:16]
+        self.socket.send_multipart(protocol.encode(kind, {"id": request_id, **(fields or {})}, arrays), copy=False)
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self._receive(remaining)
+            if message is None:
+                continue
+            if message.id == request_id:
+                if message.type == "error":
+                    raise _error(message)
+                return message
+            if message.id is None:
+                self._events.append(message)
+            # else: the late reply to a request that timed out: dropped
+        self.close()  # a fresh socket, so the late reply cannot be mistaken for the next one
+        self._open()
+        raise ServiceTimeout(f"no reply from {self.endpoint} to {kind} within "
+                             f"{self.timeout_s if timeout_s is None else timeout_s:g} s")
+
+    # ---------------------------------------------------------------------------------- requests
+
+    def hello(self) -> dict[str, Any]:
+        return self.request("hello", {"client": "latentforge-client"}).fields
+
+    def heartbeat(self) -> dict[str, Any]:
+        return self.request("heartbeat", {"time": time.time()}).fields
+
+    def submit(self, prompt: str = "", task: str = "generate", *, negative: str | None = None,
+               method: str | None = None, seed: int | None = None, iterations: int | None = None,
+               preset: str | None = None, model: str | None = None, overrides: dict | None = None,
+               vertices: np.ndarray | None = None, faces: np.ndarray | None = None, uvs: np.ndarray | None = None,
+               watch: bool = True) -> str:
+        """Submit a job; returns its id. A generate's optional sketch or a paint's mesh goes in
+        vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint). With `watch`, its events stream here."""
+        given = {"task": task, "prompt": prompt, "negative": negative, "method": method, "seed": seed,
+                 "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch}
+        fields = {k: v for k, v in given.items() if v is not None}
+        arrays: dict[str, np.ndarray] = {}
+        if vertices is not None:
+            arrays["vertices"] = np.asarray(vertices, dtype=np.float32)
+        if faces is not None:
+            faces = np.asarray(faces)
+            arrays["faces"] = faces if faces.dtype in (np.int32, np.int64) else faces.astype(np.int64)
+        if uvs is not None:
+            arrays["uvs"] = np.asarray(uvs, dtype=np.float32)
+        try:  # the service checks all of this again; checking here gives the same error without a round trip
+            protocol.check_fields("submit", fields)
+            protocol.check_arrays("submit", arrays)
+            protocol.check_mesh_arrays(task, arrays)
+        except ProtocolError as exc:
+            raise ServiceError(exc.code, exc.message) from None
+        return self.request("submit", fields, arrays).fields["job"]
+
+    def status(self, job: str, watch: bool = False) -> dict[str, Any]:
+        """The job's summary (state, progress, error...); with `watch`, its events stream here from now on."""
+        return self.request("status", {"job": job, "watch": watch}).fields["job"]
+
+    def list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+        fields: dict[str, Any] = {"limit": limit}
+        if state is not None:
+            fields["state"] = state
+        return self.request("list", fields).fields["jobs"]
+
+    def cancel(self, job: str) -> dict[str, Any]:
+        return self.request("cancel", {"job": job}).fields["job"]
+
+    def fetch(self, job: str, glb: bool = False) -> JobResult:
+        """A finished job's result, again; `glb` also brings the GLB file's bytes."""
+        return JobResult.from_message(self.request("fetch", {"job": job, "glb": glb}))
+
+    # ---------------------------------------------------------------------------------- events
+
+    def poll(self, timeout_s: float = 0.0) -> Message | None:
+        """The next job event (progress, result, error), waiting at most `timeout_s`; None if none came."""
+        deadline = time.monotonic() + timeout_s
+        while not self._events:
+            message = self._receive(max(0.0, deadline - time.monotonic()))
+            if message is not None and message.id is None:
+                self._events.append(message)
+            elif time.monotonic() >= deadline:
+                return None
+        return self._events.popleft()
+
+    def events(self, timeout_s: float) -> Iterator[Message]:
+        """Job events as they come, until none has come for `timeout_s`."""
+        while (message := self.poll(timeout_s)) is not None:
+            yield message
+
+    def wait(self, job: str, timeout_s: float | None = None,
+             on_progress: Callable[[Message], None] | None = None, check_every_s: float = 2.0) -> JobResult:
+        """Follow a job to its result. When no event comes for `check_every_s` (this client reconnected,
+        or the service restarted) it asks for the status and re-subscribes, so nothing is missed."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while deadline is None or time.monotonic() < deadline:
+            wait_s = check_every_s if deadline is None else min(check_every_s, deadline - time.monotonic())
+            message = self.poll(max(0.0, wait_s))
+            if message is not None and message.fields.get("job") == job:
+                last_seen = time.monotonic()
+                if message.type == "result":
+                    return JobResult.from_message(message)
+                if message.type == "error":
+                    raise _error(message)
+                if message.type == "progress" and on_progress is not None:
+                    on_progress(message)
+            if time.monotonic() - last_seen >= check_every_s:
+                last_seen = time.monotonic()
+                info = self.status(job, watch=True)
+                if info["state"] == "finished":
+                    return self.fetch(job)
+                if info["state"] in ("failed", "cancelled"):
+                    error = info.get("error") or {}
+                    raise ServiceError(error.get("code", "job_failed"), error.get("message", info["state"]),
+                                       error.get("hint"), job)
+        raise ServiceTimeout(f"job {job} did not finish within {timeout_s:g} s")

@@ -1,0 +1,239 @@
+"""A worker: one process per GPU that loads its models once and runs the jobs the service hands it.
+
+It connects a DEALER to the service's worker endpoint (the load-balancing pattern): it announces itself
+with `ready`, gets one `task` at a time, streams `progress`, ships every new checkpoint, and ends each
+job with `result` or `error`, then says `ready` again. Heartbeats go both ways; a worker that stops
+hearing the service reconnects (or, when the service spawned it, exits).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from backend.errors import LatentForgeError
+from backend.events import Event, Progress, StageStarted
+from backend.export.glb import png_bytes
+from backend.guidance.base import Guidance
+from backend.loop import CHECKPOINT_NAME
+from backend.service import checkpoint_wire
+from backend.service.client import CurveKeys
+from backend.service.protocol import (
+    BROKER_TO_WORKER,
+    CHECKPOINT_PREFIX,
+    ERROR_CODES,
+    LIVENESS,
+    TRUSTED_LIMITS,
+    Frames,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_fields,
+)
+from backend.service.tasks import TASKS, JobSpec
+
+PROGRESS_EVERY_S = 0.1  # steps can be much faster than a client needs to hear about them
+PREVIEW_EVERY_S = 2.0  # previews are PNGs: at most this often
+# The service may pause for a few seconds while it saves a large checkpoint, so a worker waits longer
+# than the service does before it gives up on the other side (and abandons its job).
+PATIENCE = 3 * LIVENESS
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+class EventForwarder:
+    """The task's event sink (in the job thread): throttled progress, previews and new checkpoints."""
+
+    def __init__(self, job: str, send: Callable[[Frames], None], job_dir: Path, worker: str) -> None:
+        self.job, self.send, self.job_dir, self.worker = job, send, job_dir, worker
+        self.last_progress = self.last_preview = -math.inf
+        self.checkpoint_stamp = self._stamp()
+
+    def __call__(self, event: Event) -> None:
+        self.ship_checkpoint()
+        now = time.monotonic()
+        if isinstance(event, StageStarted):
+            self._progress(event.stage, 0, event.total, {}, None, None)
+        elif isinstance(event, Progress):
+            preview = event.preview if event.preview is not None and now - self.last_preview >= PREVIEW_EVERY_S \
+                else None
+            if preview is None and event.step < event.total and now - self.last_progress < PROGRESS_EVERY_S:
+                return
+            if preview is not None:
+                self.last_preview = now
+            self._progress(event.stage, event.step, event.total, event.losses, event.eta_s, preview)
+        self.last_progress = now
+
+    def _progress(self, stage: str, step: int, total: int, losses: dict, eta_s: float | None,
+                  preview: np.ndarray | None) -> None:
+        fields = {"job": self.job, "stage": stage, "step": step, "total": total, "worker": self.worker,
+                  "losses": {k: _finite_or_none(v) for k, v in losses.items()},
+                  "eta_s": None if eta_s is None or not math.isfinite(eta_s) else max(0.0, float(eta_s))}
+        self.send(encode("progress", fields, blobs={"preview": png_bytes(preview)} if preview is not None else None))
+
+    def _stamp(self) -> int | None:
+        try:
+            return (self.job_dir / CHECKPOINT_NAME).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def ship_checkpoint(self) -> None:
+        """Send the checkpoint file when the loop has written a new one since the last look."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self.checkpoint_stamp:
+            return
+        self.checkpoint_stamp = stamp
+        try:
+            flat = checkpoint_wire.read(self.job_dir)
+        except (ValueError, RuntimeError, OSError) as exc:  # the job goes on; a requeue restarts further back
+            print(f"worker: cannot ship the checkpoint of job {self.job}: {exc}", file=sys.stderr)
+            return
+        if flat is not None:
+            skeleton, arrays = flat
+            self.send(encode("checkpoint", {"job": self.job, "state": skeleton}, arrays))
+
+
+class JobRun:
+    """One job in its own thread, so the worker's socket thread keeps answering heartbeats and cancels."""
+
+    def __init__(self, message: Message, guidance: Guidance, worker: str, outbox: queue.Queue) -> None:
+        self.job = message.fields["job"]
+        self.cancel = threading.Event()
+        self.outbox = outbox
+        self.thread = threading.Thread(target=self._run, args=(message, guidance, worker), daemon=True,
+                                       name=f"job-{self.job[:8]}")
+        self.thread.start()
+
+    def _run(self, message: Message, guidance: Guidance, worker: str) -> None:
+        job_dir = Path(tempfile.mkdtemp(prefix="latentforge-job-"))
+        try:
+            self.outbox.put(self._execute(message, guidance, worker, job_dir))
+        except LatentForgeError as exc:
+            code = exc.code if exc.code in ERROR_CODES else "job_failed"
+            self.outbox.put(encode("error", error_fields(code, exc.message, exc.hint, job=self.job)))
+        except Exception as exc:  # a bug: report it to the client, keep the worker alive
+            traceback.print_exc()
+            self.outbox.put(encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}",
+                                                         "see the worker's log", job=self.job)))
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+
+    def _execute(self, message: Message, guidance: Guidance, worker: str, job_dir: Path) -> Frames:
+        arrays = {k: v for k, v in message.arrays.items() if not k.startswith(CHECKPOINT_PREFIX)}
+        if message.fields.get("checkpoint"):
+            saved = {k: v for k, v in message.arrays.items() if k.startswith(CHECKPOINT_PREFIX)}
+            checkpoint_wire.write(job_dir, message.fields["checkpoint"], saved)
+        spec_fields = message.fields["spec"]
+        spec = JobSpec(spec_fields["task"], spec_fields, arrays)
+        start = time.perf_counter()
+        result = TASKS[spec.task](spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir,
+                                                                          worker), self.cancel)
+        mesh = result.mesh
+        stats = {"vertices": len(mesh.vertices), "faces": len(mesh.faces),
+                 "seconds": round(time.perf_counter() - start, 3), "worker": worker}
+        arrays = {"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs,
+                  "vertex_map": getattr(result, "vertex_map", None)}  # paint results map back to the input
+        return encode("result", {"job": self.job, "stats": stats}, {k: v for k, v in arrays.items() if v is not None},
+                      {"texture": Path(result.png_path).read_bytes(), "glb": Path(result.glb_path).read_bytes()})
+
+
+class Worker:
+    def __init__(self, endpoint: str, guidances: dict[str, Guidance], device: str, keys: CurveKeys | None = None,
+                 heartbeat_s: float = 1.0, parent_pid: int | None = None) -> None:
+        self.endpoint, self.guidances, self.device, self.keys = endpoint, guidances, device, keys
+        self.heartbeat_s, self.parent_pid = heartbeat_s, parent_pid
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.context = zmq.Context.instance()
+        self.outbox: queue.Queue = queue.Queue()
+        self.run_: JobRun | None = None
+        self.sock: zmq.Socket | None = None
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.sock = self.context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        if self.keys is not None:
+            self.keys.apply(self.sock)
+        self.sock.connect(self.endpoint)
+        self._send(encode("ready", {"models": sorted(self.guidances), "device": self.device, "pid": os.getpid(),
+                                    "name": self.name}))
+        self.last_heard = time.monotonic()
+
+    def _send(self, frames: Frames) -> None:
+        self.sock.send_multipart(frames, copy=False)
+        self.last_sent = time.monotonic()
+
+    def _handle(self, message: Message) -> None:
+        if message.type == "task":
+            job, model = message.fields["job"], message.fields["spec"].get("model", "")
+            if self.run_ is not None:
+                self._send(encode("error", error_fields("busy", f"worker {self.name} is running another job",
+                                                        job=job)))
+            elif model not in self.guidances:
+                self._send(encode("error", error_fields("unknown_model", f"worker {self.name} has not loaded "
+                                                        f"{model!r}", job=job)))
+                self._send(encode("ready", {"models": sorted(self.guidances)}))
+            else:
+                self.run_ = JobRun(message, self.guidances[model], self.name, self.outbox)
+        elif message.type == "cancel" and self.run_ is not None and self.run_.job == message.fields["job"]:
+            self.run_.cancel.set()
+
+    def _drop_job(self) -> None:
+        """The service forgot us (it restarted or timed us out) and requeues the job itself: stop it."""
+        if self.run_ is not None:
+            self.run_.cancel.set()
+            self.run_.thread.join()
+            self.run_ = None
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+
+    def run(self, stop: threading.Event | None = None) -> int:
+        stop = stop or threading.Event()
+        self._connect()
+        print(f"worker {self.name} on {self.device}: serving {', '.join(sorted(self.guidances))} "
+              f"for {self.endpoint}", file=sys.stderr, flush=True)
+        while not stop.is_set():
+            if self.sock.poll(50):
+                try:
+                    self.last_heard = time.monotonic()
+                    self._handle(decode(self.sock.recv_multipart(), TRUSTED_LIMITS, BROKER_TO_WORKER))
+                except ProtocolError as exc:
+                    print(f"worker: dropped a malformed message from the service: {exc.message}", file=sys.stderr)
+            while not self.outbox.empty():
+                self._send(self.outbox.get_nowait())
+            if self.run_ is not None and not self.run_.thread.is_alive() and self.outbox.empty():
+                self.run_ = None
+                self._send(encode("ready", {"models": sorted(self.guidances)}))
+            now = time.monotonic()
+            if now - self.last_sent >= self.heartbeat_s:
+                self._send(encode("heartbeat", {"time": time.time()}))
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                print(f"worker {self.name}: the service that started it is gone; exiting", file=sys.stderr)
+                break
+            if now - self.last_heard > PATIENCE * self.heartbeat_s:
+                if self.parent_pid is not None:
+                    print(f"worker {self.name}: the service stopped answering; exiting", file=sys.stderr)
+                    break
+                print(f"worker {self.name}: lost the service; reconnecting", file=sys.stderr)
+                self._drop_job()
+                self._connect()
+        self._drop_job()
+        self.sock.close(linger=0)
+        return 0

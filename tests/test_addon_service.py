@@ -1,0 +1,356 @@
+"""End to end: the add-on in real bpy against a real `latentforge serve` on loopback, running the tiny
+TargetGuidance pipeline on the CPU. Blender has no event loop headless, so each test drives the add-on's
+timer callback itself (support.pump) while the connection thread talks to the service.
+
+The picture of the generated result is rendered with Cycles to `<tmp>/generate-result.png` (pytest's
+tmp_path of test_generate_from_three_primitives; the path is printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import test_addon_support as support
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = REPO / "backend" / "examples" / "toadstool" / "target.glb"
+TINY_GENERATE = {
+    "resolution": 16, "optim": {"iters": 30}, "refine": {"iters": 0},
+    "nerf": {"levels": 4, "log2_table_size": 12, "max_resolution": 64}, "render": {"samples": 16},
+    "export": {"grid_resolution": 32, "texture_size": 64, "max_faces": 2000, "density_threshold": 5.0},
+    "sketch": {"grid_resolution": 32}, "loop": {"preview_every_s": 0.2},
+}
+TINY_PAINT = {"resolution": 16, "iters": 30, "texture_size": 64, "loop": {"preview_every_s": 0.2}}
+pytestmark = pytest.mark.slow  # each test runs the service's optimisation loop
+JOB_TIMEOUT_S = 240  # a tiny job takes seconds on an idle 2-core machine, minutes on a busy one
+
+
+def with_iters(overrides: dict, iters: int) -> dict:
+    return {**overrides, "optim": {**overrides["optim"], "iters": iters}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`latentforge serve` as a child process group (the service and its worker), which a test may kill."""
+
+    def __init__(self, root: Path) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.jobs, self.log = root / "jobs", root / "service.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "backend", "serve", "--bind", self.endpoint, "--model", f"target:{TARGET}",
+                 "--device", "cpu", "--workers", "1", "--jobs", str(self.jobs)],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_for_worker()
+
+    def wait_for_worker(self, timeout_s: float = 300.0) -> None:  # torch imports slowly on a busy machine
+        from backend.service.client import Client, ServiceError
+
+        deadline = time.monotonic() + timeout_s
+        with Client(self.endpoint, timeout_s=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, f"the service exited:\n{self.tail()}"
+                try:
+                    if client.hello().get("workers", 0) >= 1:
+                        return
+                except ServiceError:
+                    pass
+                time.sleep(0.5)
+        raise AssertionError(f"no worker joined within {timeout_s:g} s:\n{self.tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole group we started (service and worker), as a crash or a shutdown would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(30)
+        self.process = None
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    server = Service(tmp_path_factory.mktemp("service"))
+    server.start()
+    _, _, prefs = support.modules()
+    p = prefs.get()
+    saved = (p.server_address, p.timeout_s, p.preview_interval_s)
+    p.timeout_s, p.preview_interval_s = 2.0, 0.2  # notice a dead server in seconds; keep every preview
+    p.server_address = server.endpoint  # the update callback reconnects
+    yield server
+    server.kill(signal.SIGTERM)
+    p.server_address, p.timeout_s, p.preview_interval_s = saved
+
+
+@pytest.fixture
+def bpy(service: Service) -> ModuleType:
+    """An empty scene and an add-on connected to the service."""
+    support.fresh_scene()
+    bpy, timers, _ = support.modules()
+    support.pump(lambda: timers.runtime().server.connected, 30, "the connection to the service")
+    return bpy
+
+
+def primitives(bpy: ModuleType) -> list:
+    bpy.ops.mesh.primitive_cylinder_add(vertices=12, radius=0.15, depth=0.8, location=(1.0, 2.0, 0.4))
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, radius=0.45, location=(1.0, 2.0, 0.9))
+    bpy.ops.mesh.primitive_cube_add(size=0.3, location=(1.4, 2.0, 0.15))
+    objects = list(bpy.context.scene.objects)
+    for obj in objects:
+        obj.select_set(True)
+    return objects
+
+
+def configure(bpy: ModuleType, prompt: str, mode: str, overrides: dict) -> None:
+    settings = bpy.context.scene.latentforge
+    settings.prompt, settings.mode, settings.quality = prompt, mode, "draft"
+    settings.extra_json = json.dumps(overrides)
+
+
+def scene_job(bpy: ModuleType) -> object:
+    _, timers, _ = support.modules()
+    return timers.runtime().jobs.get(bpy.context.scene.session_uid)
+
+
+def run_to_end(bpy: ModuleType, service: Service, timeout_s: float = JOB_TIMEOUT_S) -> tuple[object, list]:
+    """Pump until this scene's job ends; returns the job and the (state, stage, step) seen on the way."""
+    job, seen = scene_job(bpy), []
+    try:
+        support.pump(lambda: not job.active, timeout_s, "the job to end",
+                     every=lambda: seen.append((job.state, job.stage, job.step)))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nservice log:\n{service.tail()}") from None
+    return job, seen
+
+
+def render_not_blank(bpy: ModuleType, obj: object, path: Path) -> np.ndarray:
+    """Render `obj` with Cycles on the CPU (tiny, few samples) to `path`; return its RGBA pixels."""
+    scene = bpy.context.scene
+    corners = np.array([obj.matrix_world @ v.co for v in obj.data.vertices])
+    center, size = (corners.min(0) + corners.max(0)) / 2, float(np.ptp(corners, axis=0).max())
+    bpy.ops.object.camera_add(location=tuple(center + np.array([0.0, -2.5, 1.2]) * size))
+    camera = bpy.context.object
+    constraint = camera.constraints.new("TRACK_TO")
+    constraint.target, constraint.track_axis, constraint.up_axis = obj, "TRACK_NEGATIVE_Z", "UP_Y"
+    scene.camera = camera
+    bpy.ops.object.light_add(type="SUN", location=tuple(center + size * 3))
+    bpy.context.object.data.energy = 4.0
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 8, False
+    scene.render.resolution_x = scene.render.resolution_y = 96
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)
+    image = bpy.data.images.load(str(path))
+    pixels = np.empty(image.size[0] * image.size[1] * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    return pixels.reshape(image.size[1], image.size[0], 4)
+
+
+def test_generate_from_three_primitives(bpy: ModuleType, service: Service, tmp_path: Path) -> None:
+    sketch = primitives(bpy)
+    sketch_names = {o.name for o in sketch}
+    lo = np.min([np.array(o.matrix_world @ v.co) for o in sketch for v in o.data.vertices], axis=0)
+    hi = np.max([np.array(o.matrix_world @ v.co) for o in sketch for v in o.data.vertices], axis=0)
+    configure(bpy, "a red toadstool", "GENERATE", TINY_GENERATE)
+    bpy.ops.ed.undo_push(message="sketch")  # what the UI does after each edit
+    assert bpy.ops.latentforge.generate() == {"FINISHED"}
+    with pytest.raises(RuntimeError, match="A job is running in this scene"):
+        bpy.ops.latentforge.generate()  # one job per scene
+    job, seen = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    assert any(state == "running" and step > 0 for state, _, step in seen), seen[-5:]
+    assert job.preview is not None and bpy.data.images[job.preview].packed_file is not None
+    assert bpy.context.scene.latentforge.job_id == job.job
+    result = bpy.data.objects["Red toadstool"]
+    np.testing.assert_allclose(result.location, (lo + hi) / 2, atol=1e-4)  # where the sketch was
+    assert len(result.data.polygons) > 50 and "LatentForge" in result.data.uv_layers
+    image = next(n for n in result.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE").image
+    assert image.packed_file is not None and tuple(image.size) == (64, 64)
+    hidden = bpy.data.collections["Red toadstool sketch"]
+    assert {o.name for o in hidden.objects} == sketch_names and hidden.hide_viewport
+    assert {p.name for p in Path(job.result_dir).iterdir()} == {"texture.png", "asset.glb"}
+
+
+    bpy.ops.ed.undo()  # one step takes the result away and brings the sketch back
+    assert "Red toadstool" not in bpy.data.objects and "Red toadstool sketch" not in bpy.data.collections
+    assert {o.name for o in bpy.context.scene.objects} == sketch_names
+    assert all(not o.hide_get() for o in bpy.context.scene.objects)
+    bpy.ops.ed.redo()
+
+    path = tmp_path / "generate-result.png"
+    pixels = render_not_blank(bpy, bpy.data.objects["Red toadstool"], path)
+    print(f"Cycles render of the generated result: {path}")
+    lit = (pixels[..., :3].max(-1) > 0.05).mean()
+    assert 0.02 < lit < 0.98 and pixels[..., :3].std() > 0.02, f"blank render: {lit:.3f} of pixels lit"
+
+
+@pytest.mark.parametrize("has_uvs", [True, False], ids=["own-uvs", "no-uvs"])
+def test_paint_keeps_the_mesh_and_adds_a_material(bpy: ModuleType, service: Service, has_uvs: bool) -> None:
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=12, ring_count=6, radius=0.5, location=(0.0, 0.0, 0.5))
+    sphere = bpy.context.object
+    if not has_uvs:  # the service unwraps it: vertices split on seams come back, faces in the same order
+        sphere.data.uv_layers.remove(sphere.data.uv_layers[0])
+    own_uvs = [layer.name for layer in sphere.data.uv_layers]
+    before, loops_before = support.mesh_arrays(sphere)
+    configure(bpy, "a mossy stone", "PAINT", TINY_PAINT)
+    assert bpy.ops.latentforge.paint() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    after, loops_after = support.mesh_arrays(sphere)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(loops_before, loops_after)
+    assert list(bpy.context.scene.objects) == [sphere]  # the same object, nothing new
+    # its own UV map when the service kept it, else a new one the texture is read through
+    assert [layer.name for layer in sphere.data.uv_layers] == (own_uvs if has_uvs else ["LatentForge"])
+    material = sphere.data.materials[0]
+    assert material.name == "Mossy stone"
+    uv_node = next(n for n in material.node_tree.nodes if n.type == "UVMAP")
+    assert uv_node.uv_map == sphere.data.uv_layers.active.name
+    image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    assert image.packed_file is not None
+
+
+def test_fetch_a_job_finished_elsewhere_by_its_id(bpy: ModuleType, service: Service) -> None:
+    from backend.service.client import Client
+
+    with Client(service.endpoint, timeout_s=10.0) as client:  # as if Blender had been closed meanwhile
+        job_id = client.submit("a toadstool", "generate", overrides=TINY_GENERATE)
+        client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+    bpy.context.scene.latentforge.fetch_job_id = job_id
+    assert bpy.ops.latentforge.fetch() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    assert [o.name for o in bpy.context.scene.objects] == ["Toadstool"]
+
+
+def test_cancel_mid_job_leaves_the_sketch_as_it_was(bpy: ModuleType, service: Service) -> None:
+    sketch = primitives(bpy)
+    configure(bpy, "a toadstool", "GENERATE", with_iters(TINY_GENERATE, 100_000))
+    bpy.ops.latentforge.generate()
+    job = scene_job(bpy)
+    support.pump(lambda: job.state == "running" and job.step > 0, JOB_TIMEOUT_S, "the job to run")
+    assert bpy.ops.latentforge.cancel() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service, 60)
+    assert job.state == "cancelled", (job.state, job.message)
+    assert set(bpy.context.scene.objects) == set(sketch)
+    assert all(not o.hide_get() and o.users_collection[0] == bpy.context.scene.collection for o in sketch)
+    with pytest.raises(RuntimeError, match="No job is running"):
+        bpy.ops.latentforge.cancel()
+
+
+def test_service_killed_mid_job_and_restarted(bpy: ModuleType, service: Service) -> None:
+    _, timers, _ = support.modules()
+    rt = timers.runtime()
+    primitives(bpy)
+    configure(bpy, "a toadstool", "GENERATE", with_iters(TINY_GENERATE, 60))
+    bpy.ops.latentforge.generate()
+    job = scene_job(bpy)
+    support.pump(lambda: job.state == "running" and job.step > 0, JOB_TIMEOUT_S, "the job to run")
+    service.kill()  # SIGKILL to the service and its worker: a crash, not a shutdown
+    support.pump(lambda: not rt.server.connected, 30, "the add-on to notice the lost service")
+    assert job.active and rt.server.message  # the job is not given up, the panel says why
+    with pytest.raises(RuntimeError, match="No server"):
+        bpy.ops.latentforge.generate()
+    service.start()  # same address and job folder: the service requeues the job
+    support.pump(lambda: rt.server.connected, 60, "the reconnection")
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    assert "Toadstool" in bpy.data.objects
+
+
+def test_a_service_error_is_shown_verbatim(bpy: ModuleType, service: Service) -> None:
+    configure(bpy, "a toadstool", "TEXT", with_iters(TINY_GENERATE, 0))  # refused: iters must be ≥ 1
+    bpy.ops.latentforge.generate()
+    job, _ = run_to_end(bpy, service, 30)
+    assert job.state == "failed" and "iters must be at least 1" in job.message
+    assert list(bpy.context.scene.objects) == []
+
+
+@pytest.mark.parametrize(("select", "mode", "message"), [
+    ((), "GENERATE", "Nothing is selected"),
+    (("camera",), "GENERATE", "is a camera, not a mesh"),
+    (("light", "mesh"), "GENERATE", "is a light, not a mesh"),
+    ((), "PAINT", "Select one mesh object"),
+    (("mesh", "mesh"), "PAINT", "2 objects are selected"),
+    (("empty",), "PAINT", "is a empty, not a mesh"),
+])
+def test_a_bad_selection_is_refused_with_a_reason(bpy: ModuleType, select: tuple, mode: str, message: str) -> None:
+    for kind in select:
+        if kind == "mesh":
+            bpy.ops.mesh.primitive_cube_add()
+        else:
+            getattr(bpy.ops.object, f"{kind}_add")()
+    for obj in bpy.context.scene.objects:
+        obj.select_set(True)
+    objects = set(bpy.context.scene.objects)
+    configure(bpy, "a toadstool", mode, TINY_GENERATE)
+    operator = bpy.ops.latentforge.paint if mode == "PAINT" else bpy.ops.latentforge.generate
+    with pytest.raises(RuntimeError, match=message):
+        operator()
+    assert set(bpy.context.scene.objects) == objects and scene_job(bpy) is None
+
+
+def test_unreachable_offline_and_malformed_addresses(bpy: ModuleType, service: Service) -> None:
+    _, timers, prefs = support.modules()
+    rt, p = timers.runtime(), prefs.get()
+    bpy.ops.mesh.primitive_cube_add()
+    configure(bpy, "a toadstool", "GENERATE", TINY_GENERATE)
+    try:
+        p.server_address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+        support.pump(lambda: "cannot reach" in rt.server.message, 30, "the unreachable server to show")
+        with pytest.raises(RuntimeError, match="No server: cannot reach the server"):
+            bpy.ops.latentforge.generate()
+        p.server_address = "tcp://203.0.113.7:5555"  # another computer, and bpy runs with online access off
+        timers.drain()
+        assert not bpy.app.online_access and "Blender is set to work offline" in rt.server.message
+        p.server_address = "127.0.0.1:5555"
+        assert "has no scheme" in rt.server.message
+    finally:
+        p.server_address = service.endpoint
+    support.pump(lambda: rt.server.connected, 30, "the reconnection")
+    assert scene_job(bpy) is None
+
+
+def test_the_addon_starts_and_stops_a_local_server(bpy: ModuleType, service: Service, tmp_path: Path) -> None:
+    _, timers, prefs = support.modules()
+    rt, p = timers.runtime(), prefs.get()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeError, match="Set the backend's Python"):
+        bpy.ops.latentforge.start_server()
+    try:
+        p.server_address = endpoint
+        p.backend_python = sys.executable
+        p.backend_args = f"--model target:{TARGET} --device cpu --workers 0 --jobs {tmp_path / 'jobs'}"
+        assert bpy.ops.latentforge.start_server() == {"FINISHED"}
+        process = rt.backend.process
+        support.pump(lambda: rt.server.connected, 60, "the add-on's own server")
+        assert rt.server.info.get("models") == [f"target:{TARGET}"]
+        assert bpy.ops.latentforge.stop_server() == {"FINISHED"}
+        assert process.poll() is not None and not rt.backend.running
+        support.pump(lambda: not rt.server.connected, 30, "the stopped server to show")
+    finally:
+        rt.backend.stop()
+        p.backend_python = p.backend_args = ""
+        p.server_address = service.endpoint

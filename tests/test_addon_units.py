@@ -1,0 +1,117 @@
+"""The add-on's small parts on their own: addresses, job state, the job a panel's settings make,
+preferences that cannot work, the local server's command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import test_addon_support as support
+
+
+@pytest.mark.parametrize(("text", "expected", "loopback"), [
+    ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5555", True),
+    ("  tcp://localhost:7000 ", "tcp://localhost:7000", True),
+    ("tcp://[::1]:5555", "tcp://[::1]:5555", True),
+    ("tcp://gpu-box.lan:5555", "tcp://gpu-box.lan:5555", False),
+    ("tcp://10.0.0.7:5555", "tcp://10.0.0.7:5555", False),
+    ("ipc:///tmp/latentforge.sock", "ipc:///tmp/latentforge.sock", True),
+])
+def test_addresses_parse(text: str, expected: str, loopback: bool) -> None:
+    address = support.submodule("addresses").parse_address(text)
+    assert str(address) == expected and address.is_loopback == loopback
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("127.0.0.1:5555", "has no scheme"),
+    ("http://127.0.0.1:5555", "unsupported scheme"),
+    ("tcp://127.0.0.1", "needs a port"),
+    ("tcp://127.0.0.1:99999", "needs a port"),
+    ("tcp://:5555", "no valid host"),
+    ("ipc://", "needs a socket path"),
+])
+def test_bad_addresses_say_how_to_write_them(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        support.submodule("addresses").parse_address(text)
+
+
+def test_a_job_follows_progress_summaries_and_errors() -> None:
+    jobs = support.submodule("jobs")
+    job = jobs.Job(scene=1, task="generate", prompt="a teddy bear")
+    assert job.active and job.progress_text() == "Sending…"
+    job.on_progress({"stage": "rgb_refine", "step": 5, "total": 20, "eta_s": 3725})
+    assert job.fraction == 0.25 and job.progress_text() == "Rgb refine 5/20  ·  1 h 02 min left"
+    job.on_summary({"job": "a" * 32, "state": "queued"})  # requeued after the service restarted
+    assert job.state == "queued" and job.active
+    job.on_summary({"job": "a" * 32, "state": "finished"})  # stays active until the result is in
+    assert job.active
+    job.fail({"code": "out_of_memory", "message": "CUDA out of memory", "hint": "use the draft preset"})
+    assert job.state == "failed" and job.message == "CUDA out of memory (use the draft preset)"
+    assert not job.active
+
+
+def test_one_job_per_scene() -> None:
+    jobs = support.submodule("jobs")
+    registry = jobs.Jobs()
+    first = registry.add(jobs.Job(scene=1, task="generate"))
+    registry.add(jobs.Job(scene=2, task="paint"))  # another scene may run its own
+    with pytest.raises(RuntimeError, match="already has a job running"):
+        registry.add(jobs.Job(scene=1, task="generate"))
+    first.fail({"code": "cancelled", "message": "cancelled"})
+    assert first.state == "cancelled"
+    again = registry.add(jobs.Job(scene=1, task="generate"))
+    assert registry.get(1) is again and registry.find(request=again.request) is again
+
+
+def test_panel_settings_become_a_submit() -> None:
+    support.fresh_scene()
+    bpy, _, _ = support.modules()
+    settings = bpy.context.scene.latentforge
+    settings.prompt, settings.negative, settings.seed = "  a teddy bear ", "blurry", 7
+    settings.method, settings.quality, settings.looseness, settings.texture_size = "hifa", "high", 0.5, "2048"
+    settings.extra_json = json.dumps({"sketch": {"weight": 2.0}, "optim": {"lr": 0.01}})
+    fields = settings.submit_fields("generate")
+    assert fields == {"task": "generate", "prompt": "a teddy bear", "negative": "blurry", "method": "hifa",
+                      "preset": "high", "seed": 7,
+                      "overrides": {"sketch": {"looseness": 0.5, "weight": 2.0}, "export": {"texture_size": 2048},
+                                    "optim": {"lr": 0.01}}}
+    settings.mode, settings.iterations, settings.extra_json = "PAINT", 300, ""
+    fields = settings.submit_fields("paint")
+    assert fields["task"] == "paint" and fields["iterations"] == 300
+    assert fields["overrides"] == {"texture_size": 2048}  # paint decodes its texture at that size
+    settings.extra_json = "{'not': json}"
+    with pytest.raises(ValueError, match="not valid JSON"):
+        settings.submit_fields("generate")
+
+
+def test_preferences_that_cannot_work_say_why(tmp_path: Path) -> None:
+    bpy, _, prefs = support.modules()
+    p = prefs.get()
+    saved = (p.server_address, p.server_key_file, p.client_key_file)
+    try:
+        p.server_key_file = p.client_key_file = ""
+        p.server_address = "tcp://gpu-box.lan:5555"
+        assert not bpy.app.online_access  # bpy's default, like Blender started offline
+        assert "set to work offline" in prefs.settings_problem(p)
+        p.server_key_file = str(tmp_path / "server.key")
+        assert "needs both key files" in prefs.settings_problem(p)
+        p.client_key_file = str(tmp_path / "blender.key_secret")
+        assert "key file not found" in prefs.settings_problem(p)
+        p.server_address = "tcp://127.0.0.1:5555"
+        assert "key file not found" in prefs.settings_problem(p)  # keys given are checked on loopback too
+    finally:
+        p.server_address, p.server_key_file, p.client_key_file = saved
+    assert prefs.settings_problem(p) is None
+
+
+def test_local_server_command_and_a_missing_python(tmp_path: Path) -> None:
+    local = support.submodule("local_backend")
+    command = local.serve_command(sys.executable, "tcp://127.0.0.1:5555", "--device cuda --model 'sd:my model'")
+    assert command == [sys.executable, "-m", "backend", "serve", "--bind", "tcp://127.0.0.1:5555", "--device",
+                       "cuda", "--model", "sd:my model"]
+    backend = local.LocalBackend()
+    with pytest.raises(FileNotFoundError, match="set the backend's Python"):
+        backend.start([str(tmp_path / "no-python"), "-m", "backend"], tmp_path / "server.log")
+    assert not backend.running and backend.exit_message() is None
