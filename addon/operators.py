@@ -3,6 +3,7 @@ the internal ones the timer uses (adding a result as one undo step, status-bar m
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,12 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
             return {"CANCELLED"}
         rt.last_result_dir = job.result_dir
         job.state = "finished"
+        with contextlib.suppress(RuntimeError):  # raised when the result is not in this view layer
+            obj.select_set(True)  # the result becomes the selection, as any new object does
+            for other in context.selected_objects:
+                if other != obj:
+                    other.select_set(False)
+            context.view_layer.objects.active = obj
         self.report({"INFO"}, f"LatentForge: \"{obj.name}\" is ready")
         return {"FINISHED"}
 

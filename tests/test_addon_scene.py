@@ -163,6 +163,8 @@ def test_a_result_is_one_undo_step(bpy: ModuleType) -> None:
              "blobs": {"texture": support.png_bytes((0, 1, 0, 1))}}
     timers.HANDLERS["result"](rt, event)  # what the timer does with a result event
     assert "Teddy bear" in bpy.data.objects and job.state == "finished"
+    assert bpy.context.view_layer.objects.active.name == "Teddy bear"
+    assert [o.name for o in bpy.context.selected_objects] == ["Teddy bear"]
     bpy.ops.ed.undo()
     assert "Teddy bear" not in bpy.data.objects and "Teddy bear" not in bpy.data.meshes
     assert not any(c.name.endswith("sketch") for c in bpy.data.collections)

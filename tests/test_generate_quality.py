@@ -18,7 +18,8 @@ FAST = {
     "refine": {"iters": 0},
     "nerf": {"levels": 8, "log2_table_size": 15, "max_resolution": 256},
     "render": {"samples": 32},
-    "export": {"grid_resolution": 96, "texture_size": 256, "max_faces": 20000},
+    # half the default samples per ray means twice the spacing, so half the density for the same opacity
+    "export": {"grid_resolution": 96, "texture_size": 256, "max_faces": 20000, "density_threshold": 5.0},
     "loop": {"checkpoint_every": 0},
 }
 

@@ -26,14 +26,15 @@ class LatentTexture(nn.Module):
         self.background = DirectionalBackground(4).to(vertices.device)
         # the RGB texture of the optional fine-tuning stage; part of the state so a resumed job keeps it
         self.rgb_texture = nn.Parameter(torch.zeros(3, rgb_size, rgb_size, device=vertices.device))
-        self.register_buffer("rgb_started", torch.zeros((), dtype=torch.bool, device=vertices.device))
+        # uint8, not bool: checkpoints travel as plain numeric arrays
+        self.register_buffer("rgb_started", torch.zeros((), dtype=torch.uint8, device=vertices.device))
         self.rgb = False
 
     def start_rgb(self, decoded: torch.Tensor) -> None:
         """Switch to RGB fine-tuning, starting from the decoded latent texture unless resumed mid-way."""
         if not bool(self.rgb_started):
             self.rgb_texture.data.copy_(decoded)
-            self.rgb_started.fill_(True)
+            self.rgb_started.fill_(1)
         self.rgb = True
 
     def render(self, cameras: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
