@@ -87,9 +87,19 @@ class LatentNeRF(nn.Module):
         """Features [..., 4] in the current render space: latent, or RGB in [0, 1] after refinement."""
         return self.decoder(features) if self.rgb else features
 
-    def rgb_at(self, x: torch.Tensor) -> torch.Tensor:
-        """RGB [N, 3] in [0, 1] at points [N, 3], whichever stage the field is in (for baking)."""
-        return self.decoder(self.field(x)[1]).clamp(0, 1)
+    def rgb_at(self, x: torch.Tensor, spread: float = 0.02) -> torch.Tensor:
+        """RGB [N, 3] in [0, 1] at points [N, 3] (for baking), whichever stage the field is in.
+
+        A marching-cubes surface sits where the density crosses a threshold, often in the soft shell
+        outside where colour was learnt; so each point takes the density-weighted mean colour of a
+        7-point stencil `spread` × bound around it, which leans towards the opaque side.
+        """
+        offsets = torch.cat([torch.zeros(1, 3), torch.eye(3), -torch.eye(3)]).to(x) * spread * self.config.bound
+        pts = (x[:, None] + offsets).reshape(-1, 3)
+        sigma, feats = self.field(pts)
+        rgb = self.decoder(feats).clamp(0, 1).view(len(x), -1, 3)
+        w = sigma.view(len(x), -1, 1) + 1e-6
+        return (w * rgb).sum(1) / w.sum(1)
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
         """View directions [N, 3] → background features [N, C] in the current render space."""
