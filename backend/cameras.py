@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from backend.errors import ConfigError
+from backend.transfer import to_device
 
 
 @dataclass
@@ -66,18 +67,17 @@ class Cameras:
         device: torch.device | str = "cpu",
     ) -> Cameras:
         """Cameras on a sphere around the origin; angles in degrees."""
-        el, az, r, fv = (torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1)
+        el, az, r, fv = (to_device(torch.as_tensor(v, dtype=torch.float32), device).reshape(-1)
                          for v in (elevation, azimuth, radius, fov))
         el, az, r, fv = torch.broadcast_tensors(el, az, r, fv)
         e, a = torch.deg2rad(el), torch.deg2rad(az)
         position = torch.stack([torch.cos(e) * torch.sin(a), -torch.cos(e) * torch.cos(a), torch.sin(e)], -1)
         position = position * r[:, None]
         back = position / r[:, None]  # camera +z points away from the target
-        world_up = torch.tensor([0.0, 0.0, 1.0], device=device).expand_as(back)
-        right = torch.linalg.cross(world_up, back)
+        right = torch.linalg.cross(_axis(back, 2), back)  # world up × backwards
         # straight above or below: any horizontal right vector will do
         degenerate = right.norm(dim=-1, keepdim=True) < 1e-6
-        right = torch.where(degenerate, torch.tensor([1.0, 0.0, 0.0], device=device).expand_as(back), right)
+        right = torch.where(degenerate, _axis(back, 0), right)
         right = right / right.norm(dim=-1, keepdim=True)
         up = torch.linalg.cross(back, right)
         c2w = torch.eye(4, device=device).repeat(len(r), 1, 1)
@@ -103,7 +103,7 @@ class Cameras:
 
     def mvp(self, near: float = 0.01, far: float = 100.0) -> torch.Tensor:
         """OpenGL model-view-projection matrices [B, 4, 4] (square images)."""
-        w2c = torch.linalg.inv(self.c2w)
+        w2c = torch.linalg.inv_ex(self.c2w).inverse  # inv_ex: no singularity check, which would sync
         t = 1.0 / torch.tan(self.fov / 2)
         proj = torch.zeros(self.batch, 4, 4, device=self.device)
         proj[:, 0, 0] = t
@@ -113,22 +113,25 @@ class Cameras:
         proj[:, 3, 2] = -1.0
         return proj @ w2c
 
+    def view_indices(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> torch.Tensor:
+        """Index into `VIEWS` per camera [B] (DreamFusion's view-dependent prompts), computed on the device."""
+        az = self.azimuth.abs()
+        index = torch.where(az < front_angle / 2, 0, torch.where(az > 180.0 - front_angle / 2, 2, 1))
+        return torch.where(self.elevation >= 90.0 - overhead_angle, 3, index)
+
     def view_labels(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> list[str]:
         """DreamFusion's view-dependent prompt suffixes: front, side, back or overhead."""
-        labels = []
-        for el, az in zip(self.elevation.tolist(), self.azimuth.tolist(), strict=True):
-            if el >= 90.0 - overhead_angle:
-                labels.append("overhead")
-            elif abs(az) < front_angle / 2:
-                labels.append("front")
-            elif abs(az) > 180.0 - front_angle / 2:
-                labels.append("back")
-            else:
-                labels.append("side")
-        return labels
+        return [VIEWS[i] for i in self.view_indices(front_angle, overhead_angle).tolist()]
 
 
-VIEWS = ("front", "side", "back", "overhead")
+def _axis(like: torch.Tensor, k: int) -> torch.Tensor:
+    """Unit vectors along world axis `k` shaped like `like` [B, 3], made on its device (no host copy)."""
+    axis = torch.zeros_like(like)
+    axis[:, k] = 1.0
+    return axis
+
+
+VIEWS = ("front", "side", "back", "overhead")  # in `Cameras.view_indices` order
 
 
 class CameraSampler:

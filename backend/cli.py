@@ -1,4 +1,4 @@
-"""`latentforge` command line: generate, demo (and the commands other modules add)."""
+"""`latentforge` command line: generate, paint, demo (and the commands other modules add)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from backend import __version__
+from backend import bench as bench_commands
 from backend.config import from_dict, load_file, merge
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.events import Event, Finished, Progress, StageStarted
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/example.glb")
     d.set_defaults(func=cmd_demo)
     service_commands.register(sub)  # serve, worker, keys, submit, status, fetch
+    bench_commands.register(sub)  # bench
     return parser
 
 

@@ -20,6 +20,7 @@ import torch
 
 from backend.errors import Cancelled
 from backend.events import EventSink, Progress, StageStarted, ignore
+from backend.timing import Timer, untimed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -57,6 +58,18 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
+def train_step(stage: Stage, optimizer: torch.optim.Optimizer, step: int,
+               timer: Timer = untimed) -> dict[str, torch.Tensor]:
+    """One optimisation step of `stage`: its losses, their gradient, the optimiser's update."""
+    optimizer.zero_grad(set_to_none=True)
+    parts = stage.step(step, stage.iters)
+    with timer("backward"):
+        parts["total"].backward()
+    with timer("optimiser"):
+        optimizer.step()
+    return parts
+
+
 def run_stages(
     stages: list[Stage],
     scene: torch.nn.Module,
@@ -65,8 +78,13 @@ def run_stages(
     on_event: EventSink = ignore,
     cancel: threading.Event | None = None,
     checkpointer: Checkpointer | None = None,
+    report_every: int = 1,
 ) -> dict[str, float]:
-    """Run every stage to its end; returns the last step's losses."""
+    """Run every stage to its end; returns the last step's losses.
+
+    Progress (with the losses) is reported every `report_every` steps, at each stage's end and with each
+    preview: reading losses back from a GPU waits for it, so a fast step reports less often.
+    """
     config = config or LoopConfig()
     start_stage, start_step, saved = 0, 0, None
     if checkpointer is not None and (saved := checkpointer.load()) is not None:
@@ -87,20 +105,18 @@ def run_stages(
         for step in range(first, stage.iters):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled during {stage.name} at step {step} of {stage.iters}")
-            optimizer.zero_grad(set_to_none=True)
-            parts = stage.step(step, stage.iters)
-            parts["total"].backward()
-            optimizer.step()
+            parts = train_step(stage, optimizer, step)
             steps_timed += 1
             now = time.perf_counter()
             remaining = total_steps - (done_before + steps_timed)
             preview = None
             if stage.preview is not None and now - last_preview >= config.preview_every_s:
                 preview, last_preview = stage.preview(), now
-            losses = {k: float(v.detach()) for k, v in parts.items()}
-            on_event(Progress(stage.name, step + 1, stage.iters, losses,
-                              eta_s=(now - t0) / steps_timed * remaining, preview=preview))
             at_end = step + 1 == stage.iters
+            if preview is not None or at_end or (step + 1) % report_every == 0:
+                losses = {k: float(v.detach()) for k, v in parts.items()}
+                on_event(Progress(stage.name, step + 1, stage.iters, losses,
+                                  eta_s=(now - t0) / steps_timed * remaining, preview=preview))
             if checkpointer is not None and config.checkpoint_every and (
                     (step + 1) % config.checkpoint_every == 0 or at_end):
                 nxt_stage, nxt_step = (index + 1, 0) if at_end else (index, step + 1)

@@ -1,7 +1,8 @@
 """A tiny random Stable Diffusion, built in code, saved the ways a user's checkpoint arrives.
 
 No test can download weights, so tests build an SD-shaped pipeline with a few thousand random weights
-(2-block U-Net and VAE, 2-layer CLIP text model, a byte-level CLIP tokenizer) and save it either as a
+(`backend.guidance.random_sd`'s "tiny" architecture: 2-block U-Net and VAE, 2-layer CLIP text model, a
+byte-level CLIP tokenizer) and save it either as a
 diffusers folder or as a single `.safetensors` file in the original LDM key layout. Both then go through
 the same loading code (`StableDiffusionGuidance.load`) as a real checkpoint.
 
@@ -12,26 +13,25 @@ inversion by round-tripping through those converters and through `from_single_fi
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors.torch import save_file
-from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel
+
+from backend.guidance.random_sd import TINY, write_tokenizer
+from backend.guidance.random_sd import build_components as _build
 
 #: LDM state-dict prefixes of the three sub-models in an original SD checkpoint
 LDM_UNET, LDM_VAE, LDM_CLIP = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
 
-IMAGE_SIZE = 32  # VAE sample size; with 2 VAE blocks the latent is 16×16
-LATENT_SIZE = 16
-_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+IMAGE_SIZE = TINY["vae"]["sample_size"]  # with 2 VAE blocks the latent is 16×16
+LATENT_SIZE = TINY["unet"]["sample_size"]
 
 
 class TinySingleFile(NamedTuple):
@@ -40,79 +40,9 @@ class TinySingleFile(NamedTuple):
     seed: int  # the checkpoint's weights are `build_components(seed=seed)`'s, not the config folder's
 
 
-def write_tokenizer(folder: Path) -> Path:
-    """A CLIP tokenizer folder as SD ships it: vocab.json, merges.txt, tokenizer_config.json.
-
-    Byte-level BPE with no merges: every character is a token, which is all a test needs.
-    """
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    symbols = alphabet + [s + "</w>" for s in alphabet] + [_BOS, _EOS]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": _BOS,
-              "eos_token": _EOS, "pad_token": _EOS, "unk_token": _EOS}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
-def _tokenizer() -> CLIPTokenizer:
-    with tempfile.TemporaryDirectory() as tmp:
-        return CLIPTokenizer.from_pretrained(write_tokenizer(Path(tmp)))
-
-
-def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict[str, Any]:
-    """The pipeline's components, deterministic in `seed` and without touching the global RNG."""
-    tokenizer = _tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=LATENT_SIZE,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            # SD's order: attention in the high-resolution blocks, none in the lowest
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=4,
-        )
-        vae = AutoencoderKL(
-            sample_size=IMAGE_SIZE,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    # SD 1.5's own scheduler config, apart from the prediction type
-    scheduler = PNDMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+def build_components(prediction_type: str = "epsilon", seed: int = 0) -> dict:
+    """The tiny pipeline's components (see `backend.guidance.random_sd`)."""
+    return _build("tiny", prediction_type=prediction_type, seed=seed)
 
 
 def save_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:

@@ -13,6 +13,7 @@ import torch
 
 from backend.cameras import Cameras
 from backend.mesh import Frame
+from backend.speed import SpeedConfig
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Guidance(ABC):
             cached = self.scheduler.alphas_cumprod.to(self.device, torch.float32)
             self._alphas_cumprod = cached
         return cached
+
+    def accelerate(self, speed: SpeedConfig) -> None:  # noqa: B027 - optional hook
+        """Apply the speed switches that concern the prior (resolved `SpeedConfig`); called once per job."""
 
     def prepare(self, prompt: Prompt) -> None:  # noqa: B027 - optional hook
         """Called once per job before the first step: precompute what depends only on the prompt."""

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from backend.cameras import VIEWS, Cameras
 from backend.errors import InputError, LatentForgeError, ModelNotFoundError
 from backend.guidance.base import Guidance, Prompt, v_to_epsilon
+from backend.speed import SpeedConfig
+from backend.transfer import to_device
 
 # huggingface_hub reads these once, when first imported: keep a download attempt with no network short
 os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
@@ -71,6 +73,9 @@ class StableDiffusionGuidance(Guidance):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.latent_size = self.image_size // self.vae_scale_factor
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._tables: dict[Prompt, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._denoiser: Callable[..., object] = self.unet  # the U-Net, or its compiled form
+        self._speed: tuple[str, str] = ("off", "off")  # (channels_last, compile_unet) applied
 
     @classmethod
     def load(
@@ -117,6 +122,37 @@ class StableDiffusionGuidance(Guidance):
                              MODEL_HINT))
         return cls(pipe, device, name)
 
+    @classmethod
+    def random(
+        cls, arch: str = "sd15", device: str | torch.device = "cpu", dtype: torch.dtype | None = None, seed: int = 0
+    ) -> StableDiffusionGuidance:
+        """An architecture of `backend.guidance.random_sd` with random weights (float16 on CUDA, as `load`)."""
+        from backend.guidance.random_sd import build_components
+
+        device = torch.device(device)
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        parts = build_components(arch, seed=seed, device=device)
+        for name in ("unet", "vae", "text_encoder"):
+            # torch's own `to`: diffusers' warns about float32-only modules, which these architectures lack
+            torch.nn.Module.to(parts[name], dtype)
+        pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        return cls(pipe, device, f"{arch} (random weights)")
+
+    def accelerate(self, speed: SpeedConfig) -> None:
+        """Apply `speed`'s channels-last and U-Net compile switches (resolved: no "auto"); idempotent."""
+        wanted = (speed.channels_last, speed.compile_unet)
+        if wanted == self._speed:
+            return  # a worker reuses one guidance for many jobs: compile once
+        fmt = torch.channels_last if speed.channels_last == "on" else torch.contiguous_format
+        for module in (self.unet, self.vae):
+            module.to(memory_format=fmt)
+        self._denoiser = self.unet
+        if speed.compile_unet != "off":
+            # static shapes: every call of a job has the same batch (CFG's 2·B) and latent size
+            self._denoiser = torch.compile(self.unet, mode=speed.compile_unet, dynamic=False)
+        self._speed = wanted
+
     # -- prompts ---------------------------------------------------------------------------------------
 
     def prepare(self, prompt: Prompt) -> None:
@@ -145,6 +181,18 @@ class StableDiffusionGuidance(Guidance):
         self._encode_missing(texts)
         return torch.stack([self._embeddings[t] for t in texts])
 
+    def _prompt_table(self, prompt: Prompt) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negative [1, L, D], one conditional embedding per entry of `VIEWS` [4, L, D] or the plain text [1, L, D]).
+
+        Built once per prompt, so a step picks its embeddings by indexing on the device, never by a host
+        round trip through the cameras' view labels.
+        """
+        if prompt not in self._tables:
+            views = VIEWS if prompt.view_dependent else ("",)
+            self._tables[prompt] = (self._embeddings_for([prompt.negative]),
+                                    self._embeddings_for([prompt.for_view(v) for v in views]))
+        return self._tables[prompt]
+
     # -- the prior -------------------------------------------------------------------------------------
 
     def predict_noise(
@@ -158,23 +206,35 @@ class StableDiffusionGuidance(Guidance):
         batch = z_t.shape[0]
         if cameras.batch != batch:
             raise ValueError(f"{cameras.batch} cameras for {batch} latents")
-        views = cameras.view_labels() if prompt.view_dependent else [""] * batch
-        cond = self._embeddings_for([prompt.for_view(v) for v in views])
-        uncond = self._embeddings_for([prompt.negative]).expand_as(cond)
-        t = torch.as_tensor(t, device=self.device).reshape(-1).expand(batch)
+        negative, table = self._prompt_table(prompt)
+        views = cameras.view_indices().to(table.device) if prompt.view_dependent else None
+        cond = table[views] if views is not None else table.expand(batch, -1, -1)
+        uncond = negative.expand_as(cond)
+        t = to_device(torch.as_tensor(t), self.device).reshape(-1).expand(batch)
         with torch.no_grad():
             z_in = z_t.detach().to(self.device, self.unet.dtype)
-            out = self.unet(
-                torch.cat([z_in, z_in]),
-                torch.cat([t, t]),
-                encoder_hidden_states=torch.cat([uncond, cond]).to(self.unet.dtype),
-            ).sample.float()
+            raw = self.run_unet(torch.cat([z_in, z_in]), torch.cat([t, t]),
+                                torch.cat([uncond, cond]).to(self.unet.dtype))
+            out = raw.float()
+            if out is raw and self._speed[1] == "reduce-overhead":
+                out = out.clone()  # the graph's own output buffer: the next replay overwrites it
             out_uncond, out_cond = out.chunk(2)
             guided = out_uncond + guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
                 # linear in the model output, so converting after the guidance equals converting each
                 guided = v_to_epsilon(guided, z_t.detach().float(), self.alphas_cumprod[t.long()])
         return guided
+
+    @property
+    def unet_compile_mode(self) -> str:
+        """How the U-Net runs: "off" (eager), or the torch.compile mode applied by `accelerate`."""
+        return self._speed[1]
+
+    def run_unet(self, z: torch.Tensor, t: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The U-Net's raw output for one batch, called as every step calls it (compiled if switched on)."""
+        if self._speed[1] == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a new replay of the captured graph
+        return self._denoiser(z, t, encoder_hidden_states=hidden).sample
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """RGB [B, 3, H, W] in [0, 1] → latents [B, 4, h, w], scaled as the U-Net expects.

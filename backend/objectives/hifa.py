@@ -27,6 +27,7 @@ from backend.cameras import Cameras
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
+from backend.transfer import to_device
 
 WEIGHT = 0.05  # HiFA's constant loss weight, which its other weights are relative to
 NATIVE_LATENT_ELEMENTS = 4 * 64 * 64  # SD 1.x/2.x-base latent
@@ -80,24 +81,30 @@ class BGT:
                                               cameras, self.config.guidance_scale).to(sample)
             noise = None
             if self.settings.eta > 0:
-                noise = torch.randn(sample.shape, generator=generator).to(sample)
+                noise = to_device(torch.randn(sample.shape, generator=generator), sample)
             out = self.scheduler.step(eps, tau, sample, eta=self.settings.eta, variance_noise=noise)
             sample = out.prev_sample
         return out.pred_original_sample
 
     def estimate(self, z: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras | None,
                  generator: torch.Generator) -> torch.Tensor:
-        """ẑ for each latent of the batch from its own timestep, as a detached tensor."""
+        """ẑ for each latent of the batch from its own timestep, as a detached tensor.
+
+        The DDIM chain's length depends on t, so t is read on the host: sampled there, it costs no sync.
+        """
         with torch.no_grad():
             z = z.detach().float()
-            noise = torch.randn(z.shape, generator=generator).to(z)
-            z_t = self.scheduler.add_noise(z, noise, t.to(z.device))
+            t = t.cpu()
+            noise = to_device(torch.randn(z.shape, generator=generator), z)
+            z_t = self.scheduler.add_noise(z, noise, to_device(t, z.device))
+            values = t.unique().tolist()
+            if len(values) == 1:  # the usual case (HiFA's annealed t is the batch's): no gather, no scatter
+                return torch.nan_to_num(self.denoise(z_t, int(values[0]), prompt, cameras, generator).float())
             out = torch.empty_like(z)
-            # a DDIM chain has one timestep per call: denoise each distinct t on its own (usually one)
-            for value in t.unique().tolist():
-                idx = (t == value).nonzero().flatten().to(z.device)
-                cams = cameras if len(idx) == z.shape[0] else _take(cameras, idx)
-                out[idx] = self.denoise(z_t[idx], int(value), prompt, cams, generator).float()
+            # a DDIM chain has one timestep per call: denoise each distinct t on its own
+            for value in values:
+                idx = to_device((t == value).nonzero().flatten(), z.device)
+                out[idx] = self.denoise(z_t[idx], int(value), prompt, _take(cameras, idx), generator).float()
         return torch.nan_to_num(out)
 
     def loss(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,

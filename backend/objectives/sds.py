@@ -14,6 +14,7 @@ import torch
 from backend.cameras import Cameras
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
+from backend.transfer import to_device
 
 
 @dataclass
@@ -50,7 +51,8 @@ class SDS:
 
     def loss(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,
              cameras: Cameras, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(z.shape, generator=generator).to(z)
-        grad = self.gradient(z, t, noise, prompt, cameras)
+        """The surrogate loss for latents z [B, 4, h, w] at timesteps t [B] (on any device)."""
+        noise = to_device(torch.randn(z.shape, generator=generator), z)
+        grad = self.gradient(z, to_device(t, self.guidance.alphas_cumprod.device), noise, prompt, cameras)
         target = (z - grad).detach()
         return 0.5 * ((z - target) ** 2).sum() / z.shape[0]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from backend.errors import ConfigError
+from backend.render.occupancy import OccupancyConfig, OccupancyGrid
+from backend.transfer import to_device
 
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points → (density, features)
 
@@ -89,7 +91,7 @@ def sample_pdf(edges: torch.Tensor, weights: torch.Tensor, n: int,
     cdf = torch.cumsum(pdf, -1)
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf / cdf[:, -1:]], -1).contiguous()
     if generator is not None:
-        u = torch.rand(weights.shape[0], n, generator=generator).to(weights)
+        u = to_device(torch.rand(weights.shape[0], n, generator=generator), weights)
     else:
         u = ((torch.arange(n, device=weights.device, dtype=weights.dtype) + 0.5) / n).expand(weights.shape[0], n)
     hi = torch.searchsorted(cdf, u.contiguous(), right=True).clamp(1, weights.shape[1])
@@ -101,10 +103,12 @@ def sample_pdf(edges: torch.Tensor, weights: torch.Tensor, n: int,
 
 
 class VolumeRenderer:
-    def __init__(self, config: VolumeConfig, bound: float) -> None:
+    def __init__(self, config: VolumeConfig, bound: float, occupancy: OccupancyConfig | None = None) -> None:
         config.validate()
         self.config = config
         self.bound = bound
+        # empty-space skipping (see backend.render.occupancy), when a resolved config switches it on
+        self.occupancy = OccupancyGrid(occupancy, bound) if occupancy and occupancy.enabled == "on" else None
 
     def render(
         self,
@@ -117,6 +121,10 @@ class VolumeRenderer:
         """Render rays [B, H, W, 3]; `generator` set means stratified jitter (training), None means midpoints."""
         b, h, w, _ = origins.shape
         o, d = origins.reshape(-1, 3), directions.reshape(-1, 3)
+        if self.occupancy is not None:
+            if generator is not None:
+                self.occupancy.train_render(field, o.device)
+            field = self.occupancy.wrap(field)
         near, far = intersect_sphere(o, d, self.bound)
         near = near.clamp(min=self.config.min_near)
         far = torch.maximum(far, near)
@@ -124,7 +132,7 @@ class VolumeRenderer:
         u = torch.linspace(0, 1, s + 1, device=o.device)
         edges = near[:, None] + (far - near)[:, None] * u  # [R, S+1] bin edges
         if generator is not None:
-            jitter = torch.rand(o.shape[0], s, generator=generator).to(o.device)
+            jitter = to_device(torch.rand(o.shape[0], s, generator=generator), o.device)
         else:
             jitter = torch.full((o.shape[0], s), 0.5, device=o.device)
         t_mid = edges[:, :-1] + (edges[:, 1:] - edges[:, :-1]) * jitter

@@ -33,7 +33,7 @@ Regulariser = Callable[[SceneRender, int, int], torch.Tensor]  # (render, step, 
 class DistillStep:
     render: Callable[[Cameras], SceneRender]
     guidance: Guidance
-    objective: Any  # has .loss(z, images, t, prompt, cameras, generator)
+    objective: Any  # has .loss(z, images, t, prompt, cameras, generator); t on the host, where it is drawn
     timesteps: TimestepConfig
     cameras: CameraSampler
     prompt: Prompt
@@ -47,7 +47,7 @@ class DistillStep:
         images = None if out.latent else out.image
         z = out.image if out.latent else self.guidance.encode(out.image)
         t = sample_timesteps(self.timesteps, step, total, self.batch, self.guidance.num_train_timesteps,
-                             self.generator).to(self.guidance.device)
+                             self.generator)
         losses = {"guidance": self.objective.loss(z, images, t, self.prompt, cams, self.generator)}
         total_loss = losses["guidance"]
         for name, (weight, fn) in self.regularisers.items():

@@ -8,6 +8,7 @@ distils through the guidance's encoder; then the field is exported as a GLB.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from backend.render.volume import VolumeConfig, VolumeRenderer
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.schedules import TimestepConfig
 from backend.sketch import SketchConfig, SketchShape
+from backend.speed import FieldSpeedConfig
 from backend.tasks.distill import DistillStep, SceneRender, to_preview
 
 MAX_PROMPT_CHARS = 1000
@@ -67,6 +69,7 @@ class GenerateConfig:
     sketch: SketchConfig = field(default_factory=SketchConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    speed: FieldSpeedConfig = field(default_factory=FieldSpeedConfig)
 
     def validate(self) -> None:
         check_prompt(self.prompt)
@@ -82,7 +85,7 @@ class GenerateConfig:
         if self.optim.batch < 1 or self.optim.lambda_sparsity < 0 or self.optim.lambda_zvar < 0:
             raise ConfigError("optim.batch must be ≥ 1, optim.lambda_sparsity and optim.lambda_zvar ≥ 0")
         for part in (self.camera, self.nerf, self.render, self.timesteps, self.objective, self.export,
-                     self.sketch, self.depth):
+                     self.sketch, self.depth, self.speed):
             part.validate()
 
 
@@ -99,14 +102,20 @@ PREVIEW_CAMERA = {"elevation": 15.0, "azimuth": 30.0, "radius": 1.4, "fov": 50.0
 class NeRFScene:
     """The Latent-NeRF with its renderer: renders latents or RGB for a batch of cameras."""
 
-    def __init__(self, config: GenerateConfig, device: torch.device, generator: torch.Generator) -> None:
+    def __init__(self, config: GenerateConfig, device: torch.device, generator: torch.Generator,
+                 speed: FieldSpeedConfig | None = None) -> None:
+        speed = speed or config.speed.resolve(device)
         self.nerf = LatentNeRF(config.nerf).to(device)
-        self.renderer = VolumeRenderer(config.render, config.nerf.bound)
+        self.renderer = VolumeRenderer(config.render, config.nerf.bound, speed.occupancy)
         self.generator = generator
         self.size = config.resolution
+        self._field = self.nerf.field
+        if speed.compile_field != "off":
+            # not static: the sample count differs between stages, previews and importance passes
+            self._field = torch.compile(self.nerf.field, mode=speed.compile_field)
 
     def field(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, feats = self.nerf.field(x)
+        sigma, feats = self._field(x)
         return sigma, self.nerf.color(feats)
 
     def render(self, cameras: Cameras, train: bool = True) -> SceneRender:
@@ -120,6 +129,83 @@ class NeRFScene:
         with torch.no_grad():
             out = self.render(cams, train=False)
         return to_preview(out.image, out.latent)
+
+
+@dataclass
+class GenerateJob:
+    """Everything `generate` wires together: the scene, its stages and where the asset lands."""
+
+    config: GenerateConfig
+    scene: NeRFScene
+    stages: list[Stage]
+    generator: torch.Generator
+    frame: Frame
+    speed: FieldSpeedConfig  # resolved for the guidance's device
+    device: torch.device
+
+    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
+            job_dir: str | Path | None = None) -> None:
+        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
+        run_stages(self.stages, self.scene.nerf, self.generator, self.config.loop, on_event, cancel, checkpointer,
+                   report_every=self.speed.report_every)
+
+    def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
+               ) -> ExportResult:
+        """Mesh, unwrap and bake the field into `out_path`; `density` replaces the field's own density."""
+        nerf = self.scene.nerf
+        nerf.eval()
+        return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
+                            device=self.device)
+
+
+def prepare_generate(
+    config: GenerateConfig,
+    guidance: Guidance,
+    sketch: Mesh | None = None,
+    sketch_frame: Frame | None = None,
+) -> GenerateJob:
+    """Wire the scene, renderer, guidance, objective and regularisers for `config` (validated)."""
+    device = guidance.device
+    speed = config.speed.resolve(device)
+    guidance.accelerate(speed)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
+    frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
+    if hasattr(guidance, "set_frame"):
+        guidance.set_frame(frame)
+    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
+    guidance.prepare(prompt)
+
+    scene = NeRFScene(config, device, generator, speed)
+    nerf = scene.nerf
+    sampler = CameraSampler(config.camera, generator, device)
+    regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
+    if shape is not None:
+        regularisers["sketch"] = (config.sketch.weight,
+                                  lambda out, *_: shape.loss(out.extras.points, out.extras.sigmas))
+    regularisers["zvar"] = (config.optim.lambda_zvar, lambda out, step, total: ramp(step, total) * z_variance(
+        out.extras.t_mid, out.extras.weights))
+    if config.depth.weight > 0:
+        regularisers["depth"] = (config.depth.weight, depth_regulariser(
+            MonocularDepth.load(config.depth.model, device), guidance.decode))
+    step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
+                       config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
+
+    def enter_latent() -> torch.optim.Optimizer:
+        nerf.rgb, scene.size = False, config.resolution
+        return speed.adam(nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale), betas=(0.9, 0.99),
+                          eps=1e-15)
+
+    def enter_refine() -> torch.optim.Optimizer:
+        nerf.rgb, scene.size = True, config.refine.resolution
+        return speed.adam(nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale), betas=(0.9, 0.99),
+                          eps=1e-15)
+
+    stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
+    if config.refine.iters:
+        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview))
+    return GenerateJob(config, scene, stages, generator, frame, speed, device)
 
 
 def generate(
@@ -145,47 +231,7 @@ def generate(
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".glb":
         raise InputError(f"the output {out_path.name!r} must end in .glb")
-    device = guidance.device
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
-    frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
-    if hasattr(guidance, "set_frame"):
-        guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
-    guidance.prepare(prompt)
-
-    scene = NeRFScene(config, device, generator)
-    nerf = scene.nerf
-    sampler = CameraSampler(config.camera, generator, device)
-    regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
-    if shape is not None:
-        regularisers["sketch"] = (config.sketch.weight,
-                                  lambda out, *_: shape.loss(out.extras.points, out.extras.sigmas))
-    regularisers["zvar"] = (config.optim.lambda_zvar, lambda out, step, total: ramp(step, total) * z_variance(
-        out.extras.t_mid, out.extras.weights))
-    if config.depth.weight > 0:
-        regularisers["depth"] = (config.depth.weight, depth_regulariser(
-            MonocularDepth.load(config.depth.model, device), guidance.decode))
-    step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
-                       config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
-
-    def enter_latent() -> torch.optim.Optimizer:
-        nerf.rgb, scene.size = False, config.resolution
-        return torch.optim.Adam(nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale),
-                                betas=(0.9, 0.99), eps=1e-15)
-
-    def enter_refine() -> torch.optim.Optimizer:
-        nerf.rgb, scene.size = True, config.refine.resolution
-        return torch.optim.Adam(nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale),
-                                betas=(0.9, 0.99), eps=1e-15)
-
-    stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
-    if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview))
-    checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-    run_stages(stages, nerf, generator, config.loop, on_event, cancel, checkpointer)
-
+    job = prepare_generate(config, guidance, sketch, sketch_frame)
+    job.run(on_event, cancel, job_dir)
     on_event(StageStarted("export", 1))
-    nerf.eval()
-    return export_asset(nerf.density, nerf.rgb_at, frame, config.export, out_path, device=device)
+    return job.export(out_path)

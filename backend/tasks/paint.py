@@ -9,6 +9,7 @@ fine-tuned in RGB through the encoder.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from backend.objectives import OBJECTIVES, ObjectiveConfig
 from backend.render.rasterize import rasterize
 from backend.scene.latent_texture import LatentTexture
 from backend.schedules import TimestepConfig
+from backend.speed import SpeedConfig
 from backend.tasks.distill import DistillStep, SceneRender, to_preview
 from backend.tasks.generate import PREVIEW_CAMERA, check_prompt
 
@@ -52,6 +54,7 @@ class PaintConfig:
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def validate(self) -> None:
         check_prompt(self.prompt)
@@ -65,7 +68,7 @@ class PaintConfig:
             raise ConfigError("finetune_resolution must be in [8, 2048]")
         if not self.lr > 0:
             raise ConfigError("lr must be positive")
-        for part in (self.camera, self.timesteps, self.objective):
+        for part in (self.camera, self.timesteps, self.objective, self.speed):
             part.validate()
 
 
@@ -99,22 +102,44 @@ def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tens
     return rasterize(clip, faces, (size, size))[0, ..., 3] > 0
 
 
-def paint(
-    config: PaintConfig,
-    guidance: Guidance,
-    mesh: Mesh,
-    out_path: str | Path,
-    on_event: EventSink = ignore,
-    cancel: threading.Event | None = None,
-    job_dir: str | Path | None = None,
-) -> PaintResult:
-    """Paint `mesh` for `config.prompt` under `guidance`; write `out_path` (GLB) and the texture (PNG)."""
-    config.validate()
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".glb":
-        raise InputError(f"the output {out_path.name!r} must end in .glb")
+@dataclass
+class PaintJob:
+    """Everything `paint` wires together: the textured mesh, its stages and the final decode."""
+
+    config: PaintConfig
+    scene: LatentTexture
+    stages: list[Stage]
+    generator: torch.Generator
+    mapped: Mesh  # the mesh with the UVs it is painted through
+    vertex_map: np.ndarray
+    decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
+    speed: SpeedConfig  # resolved for the guidance's device
+
+    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
+            job_dir: str | Path | None = None) -> None:
+        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
+        run_stages(self.stages, self.scene, self.generator, self.config.loop, on_event, cancel, checkpointer,
+                   report_every=self.speed.report_every)
+
+    def export(self, out_path: str | Path) -> PaintResult:
+        """The final texture, filled past the UV islands' edges, written as `out_path` (GLB) and a PNG."""
+        out_path, scene, size = Path(out_path), self.scene, self.config.texture_size
+        final = scene.rgb_texture.detach().clamp(0, 1) if scene.rgb else self.decoded()
+        texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        covered = uv_coverage(scene.uvs, scene.faces, size).cpu().numpy()
+        texture = fill_empty(texture, covered)
+        result_mesh = self.mapped.copy_with(texture=texture, vertex_colors=None)
+        png_path = out_path.with_suffix(".png")
+        write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
+        return PaintResult(result_mesh, self.vertex_map, texture, out_path, png_path)
+
+
+def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJob:
+    """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated)."""
     mapped, vertex_map = uv_mapped(mesh, config.texture_size)
     device = guidance.device
+    speed = config.speed.resolve(device)
+    guidance.accelerate(speed)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     frame = Frame.fit(mapped.vertices)
@@ -147,25 +172,34 @@ def paint(
                        config.timesteps, CameraSampler(config.camera, generator, device), prompt, generator)
 
     def enter_latent() -> torch.optim.Optimizer:
-        return torch.optim.Adam([scene.texture, *scene.background.parameters()], lr=config.lr)
+        return speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
 
     def enter_finetune() -> torch.optim.Optimizer:
         scene.start_rgb(decoded())
         size["px"] = config.finetune_resolution
-        return torch.optim.Adam([scene.rgb_texture, *scene.background.parameters()], lr=config.lr)
+        return speed.adam([scene.rgb_texture, *scene.background.parameters()], lr=config.lr)
 
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, step, preview))
-    checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-    run_stages(stages, scene, generator, config.loop, on_event, cancel, checkpointer)
+    return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed)
 
+
+def paint(
+    config: PaintConfig,
+    guidance: Guidance,
+    mesh: Mesh,
+    out_path: str | Path,
+    on_event: EventSink = ignore,
+    cancel: threading.Event | None = None,
+    job_dir: str | Path | None = None,
+) -> PaintResult:
+    """Paint `mesh` for `config.prompt` under `guidance`; write `out_path` (GLB) and the texture (PNG)."""
+    config.validate()
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".glb":
+        raise InputError(f"the output {out_path.name!r} must end in .glb")
+    job = prepare_paint(config, guidance, mesh)
+    job.run(on_event, cancel, job_dir)
     on_event(StageStarted("export", 1))
-    final = scene.rgb_texture.detach().clamp(0, 1) if scene.rgb else decoded()
-    texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    covered = uv_coverage(scene.uvs, scene.faces, config.texture_size).cpu().numpy()
-    texture = fill_empty(texture, covered)
-    result_mesh = mapped.copy_with(texture=texture, vertex_colors=None)
-    png_path = out_path.with_suffix(".png")
-    write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
-    return PaintResult(result_mesh, vertex_map, texture, out_path, png_path)
+    return job.export(out_path)
