@@ -315,7 +315,8 @@ def encode(kind: str, fields: dict[str, Any] | None = None, arrays: dict[str, np
             raise ValueError(f"array {name!r} has dtype {array.dtype}, not one of {sorted(DTYPES)}")
         array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
-        frames.append(memoryview(array).cast("B"))
+        # flat bytes without a copy; via a 1-D view because memoryview cannot cast a zero-size N-d buffer
+        frames.append(memoryview(array.reshape(-1).view(np.uint8)))
     header["arrays"] = specs
     header["blobs"] = [{"name": name, "size": len(data)} for name, data in (blobs or {}).items()]
     frames.extend(bytes(data) if not isinstance(data, bytes) else data for data in (blobs or {}).values())
