@@ -19,6 +19,8 @@ METHODS: dict[str, dict] = {
         "timesteps": {"schedule": "sqrt", "t_min": 0.3, "t_max": 0.98},
         # kernel-smoothed importance sampling: half again as many samples as the stratified pass
         "render": {"importance_samples": 32, "kernel": "boxcar"},
+        # z-variance (a mean over rays, in the unit frame's distance²) against BGT+'s scale: on the known-answer
+        # box, 0 loses about 0.06 IoU and 2e4 costs colour accuracy
         "optim": {"lambda_zvar": 2000.0},
     },
 }

@@ -63,6 +63,7 @@ class TargetGuidance(Guidance):
     def set_frame(self, frame: Frame) -> None:
         """Place G in the optimisation's unit volume the way the task placed its input."""
         self.frame = frame
+        self._memo = None
         self._vertices = torch.as_tensor(frame.to_unit(self.mesh.vertices), device=self.device)
 
     def render_rgb(self, cameras: Cameras, size: int, supersample: int = 2) -> torch.Tensor:
@@ -77,7 +78,13 @@ class TargetGuidance(Guidance):
         Equal to `encode` of a render at 8× the size (the encoder is an 8× area average and a linear map),
         but rendered at 4× supersampling: 16 times fewer pixels for the same antialiasing to a few percent.
         """
-        return rgb_to_latent(self.render_rgb(cameras, size, supersample=4))
+        # multi-step objectives ask about the same cameras several times per step: render them once
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] is cameras and memo[1] == size:
+            return memo[2]
+        z_star = rgb_to_latent(self.render_rgb(cameras, size, supersample=4))
+        self._memo = (cameras, size, z_star)
+        return z_star
 
     def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras,
                       guidance_scale: float) -> torch.Tensor:

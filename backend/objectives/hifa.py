@@ -11,14 +11,15 @@ flows through the U-Net or the decoding of ẑ).
 
 Normalisation: each term is a mean over its own elements times the element count of Stable Diffusion's
 native sizes (a 4×64×64 latent, a 3×512×512 image), and the whole is scaled by ½·w with HiFA's constant
-w = 0.05. At the native size this equals HiFA's summed loss exactly, so its published weights (λ_rgb = 0.1,
-and the regularisers' weights beside it) apply as they are; at any other render size the loss keeps the
-same magnitude, so the weights carry across resolutions.
+w = 0.05. At the native size this equals HiFA's summed loss exactly, so its λ_rgb = 0.1 applies as it is;
+at any other render size the loss keeps the same magnitude, and so does its balance against the
+regularisers (which are means too): weights carry across resolutions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import DDIMScheduler
@@ -28,6 +29,9 @@ from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
 from backend.transfer import to_device
+
+if TYPE_CHECKING:
+    from backend.objectives import ObjectiveConfig
 
 WEIGHT = 0.05  # HiFA's constant loss weight, which its other weights are relative to
 NATIVE_LATENT_ELEMENTS = 4 * 64 * 64  # SD 1.x/2.x-base latent
@@ -54,9 +58,9 @@ class BGTConfig:
 class BGT:
     """BGT+ (BGT when λ_rgb = 0). Built from the objective config's `hifa` table and a guidance."""
 
-    def __init__(self, config: object, guidance: Guidance) -> None:
+    def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
         self.config = config
-        self.settings: BGTConfig = getattr(config, "hifa", None) or BGTConfig()
+        self.settings: BGTConfig = getattr(config, "hifa", None) or BGTConfig()  # SDS's bare config has none
         self.settings.validate()
         self.guidance = guidance
         # a private copy: set_timesteps mutates the scheduler, and predict_noise always returns ε
