@@ -13,10 +13,48 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.cameras import Cameras, CameraSampler
+from backend.cameras import CameraConfig, Cameras, CameraSampler
+from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import latent_to_rgb
+from backend.loop import LoopConfig
+from backend.objectives import ObjectiveConfig
 from backend.schedules import TimestepConfig, sample_timesteps
+
+MAX_PROMPT_CHARS = 1000
+
+
+def check_prompt(prompt: str) -> None:
+    if not prompt or not prompt.strip():
+        raise ConfigError("the prompt is empty", "describe the object, e.g. --prompt 'a red toadstool'")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ConfigError(f"the prompt is {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}")
+
+
+def check_render_size(name: str, value: int) -> None:
+    if not 8 <= value <= 1024 or value % 8:
+        raise ConfigError(f"{name} must be a multiple of 8 in [8, 1024], got {value}")
+
+
+@dataclass
+class DistillConfig:
+    """What every score-distillation task shares: prompt, seed, training render size, cameras, the prior."""
+
+    prompt: str = ""
+    negative: str = ""
+    seed: int = 0
+    resolution: int = 64  # training render size (latent pixels)
+    view_dependent_prompt: bool = True
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def validate(self) -> None:
+        check_prompt(self.prompt)
+        check_render_size("resolution", self.resolution)
+        for part in (self.camera, self.timesteps, self.objective):
+            part.validate()
 
 
 @dataclass

@@ -14,24 +14,21 @@ from pathlib import Path
 
 import torch
 
-from backend.cameras import CameraConfig, Cameras, CameraSampler
+from backend.cameras import Cameras, CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, StageStarted, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.guidance.base import Guidance, Prompt
-from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
+from backend.loop import Checkpointer, Stage, run_stages
 from backend.mesh import Frame, Mesh
-from backend.objectives import OBJECTIVES, ObjectiveConfig
+from backend.objectives import OBJECTIVES
 from backend.regularisers import ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer
 from backend.scene.nerf import LatentNeRF, NeRFConfig
-from backend.schedules import TimestepConfig
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
-from backend.tasks.distill import DistillStep, SceneRender, to_preview
-
-MAX_PROMPT_CHARS = 1000
+from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, check_render_size, to_preview
 
 
 @dataclass
@@ -52,48 +49,29 @@ class RefineConfig:
 
 
 @dataclass
-class GenerateConfig:
-    prompt: str = ""
-    negative: str = ""
-    seed: int = 0
-    resolution: int = 64  # training render size (latent pixels)
-    view_dependent_prompt: bool = True
-    camera: CameraConfig = field(default_factory=CameraConfig)
+class GenerateConfig(DistillConfig):
     nerf: NeRFConfig = field(default_factory=NeRFConfig)
     render: VolumeConfig = field(default_factory=VolumeConfig)
-    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sketch: SketchConfig = field(default_factory=SketchConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
     speed: FieldSpeedConfig = field(default_factory=FieldSpeedConfig)
 
     def validate(self) -> None:
-        check_prompt(self.prompt)
+        super().validate()
         if self.optim.iters < 1:
             raise ConfigError(f"iters must be at least 1, got {self.optim.iters}")
         if self.refine.iters < 0:
             raise ConfigError(f"refine.iters must be 0 or more, got {self.refine.iters}")
-        for name, value in (("resolution", self.resolution), ("refine.resolution", self.refine.resolution)):
-            if not 8 <= value <= 1024 or value % 8:
-                raise ConfigError(f"{name} must be a multiple of 8 in [8, 1024], got {value}")
+        check_render_size("refine.resolution", self.refine.resolution)
         if not (self.optim.lr > 0 and self.refine.lr > 0 and self.optim.grid_lr_scale > 0):
             raise ConfigError("learning rates must be positive")
         if self.optim.batch < 1 or self.optim.lambda_sparsity < 0 or self.optim.lambda_zvar < 0:
             raise ConfigError("optim.batch must be ≥ 1, optim.lambda_sparsity and optim.lambda_zvar ≥ 0")
-        for part in (self.camera, self.nerf, self.render, self.timesteps, self.objective, self.export,
-                     self.sketch, self.depth, self.speed):
+        for part in (self.nerf, self.render, self.export, self.sketch, self.depth, self.speed):
             part.validate()
-
-
-def check_prompt(prompt: str) -> None:
-    if not prompt or not prompt.strip():
-        raise ConfigError("the prompt is empty", "describe the object, e.g. --prompt 'a red toadstool'")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ConfigError(f"the prompt is {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}")
 
 
 PREVIEW_CAMERA = {"elevation": 15.0, "azimuth": 30.0, "radius": 1.4, "fov": 50.0}

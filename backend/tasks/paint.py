@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backend.cameras import CameraConfig, Cameras, CameraSampler
+from backend.cameras import Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, StageStarted, ignore
 from backend.export.bake import fill_empty
@@ -25,51 +25,38 @@ from backend.export.glb import glb_bytes, png_bytes
 from backend.export.unwrap import unwrap
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
-from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
+from backend.loop import Checkpointer, Stage, run_stages
 from backend.mesh import Frame, Mesh, validate_mesh
-from backend.objectives import OBJECTIVES, ObjectiveConfig
+from backend.objectives import OBJECTIVES
 from backend.render.rasterize import rasterize
 from backend.scene.latent_texture import LatentTexture
-from backend.schedules import TimestepConfig
 from backend.speed import SpeedConfig
-from backend.tasks.distill import DistillStep, SceneRender, to_preview
-from backend.tasks.generate import PREVIEW_CAMERA, check_prompt
+from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, to_preview
+from backend.tasks.generate import PREVIEW_CAMERA
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 
 
 @dataclass
-class PaintConfig:
-    prompt: str = ""
-    negative: str = ""
-    seed: int = 0
-    resolution: int = 64  # training render size (latent pixels)
+class PaintConfig(DistillConfig):
     texture_size: int = 1024  # final RGB texture; the latent texture is texture_size / 8 (default 128)
     iters: int = 5000
     lr: float = 1e-2  # Latent-Paint's
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
-    view_dependent_prompt: bool = True
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def validate(self) -> None:
-        check_prompt(self.prompt)
+        super().validate()
         if self.iters < 1 or self.finetune_iters < 0:
             raise ConfigError("iters must be at least 1 and finetune_iters 0 or more")
-        if not 8 <= self.resolution <= 1024 or self.resolution % 8:
-            raise ConfigError(f"resolution must be a multiple of 8 in [8, 1024], got {self.resolution}")
         if not 64 <= self.texture_size <= 4096 or self.texture_size % VAE_FACTOR:
             raise ConfigError(f"texture_size must be a multiple of 8 in [64, 4096], got {self.texture_size}")
         if not 8 <= self.finetune_resolution <= 2048:
             raise ConfigError("finetune_resolution must be in [8, 2048]")
         if not self.lr > 0:
             raise ConfigError("lr must be positive")
-        for part in (self.camera, self.timesteps, self.objective, self.speed):
-            part.validate()
+        self.speed.validate()
 
 
 @dataclass
