@@ -190,3 +190,12 @@ def test_default_config_is_valid() -> None:
 def test_config_rejects_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"export.{field}"):
         ExportConfig(**{field: value}).validate()
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import stat
+
+    from backend.export.files import write_atomically
+
+    write_atomically({tmp_path / "a.glb": b"x"})
+    assert stat.S_IMODE((tmp_path / "a.glb").stat().st_mode) == 0o644

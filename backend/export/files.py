@@ -19,6 +19,7 @@ def write_atomically(contents: dict[Path, bytes]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             staged.append((tmp, path))
+            os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; assets are meant to be shared
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
