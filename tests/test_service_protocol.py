@@ -87,7 +87,7 @@ def test_mesh_rules_of_submits() -> None:
 
 def test_limits_and_schemas_agree_with_the_backend() -> None:
     from backend.mesh import MAX_FACES
-    from backend.tasks.generate import MAX_PROMPT_CHARS
+    from backend.tasks.distill import MAX_PROMPT_CHARS
 
     assert set(protocol.SCHEMAS) == protocol.MESSAGE_TYPES
     assert protocol.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS and protocol.MAX_FACES == MAX_FACES
