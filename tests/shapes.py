@@ -35,3 +35,16 @@ def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
 
     in_a, in_b = filled(a), filled(b)
     return float((in_a & in_b).sum()) / max(float((in_a | in_b).sum()), 1.0)
+
+
+def two_tone_colour_rmse(mesh: Mesh, texture: np.ndarray, seam_z: float = 0.5, margin: float = 0.15) -> float:
+    """RMSE of a two_tone_box's baked texture at each vertex's UV, away from the red/blue seam."""
+    z = mesh.vertices[:, 2]
+    away = np.abs(z - seam_z) > margin  # colours are undefined right at the seam
+    expected = np.where((z > seam_z)[:, None], RED, BLUE)[away]
+    h, w, _ = texture.shape
+    uv = mesh.uvs[away]
+    rows = np.clip(((1 - uv[:, 1]) * h).astype(int), 0, h - 1)
+    cols = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
+    got = texture[rows, cols].astype(np.float32) / 255.0
+    return float(np.sqrt(((got - expected) ** 2).mean()))
