@@ -8,12 +8,16 @@ view), 90° the object's right side; elevation is measured up from the horizonta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from backend.errors import ConfigError
 from backend.transfer import to_device
+
+if TYPE_CHECKING:
+    from backend.shading import Light
 
 
 @dataclass
@@ -49,6 +53,23 @@ class Cameras:
     elevation: torch.Tensor  # [B] degrees
     azimuth: torch.Tensor  # [B] degrees, in [-180, 180)
     radius: torch.Tensor  # [B]
+    # what the step's render and the prior's own answer share besides the view (None: not used this step)
+    background: torch.Tensor | None = None  # [B, 3] a solid RGB colour both are composited over
+    light: Light | None = None  # DreamFusion's point light, one per camera
+    shading: str = "albedo"  # render mode of RGB renders this step: one of backend.shading.MODES
+
+    def take(self, index: torch.Tensor) -> Cameras:
+        """The cameras at `index` [K], with their backgrounds and lights."""
+        index = index.to(self.device)
+        return replace(self, c2w=self.c2w[index], fov=self.fov[index], elevation=self.elevation[index],
+                       azimuth=self.azimuth[index], radius=self.radius[index],
+                       background=None if self.background is None else self.background[index],
+                       light=None if self.light is None else self.light.take(index))
+
+    @property
+    def position(self) -> torch.Tensor:
+        """Camera centres [B, 3]."""
+        return self.c2w[:, :3, 3]
 
     @property
     def batch(self) -> int:

@@ -77,6 +77,10 @@ class Guidance(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
+    def set_frame(self, frame: Frame) -> None:  # noqa: B027 - optional hook
+        """Where the task placed the asset (its unit volume in world space); a prior that renders a known
+        answer (an analytic target) places that answer the same way. Called once per job, before `prepare`."""
+
     def suggested_frame(self) -> Frame | None:
         """Where the asset should sit when no sketch defines it (an analytic target knows)."""
         return None

@@ -18,7 +18,7 @@ regularisers (which are means too): weights carry across resolutions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -108,7 +108,8 @@ class BGT:
             # a DDIM chain has one timestep per call: denoise each distinct t on its own
             for value in values:
                 idx = to_device((t == value).nonzero().flatten(), z.device)
-                out[idx] = self.denoise(z_t[idx], int(value), prompt, _take(cameras, idx), generator).float()
+                views = None if cameras is None else cameras.take(idx)
+                out[idx] = self.denoise(z_t[idx], int(value), prompt, views, generator).float()
         return torch.nan_to_num(out)
 
     def loss(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,
@@ -122,9 +123,3 @@ class BGT:
             loss = loss + self.settings.lambda_rgb * NATIVE_IMAGE_ELEMENTS * ((x - x_hat) ** 2).mean()
         return 0.5 * WEIGHT * loss
 
-
-def _take(cameras: Cameras | None, index: torch.Tensor) -> Cameras | None:
-    """The cameras at `index` (a batch of cameras is a dataclass of per-camera tensors)."""
-    if cameras is None:
-        return None
-    return type(cameras)(**{f.name: getattr(cameras, f.name)[index.to(cameras.device)] for f in fields(cameras)})

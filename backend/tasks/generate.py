@@ -150,8 +150,7 @@ def prepare_generate(
     generator = torch.Generator().manual_seed(config.seed)
     shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
     frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
-    if hasattr(guidance, "set_frame"):
-        guidance.set_frame(frame)
+    guidance.set_frame(frame)
     prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
     guidance.prepare(prompt)
 

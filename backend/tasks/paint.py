@@ -130,8 +130,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     frame = Frame.fit(mapped.vertices)
-    if hasattr(guidance, "set_frame"):
-        guidance.set_frame(frame)
+    guidance.set_frame(frame)
     prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
     guidance.prepare(prompt)
 
