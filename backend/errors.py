@@ -32,6 +32,20 @@ class InputError(LatentForgeError):
     code = "bad_input"
 
 
+class NoSurfaceError(InputError):
+    """The export threshold leaves no surface: the field is below it everywhere, or above it everywhere.
+
+    `details` holds what was measured (`peak_density`, `lowest_density`, `threshold`) and, when the field
+    has any contrast, a `suggested_threshold` at which it does have a surface.
+    """
+
+    code = "no_surface"
+
+    def __init__(self, message: str, hint: str | None, details: dict) -> None:
+        super().__init__(message, hint)
+        self.details = details
+
+
 class ModelNotFoundError(LatentForgeError):
     """Diffusion weights are not on disk and cannot be downloaded."""
 

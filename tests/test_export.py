@@ -166,6 +166,22 @@ def test_degenerate_field_raises_and_writes_nothing(tmp_path, density, words) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("shift", [-40.0, 70.0], ids=["empty", "full"])
+def test_no_surface_says_what_it_measured_and_a_threshold_that_works(shift: float) -> None:
+    # the sphere field moved wholly below (or above) the threshold: before the shift it spans −52 … 35
+    density = lambda x: sphere_density((0.0, 0.0, 0.0), 0.5)(x) + shift  # noqa: E731
+    with pytest.raises(InputError) as info:
+        extract_mesh(density, config(grid_resolution=24), "cpu")
+    error = info.value
+    assert error.code == "no_surface" and error.details["threshold"] == THRESHOLD
+    peak, lowest = error.details["peak_density"], error.details["lowest_density"]
+    assert (f"peak density is {peak:.3g}" if shift < 0 else f"lowest density is {lowest:.3g}") in error.message
+    suggested = error.details["suggested_threshold"]
+    assert lowest < suggested < peak and f"density_threshold = {suggested:g}" in error.hint
+    mesh = extract_mesh(density, config(grid_resolution=24, density_threshold=suggested), "cpu")
+    assert len(mesh.faces) > 100
+
+
 def test_failing_bake_writes_nothing(tmp_path) -> None:  # noqa: ANN001
     def broken(x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("colour network exploded")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import trimesh
@@ -162,3 +164,42 @@ def test_cli_submit_status_fetch(service, service_tiny, tmp_path, capsys) -> Non
     assert again.read_bytes() == out.read_bytes()
     assert main(["fetch", "--server", service.endpoint, "f" * 32, "--out", str(again)]) == 2
     assert "unknown_job" in capsys.readouterr().err
+
+
+def next_status_push(client, until) -> dict:  # noqa: ANN001
+    """The first heartbeat the service pushes (no request id) whose fields satisfy `until`."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        message = client.poll(1.0)
+        if message is not None and message.type == "heartbeat" and message.id is None and until(message.fields):
+            return message.fields
+    raise AssertionError("no such status push within 120 s")
+
+
+def test_a_failed_export_is_reexported_without_training_again(service, service_tiny, tmp_path, capsys) -> None:  # noqa: ANN001
+    empty = {**service_tiny, "export": {**service_tiny["export"], "density_threshold": 1e6}}
+    with service.client() as client:
+        welcome = client.hello()  # a client that said hello hears every change of the status
+        if welcome["workers"] == 0:  # the worker is still loading: its joining is pushed
+            assert next_status_push(client, lambda f: f["workers"] == 1)["models"] == welcome["models"]
+        job = client.submit("a red toadstool", overrides=empty, seed=3)
+        behind = client.submit("a toadstool", overrides=service_tiny, watch=False)  # waits: the queue grows
+        assert next_status_push(client, lambda f: f["queue"] >= 1)["workers"] == 1
+        client.cancel(behind)
+        with pytest.raises(ServiceError) as info:
+            client.wait(job, timeout_s=120)
+        assert info.value.code == "no_surface" and "peak density" in info.value.message
+        details = client.status(job)["error"]["details"]
+        assert details["reexport"] and details["threshold"] == 1e6
+        assert details["lowest_density"] < details["suggested_threshold"] < details["peak_density"] < 1e6
+        with pytest.raises(ServiceError, match="only a job whose export failed"):
+            client.reexport(behind, {"density_threshold": 1.0})  # cancelled: nothing was trained
+        with pytest.raises(ServiceError, match="unknown setting"):
+            client.reexport(job, {"threshold": 1.0})
+    capsys.readouterr()
+    out = tmp_path / "reexported.glb"
+    assert main(["reexport", "--server", service.endpoint, job, "--density-threshold",
+                 str(details["suggested_threshold"]), "--wait", "--out", str(out)]) == 0
+    stages = {line.split()[0] for line in capsys.readouterr().err.splitlines() if line.strip()}
+    assert stages == {"export"}, stages  # straight to the export: not one optimisation step again
+    assert out.read_bytes()[:4] == b"glTF"

@@ -29,9 +29,11 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 class ServiceError(Exception):
     """An error reply (or a local check that would have produced one): `code`, `message`, `hint`."""
 
-    def __init__(self, code: str, message: str, hint: str | None = None, job: str | None = None) -> None:
+    def __init__(self, code: str, message: str, hint: str | None = None, job: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.hint, self.job = code, message, hint, job
+        self.details = details or {}  # what was measured, e.g. a no_surface's densities
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -86,7 +88,7 @@ class JobResult:
 
 def _error(message: Message) -> ServiceError:
     f = message.fields
-    return ServiceError(f["code"], f["message"], f.get("hint"), f.get("job"))
+    return ServiceError(f["code"], f["message"], f.get("hint"), f.get("job"), f.get("details"))
 
 
 class Client:
@@ -197,6 +199,12 @@ class Client:
     def cancel(self, job: str) -> dict[str, Any]:
         return self.request("cancel", {"job": job}).fields["job"]
 
+    def reexport(self, job: str, export: dict[str, Any], watch: bool = True) -> dict[str, Any]:
+        """Export a failed job's trained field again with these export settings (e.g.
+        `{"density_threshold": 2.5}`), without training again; returns its summary (queued once more).
+        With `watch`, its events stream here."""
+        return self.request("reexport", {"job": job, "export": export, "watch": watch}).fields["job"]
+
     def fetch(self, job: str, glb: bool = False) -> JobResult:
         """A finished job's result, again; `glb` also brings the GLB file's bytes."""
         return JobResult.from_message(self.request("fetch", {"job": job, "glb": glb}))
@@ -244,5 +252,5 @@ class Client:
                 if info["state"] in ("failed", "cancelled"):
                     error = info.get("error") or {}
                     raise ServiceError(error.get("code", "job_failed"), error.get("message", info["state"]),
-                                       error.get("hint"), job)
+                                       error.get("hint"), job, error.get("details"))
         raise ServiceTimeout(f"job {job} did not finish within {timeout_s:g} s")

@@ -1,4 +1,4 @@
-"""The service's command-line commands: serve, worker, keys, submit, status, fetch."""
+"""The service's command-line commands: serve, worker, keys, submit, status, reexport, fetch."""
 
 from __future__ import annotations
 
@@ -148,6 +148,24 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reexport(args: argparse.Namespace) -> int:
+    export: dict[str, Any] = {}
+    if args.density_threshold is not None:
+        export["density_threshold"] = args.density_threshold
+    if not export:
+        raise LatentForgeError("nothing to change in the export", "pass --density-threshold VALUE")
+    with _client(args) as client:
+        client.reexport(args.job, export, watch=args.wait)
+        print(args.job, flush=True)
+        if args.wait:
+            result = client.wait(args.job, on_progress=_print_progress)
+            if args.out:
+                _write_result(client.fetch(args.job, glb=True), Path(args.out))
+            else:
+                print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
+    return 0
+
+
 def _run(command: Any) -> Any:
     """Service errors print like the backend's own errors."""
 
@@ -222,6 +240,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("job", nargs="?")
     t.add_argument("--state", choices=("queued", "running", "finished", "failed", "cancelled"))
     t.set_defaults(func=_run(cmd_status))
+
+    r = sub.add_parser("reexport", help="export a job whose export failed again, with other export settings, "
+                                        "without training again")
+    _client_args(r)
+    r.add_argument("job")
+    r.add_argument("--density-threshold", type=float, help="the iso-level of the surface (the failed job's error "
+                                                           "suggests one)")
+    r.add_argument("--wait", action="store_true", help="follow the job to its end")
+    r.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it)")
+    r.set_defaults(func=_run(cmd_reexport))
 
     f = sub.add_parser("fetch", help="download a finished job's result")
     _client_args(f)

@@ -142,6 +142,10 @@ class JobStore:
 
     # --- inputs
 
+    def save_spec(self, job_id: str, spec: dict[str, Any]) -> None:
+        """Replace a job's spec (a reexport changes its export settings)."""
+        write_atomically({self.folder(job_id) / SPEC: json.dumps(spec, allow_nan=False).encode("utf-8")})
+
     def spec(self, job_id: str) -> dict[str, Any]:
         return json.loads((self.folder(job_id) / SPEC).read_text(encoding="utf-8"))
 
@@ -155,6 +159,9 @@ class JobStore:
         data = json.dumps(skeleton, allow_nan=False).encode("utf-8")
         arrays = {_SKELETON: np.frombuffer(data, dtype=np.uint8), **arrays}
         write_atomically({self.folder(job_id) / CHECKPOINT: _npz_bytes(arrays)})
+
+    def has_checkpoint(self, job_id: str) -> bool:
+        return (self.folder(job_id) / CHECKPOINT).is_file()
 
     def load_checkpoint(self, job_id: str) -> tuple[dict, dict[str, np.ndarray]] | None:
         path = self.folder(job_id) / CHECKPOINT

@@ -24,7 +24,7 @@ MAX_VERTICES = 3 * MAX_FACES
 MAX_PREVIEW_BYTES = 4 << 20
 LIVENESS = 5  # heartbeat intervals of silence after which the service counts a worker as gone
 
-CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "heartbeat"})
+CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "reexport", "heartbeat"})
 SERVER_REPLIES = frozenset({"welcome", "accepted", "job", "jobs", "progress", "result", "error", "heartbeat"})
 WORKER_TO_BROKER = frozenset({"ready", "heartbeat", "progress", "checkpoint", "result", "error"})
 BROKER_TO_WORKER = frozenset({"task", "cancel", "heartbeat"})
@@ -58,11 +58,21 @@ ERROR_CODES: dict[str, str] = {
     "job_failed": "the job stopped with an error; the message says why",
     "internal": "a bug in the service; the message has details",
     "busy": "a worker was sent a task while it was running another",
+    "no_surface": "the export threshold leaves no surface in the trained field; `details` has what was measured",
+    "not_reexportable": "a reexport of a job that kept no trained field (it is not a failed export)",
 }
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: cannot name a path outside the jobs folder
+
+
+def a_or_an(word: str) -> str:
+    """`word` with its indefinite article: "an error", "a heartbeat", "an armature", "a uint8"."""
+    # a leading "u" read as "you" takes "a"; the vocabularies named in messages (message types, object
+    # types, dtypes and Python type names) have no other exceptions
+    you = word[:1].lower() == "u" and word[:3].lower() in ("uni", "uin", "use", "usu", "uti")
+    return f"{'an' if word[:1].lower() in 'aeiou' and not you else 'a'} {word}"
 
 
 class ProtocolError(Exception):
@@ -147,7 +157,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "list": {"limit": F(int, lo=1, hi=1000), "state": _STATE},
     "cancel": {"job": _JOB},
     "fetch": {"job": _JOB, "glb": F(bool)},
-    "heartbeat": {"time": F(float), "queue": F(int, lo=0)},
+    "reexport": {"job": _JOB, "export": F(dict, required=True), "watch": F(bool)},
+    "heartbeat": {"time": F(float), "queue": F(int, lo=0), "workers": F(int, lo=0), "models": F(list, max_len=64)},
     "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
                 "methods": F(list), "presets": F(list), "models": F(list), "queue": F(int, lo=0),
                 "workers": F(int, lo=0), "limits": F(dict)},
@@ -159,7 +170,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
                  "worker": _str(200)},
     "result": {"job": _JOB, "glb_path": _str(4096), "stats": F(dict)},
     "error": {"job": F(str, pattern=JOB_ID), "code": _str(64, required=True, pattern=_NAME),
-              "message": F(str, required=True, max_len=4000), "hint": F(str, max_len=4000, nullable=True)},
+              "message": F(str, required=True, max_len=4000), "hint": F(str, max_len=4000, nullable=True),
+              "details": F(dict)},
     "ready": {"models": F(list, required=True, max_len=64), "device": _str(64), "pid": F(int, lo=0),
               "name": _str(200)},
     "task": {"job": _JOB, "spec": F(dict, required=True), "checkpoint": F(dict, nullable=True),
@@ -216,11 +228,11 @@ def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIM
             continue
         rule = schema.get(name)
         if rule is None:
-            raise ProtocolError("bad_field", f"unknown field {name!r} in a {kind} message")
+            raise ProtocolError("bad_field", f"unknown field {name!r} in {a_or_an(kind)} message")
         _check_field(name, rule, value, limits.max_depth)
     missing = [n for n, r in schema.items() if r.required and n not in fields]
     if missing:
-        raise ProtocolError("bad_field", f"a {kind} message needs field {missing[0]!r}")
+        raise ProtocolError("bad_field", f"{a_or_an(kind)} message needs field {missing[0]!r}")
 
 
 # ---------------------------------------------------------------------------------------------- arrays
@@ -257,7 +269,7 @@ def _array_rule(kind: str, name: str) -> ArrayRule:
         return _ANY
     rule = ARRAYS.get(kind, {}).get(name)
     if rule is None:
-        raise ProtocolError("bad_array", f"a {kind} message carries no array named {name!r}")
+        raise ProtocolError("bad_array", f"{a_or_an(kind)} message carries no array named {name!r}")
     return rule
 
 
@@ -402,7 +414,7 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
     if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(kind)[:40]!r}")
     if accept is not None and kind not in accept:
-        raise ProtocolError("unexpected_type", f"a {kind} message is not accepted here; send one of "
+        raise ProtocolError("unexpected_type", f"{a_or_an(kind)} message is not accepted here; send one of "
                                                f"{', '.join(sorted(accept))}")
     array_specs = _frame_specs(header, "arrays", ("name", "dtype", "shape"))
     blob_specs = _frame_specs(header, "blobs", ("name", "size"))
@@ -420,7 +432,7 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
     for spec, frame in zip(blob_specs, frames[1 + len(array_specs):], strict=True):
         name, size = spec["name"], spec["size"]
         if name not in allowed_blobs:
-            raise ProtocolError("bad_frames", f"a {kind} message carries no blob named {name!r}")
+            raise ProtocolError("bad_frames", f"{a_or_an(kind)} message carries no blob named {name!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size != len(frame):
             raise ProtocolError("bad_frames", f"blob {name!r} declares {str(size)[:20]} bytes but its frame "
                                               f"has {len(frame):,}")
@@ -433,11 +445,13 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
 
 
 def error_fields(code: str, message: str, hint: str | None = None, request_id: str | None = None,
-                 job: str | None = None) -> dict[str, Any]:
+                 job: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fields of an error message, trimmed to the protocol's limits."""
     fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed", "message": message[:4000]}
     if hint:
         fields["hint"] = hint[:4000]
+    if details:
+        fields["details"] = details
     if request_id is not None:
         fields["id"] = request_id
     if job is not None:

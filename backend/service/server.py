@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from collections import OrderedDict
 import sys
 import tempfile
 import threading
@@ -46,6 +47,7 @@ from backend.service.security import Curve, check_bind
 from backend.service.supervisor import LocalWorkers
 
 DRAIN = 100  # messages handled per socket per loop turn, so neither side starves the other
+MAX_LISTENERS = 256  # clients that get status pushes: the most recently heard ones that said hello
 
 
 class Refused(LatentForgeError):
@@ -83,6 +85,9 @@ class Service:
         self.broker = Broker(self, config.heartbeat_s)
         self.records: dict[str, JobRecord] = {}
         self.subscribers: dict[str, set[bytes]] = {}
+        # clients that said hello, most recently heard last; a ROUTER drops sends to ones that have gone
+        self.listeners: OrderedDict[bytes, None] = OrderedDict()
+        self._pushed_status: dict[str, Any] | None = None
         self.context = zmq.Context()
         self.curve: Curve | None = None
         self.sockets: list[zmq.Socket] = []
@@ -170,6 +175,7 @@ class Service:
             for pid in self.local.reap():
                 self.broker.remove_pid(pid, self.local_link)
         self._dispatch()
+        self._push_status()
 
     def close(self) -> None:
         """Stop workers and sockets; running jobs go back to queued (a clean stop is not a crash)."""
@@ -197,6 +203,8 @@ class Service:
             with contextlib.suppress(zmq.ZMQError):  # set when CURVE authenticated the peer
                 owner = parts[1].get("User-Id") or owner
         request_id = None
+        if identity in self.listeners:
+            self.listeners.move_to_end(identity)
         try:
             message = decode(frames, REQUEST_LIMITS, CLIENT_REQUESTS)
             request_id = message.id
@@ -230,6 +238,10 @@ class Service:
         return {**record.summary(), "position": self.broker.position(record.id)}
 
     def _on_hello(self, identity: bytes, owner: str, message: Message) -> Frames:
+        self.listeners[identity] = None
+        self.listeners.move_to_end(identity)
+        while len(self.listeners) > MAX_LISTENERS:
+            self.listeners.popitem(last=False)
         return self._reply("welcome", message, {
             "server": "latentforge", "version": __version__, "protocol": VERSION, "tasks": tasks.available(),
             "methods": sorted(OBJECTIVES), "presets": sorted(PRESETS), "models": self.config.models,
@@ -296,7 +308,52 @@ class Service:
                                                "stats": record.stats or {}}, arrays, blobs)
 
     def _on_heartbeat(self, identity: bytes, owner: str, message: Message) -> Frames:
-        return self._reply("heartbeat", message, {"time": time.time(), "queue": len(self.broker.queue)})
+        return self._reply("heartbeat", message, {"time": time.time(), **self._status()})
+
+    def _status(self) -> dict[str, Any]:
+        """What a client's server panel shows; heartbeats carry it."""
+        return {"queue": len(self.broker.queue), "workers": len(self.broker.workers), "models": self.config.models}
+
+    def _push_status(self) -> None:
+        """A heartbeat (no id) to every client that said hello, as soon as workers, queue or models change."""
+        status = self._status()
+        if status == self._pushed_status:
+            return
+        self._pushed_status = status
+        frames = encode("heartbeat", {"time": time.time(), **status})
+        for identity in self.listeners:
+            self.front.send_multipart([identity, *frames], copy=False)
+
+    def _on_reexport(self, identity: bytes, owner: str, message: Message) -> Frames:
+        """Export a failed job's trained field again with other export settings, without training again:
+        the job is queued once more with its spec's export settings changed, and resumes from the checkpoint
+        saved at the end of its optimisation."""
+        record = self._record(message.fields["job"])
+        if record.state != "failed":
+            raise Refused("not_reexportable", f"job {record.id} is {record.state}: only a job whose export failed "
+                          "can be exported again", "wait for it to end, or submit a new job")
+        if not self.store.has_checkpoint(record.id):
+            raise Refused("not_reexportable", f"job {record.id} kept no checkpoint of its trained field",
+                          "submit the job again")
+        spec = tasks.reexport_spec(self.store.spec(record.id), message.fields["export"], record.checkpoint)
+        self.store.save_spec(record.id, spec)
+        record.state, record.error, record.progress, record.cancel_requested = "queued", None, None, False
+        self.store.save(record)
+        self.broker.enqueue(record.id)
+        if message.fields.get("watch", True):
+            self.subscribers.setdefault(record.id, set()).add(identity)
+        return self._reply("job", message, {"job": self._summary(record)})
+
+    def _reexport_offer(self, record: JobRecord, details: dict | None) -> dict | None:
+        """An error's details, with `reexport`: whether a reexport could reuse the job's trained field."""
+        if details is None:
+            return None
+        try:
+            tasks.reexport_spec(self.store.spec(record.id), {}, record.checkpoint)
+            possible = self.store.has_checkpoint(record.id)
+        except (LatentForgeError, OSError, ValueError):
+            possible = False
+        return {**details, "reexport": possible}
 
     def _notify(self, job: str, frames: Frames, last: bool = False) -> None:
         for identity in self.subscribers.get(job, ()):
@@ -307,11 +364,12 @@ class Service:
     # ------------------------------------------------------------------------------------------ jobs
 
     def _end(self, record: JobRecord, state: str, code: str | None = None, message: str = "",
-             hint: str | None = None) -> None:
+             hint: str | None = None, details: dict | None = None) -> None:
         record.state = state
         if code is not None:
-            record.error = {"code": code, "message": message, "hint": hint}
-            self._notify(record.id, encode("error", error_fields(code, message, hint, job=record.id)), last=True)
+            record.error = {"code": code, "message": message, "hint": hint, **({"details": details} if details else {})}
+            self._notify(record.id, encode("error", error_fields(code, message, hint, job=record.id,
+                                                                 details=details)), last=True)
         self.store.save(record)
 
     def _requeue_or_end(self, record: JobRecord, why: str, front: bool = True) -> None:
@@ -381,7 +439,8 @@ class Service:
             self.store.save(record)
         else:
             state = "cancelled" if fields["code"] == "cancelled" else "failed"
-            self._end(record, state, fields["code"], fields["message"], fields.get("hint"))
+            self._end(record, state, fields["code"], fields["message"], fields.get("hint"),
+                      self._reexport_offer(record, fields.get("details")))
 
     def job_lost(self, job: str, worker: WorkerInfo, why: str) -> None:
         record = self.records[job]

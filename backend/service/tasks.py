@@ -25,6 +25,7 @@ from backend.guidance.base import Guidance
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.methods import method_overrides
 from backend.presets import preset_overrides
+from backend.service.protocol import a_or_an
 from backend.tasks.generate import GenerateConfig, generate
 
 OUTPUT_NAME = "asset.glb"
@@ -32,6 +33,10 @@ OUTPUT_NAME = "asset.glb"
 
 class UnsupportedTask(LatentForgeError):
     code = "unsupported_task"
+
+
+class NotReexportable(LatentForgeError):
+    code = "not_reexportable"
 
 
 @dataclass
@@ -103,6 +108,25 @@ def _run_generate(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: Ev
     sketch = spec.mesh("sketch") if "vertices" in spec.arrays else None
     return generate(generate_config(spec), guidance, job_dir / OUTPUT_NAME, sketch=sketch, on_event=on_event,
                     cancel=cancel, job_dir=job_dir)
+
+
+def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: dict | None) -> dict[str, Any]:
+    """The spec that exports a generate job's trained field again: its own, with `export` settings merged
+    into its overrides. `checkpoint` is the {"stage", "step"} of the job's saved checkpoint; it must be
+    the one saved after the last optimisation stage, so that the job resumes straight into its export."""
+    spec = JobSpec(str(fields.get("task")), fields)
+    if spec.task != "generate":
+        raise NotReexportable(f"{a_or_an(spec.task)} job has no field to export again", "submit the job again")
+    overrides = dict(fields.get("overrides") or {})
+    overrides["export"] = {**(overrides.get("export") or {}), **export}
+    changed = JobSpec(spec.task, {**fields, "overrides": overrides})
+    config = generate_config(changed)
+    config.validate()
+    trained = {"stage": 1 + (config.refine.iters > 0), "step": 0}
+    if checkpoint != trained:
+        raise NotReexportable("the job did not finish its optimisation, so it has no trained field to export "
+                              "again", "submit the job again")
+    return changed.fields
 
 
 def _paint_module() -> ModuleType:

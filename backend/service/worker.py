@@ -126,7 +126,8 @@ class JobRun:
             self.outbox.put(self._execute(message, guidance, worker, job_dir))
         except LatentForgeError as exc:
             code = exc.code if exc.code in ERROR_CODES else "job_failed"
-            self.outbox.put(encode("error", error_fields(code, exc.message, exc.hint, job=self.job)))
+            self.outbox.put(encode("error", error_fields(code, exc.message, exc.hint, job=self.job,
+                                                         details=getattr(exc, "details", None))))
         except Exception as exc:  # a bug: report it to the client, keep the worker alive
             traceback.print_exc()
             self.outbox.put(encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}",
