@@ -3,11 +3,12 @@ thread-safe), takes commands from a queue and puts events on another. Never touc
 off the main thread; `timers.py` moves its events into the scene on the main thread.
 
 Events are plain dicts, `{"type": ..., ...}`:
-- connected {info}, disconnected {message}, heartbeat {queue}
+- connected {info}, disconnected {message}, heartbeat {queue, workers, models}: the service pushes one
+  whenever its status changes, and answers ours
 - accepted {request, job}, job {job: summary}: a submit's id, a status or cancel's answer
 - progress {job, stage, step, total, eta_s, losses, blobs: {preview?}}
 - result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats}
-- error {job?, request?, code, message, hint}
+- error {job?, request?, code, message, hint, details?}
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ def result_event(result: JobResult) -> Event:
 
 
 def error_event(exc: ServiceError, **where: Any) -> Event:
-    return {"type": "error", "code": exc.code, "message": exc.message, "hint": exc.hint,
+    return {"type": "error", "code": exc.code, "message": exc.message, "hint": exc.hint, "details": exc.details,
             **({"job": exc.job} if exc.job else {}), **where}
 
 
 class Connection:
-    """Commands in (`submit`, `cancel`, `fetch`), events out (`drain`)."""
+    """Commands in (`submit`, `cancel`, `fetch`, `reexport`), events out (`drain`)."""
 
     def __init__(self, settings: Settings, poll_s: float = 0.1, heartbeat_s: float = 5.0, quiet_s: float = 5.0,
                  retry_s: float = 2.0) -> None:
@@ -96,6 +97,10 @@ class Connection:
     def fetch(self, job: str) -> None:
         """Ask for a job's state and follow it: its result comes when it has one (now, if it is finished)."""
         self._send("follow", job=job)
+
+    def reexport(self, job: str, export: dict[str, Any]) -> None:
+        """Export a failed job's trained field again with these export settings, and follow it."""
+        self._send("reexport", job=job, export=export)
 
     def drain(self, limit: int = 1000) -> list[Event]:
         out = []
@@ -175,7 +180,7 @@ class Connection:
                 return
             if op == "follow":
                 self._following.setdefault(kwargs["job"], 0.0)
-            elif op in ("submit", "cancel"):
+            elif op in ("submit", "cancel", "reexport"):
                 where = {k: v for k, v in kwargs.items() if k in ("job", "request")}
                 self._emit({"type": "error", "code": "not_connected", **where,
                             "message": self._last_problem or f"not connected to {self.settings.address}"})
@@ -205,6 +210,11 @@ class Connection:
     def _do_cancel(self, job: str) -> None:
         self._emit({"type": "job", "job": self._client.cancel(job)})
 
+    def _do_reexport(self, job: str, export: dict[str, Any]) -> None:
+        summary = self._client.reexport(job, export, watch=True)
+        self._following[job] = time.monotonic()
+        self._emit({"type": "job", "job": summary})
+
     def _do_follow(self, job: str) -> None:
         self._following[job] = time.monotonic()
         self._follow(job)
@@ -229,7 +239,8 @@ class Connection:
             self._following.pop(job, None)
             error = summary.get("error") or {}
             self._emit({"type": "error", "job": job, "code": error.get("code", state),
-                        "message": error.get("message") or f"the job was {state}", "hint": error.get("hint")})
+                        "message": error.get("message") or f"the job was {state}", "hint": error.get("hint"),
+                        "details": error.get("details") or {}})
 
     def _pump(self) -> None:
         if self._client is None:

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
+from ..backend.service.protocol import a_or_an
+
+# object types as the artist knows them (the rest read fine lower-cased: camera, light, empty, armature...)
+OBJECT_KINDS = {"FONT": "text object", "META": "metaball", "GPENCIL": "grease pencil",
+                "GREASEPENCIL": "grease pencil", "LIGHT_PROBE": "light probe", "POINTCLOUD": "point cloud",
+                "CURVES": "hair curves object", "SURFACE": "surface"}
+
 
 @dataclass
 class TriangleMesh:
@@ -38,7 +45,8 @@ def selection_problem(objects: Sequence[bpy.types.Object], single: bool = False)
         return f"{len(objects)} objects are selected: select exactly one mesh to paint"
     for obj in objects:
         if obj.type != "MESH":
-            return f"\"{obj.name}\" is a {obj.type.lower().replace('_', ' ')}, not a mesh: select mesh objects only"
+            kind = a_or_an(OBJECT_KINDS.get(obj.type, obj.type.lower().replace("_", " ")))
+            return f"\"{obj.name}\" is {kind}, not a mesh: select mesh objects only"
     return None
 
 

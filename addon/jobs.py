@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .advice import advise
+
 FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
 
 
@@ -24,6 +26,10 @@ class ServerStatus:
         info = self.info
         parts = [info.get("server", "LatentForge"), f"v{info['version']}" if info.get("version") else ""]
         return " ".join(p for p in parts if p)
+
+    def update(self, status: dict[str, Any]) -> None:
+        """A heartbeat's status (workers, queue, models) replaces what the welcome said."""
+        self.info.update({k: status[k] for k in ("workers", "queue", "models") if k in status})
 
     def details(self) -> list[str]:
         info = self.info
@@ -44,6 +50,13 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+STAGE_LABELS = {"latent": "Latent", "rgb_refine": "RGB refine", "export": "Export"}
+
+
+def stage_label(stage: str) -> str:
+    return STAGE_LABELS.get(stage) or stage.replace("_", " ").capitalize()
+
+
 @dataclass
 class Job:
     """One scene's job, from the click to its result or error."""
@@ -58,7 +71,10 @@ class Job:
     step: int = 0
     total: int = 0
     eta_s: float | None = None
-    message: str = ""  # the service's error, verbatim
+    message: str = ""  # the service's error, verbatim, and what to do about it
+    code: str = ""  # the error's code
+    details: dict[str, Any] = field(default_factory=dict)  # what the error measured (e.g. no_surface densities)
+    extra: dict[str, Any] = field(default_factory=dict)  # the Extra Settings the job was sent with
     sketch: list[int] = field(default_factory=list)  # session_uids of the objects to hide and collect
     target: int | None = None  # paint: the painted object's session_uid
     loops: np.ndarray | None = None  # paint: the mesh loop of each sent vertex
@@ -84,7 +100,7 @@ class Job:
             return "Queued"
         if not self.total:
             return self.stage or self.state.capitalize()
-        text = f"{self.stage.replace('_', ' ').capitalize()} {self.step}/{self.total}"
+        text = f"{stage_label(self.stage)} {self.step}/{self.total}"
         if self.eta_s is not None:
             text += f"  ·  {format_duration(self.eta_s)} left"
         return text
@@ -109,10 +125,27 @@ class Job:
         if state != "finished":  # a finished job stays "running" until its result is in the scene
             self.state = state
 
+    @property
+    def reexport_threshold(self) -> float | None:
+        """The density threshold a Re-export would use: offered when the export found no surface and the
+        service kept the trained field."""
+        if self.state != "failed" or self.code != "no_surface" or not self.details.get("reexport"):
+            return None
+        return self.details.get("suggested_threshold")
+
     def fail(self, error: dict[str, Any], state: str = "failed") -> None:
         self.state = "cancelled" if error.get("code") == "cancelled" or state == "cancelled" else "failed"
+        self.code = str(error.get("code") or "")
+        self.details = dict(error.get("details") or {})
         message = error.get("message") or f"the job was {state}"
-        self.message = f"{message} ({error['hint']})" if error.get("hint") else message
+        hint = advise(self.code, message, self.details, self.extra) or error.get("hint")
+        self.message = f"{message} ({hint})" if hint else message
+
+    def restart(self) -> None:
+        """Back to waiting for the service, e.g. after a Re-export: the same job id, a new run."""
+        self.state, self.stage, self.step, self.total, self.eta_s = "queued", "", 0, 0, None
+        self.message, self.code, self.details = "", "", {}
+        self.started, self.cancel_requested = time.monotonic(), False
 
 
 class Jobs:

@@ -68,6 +68,7 @@ class _SubmitJob(bpy.types.Operator):
         job = Job(scene=context.scene.session_uid, task=self.task, prompt=settings.prompt.strip())
         try:
             fields = settings.submit_fields(self.task)
+            job.extra = settings.extra_overrides()  # an error about one of these points back to them
             arrays = self.arrays(context, job)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
@@ -133,6 +134,44 @@ class LATENTFORGE_OT_cancel(bpy.types.Operator):
             rt.connection.cancel(job.job)
         # else: the submit has not been answered yet; the cancel follows the job's id (timers._accepted)
         self.report({"INFO"}, "LatentForge: cancelling")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_reexport(bpy.types.Operator):
+    """Make the surface of the job's trained field at a lower (or higher) density threshold, without
+    training again: the server kept the field when the export found no surface"""
+
+    bl_idname = "latentforge.reexport"
+    bl_label = "Re-export"
+
+    @staticmethod
+    def failed_job(context: bpy.types.Context) -> Job | None:
+        rt = timers.RUNTIME
+        job = rt.jobs.get(context.scene.session_uid) if rt is not None else None
+        return job if job is not None and job.job is not None and job.reexport_threshold is not None else None
+
+    @classmethod
+    def problem(cls, context: bpy.types.Context) -> str | None:
+        if cls.failed_job(context) is None:
+            return "No job in this scene has a trained field to export again"
+        return _not_ready(context)
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if problem := cls.problem(context):
+            cls.poll_message_set(problem)
+            return False
+        return True
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if problem := self.problem(context):
+            self.report({"ERROR"}, problem)
+            return {"CANCELLED"}
+        job = self.failed_job(context)
+        threshold = job.reexport_threshold
+        job.restart()
+        timers.runtime().connection.reexport(job.job, {"density_threshold": threshold})
+        self.report({"INFO"}, f"LatentForge: exporting the trained field again at density {threshold:g}")
         return {"FINISHED"}
 
 
@@ -203,6 +242,7 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             obj = self.add(context, job, event)
+            obj[results.JOB_PROPERTY] = job.job
             job.result_dir = str(save_result_files(preferences.results_dir(preferences.get()) / job.job, event))
         except (ValueError, KeyError, OSError) as exc:
             self.report({"ERROR"}, f"the result could not be added: {exc}")
@@ -342,7 +382,8 @@ class LATENTFORGE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (
-    LATENTFORGE_OT_generate, LATENTFORGE_OT_paint, LATENTFORGE_OT_cancel, LATENTFORGE_OT_reconnect,
+    LATENTFORGE_OT_generate, LATENTFORGE_OT_paint, LATENTFORGE_OT_cancel, LATENTFORGE_OT_reexport,
+    LATENTFORGE_OT_reconnect,
     LATENTFORGE_OT_fetch, LATENTFORGE_OT_import_result, LATENTFORGE_OT_open_results,
     LATENTFORGE_OT_start_server, LATENTFORGE_OT_stop_server, LATENTFORGE_OT_notify,
 )

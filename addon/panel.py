@@ -96,6 +96,8 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             box.label(text="Cancelled", icon="CANCEL")
         else:
             wrapped(box, job.message, icon="ERROR")
+            if (threshold := job.reexport_threshold) is not None:
+                box.operator("latentforge.reexport", text=f"Re-export at {threshold:g}", icon="MOD_REMESH")
         if job.job:
             box.label(text=f"Job {job.job}")
         image = bpy.data.images.get(job.preview) if job.preview else None

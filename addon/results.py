@@ -12,22 +12,46 @@ import bpy
 import numpy as np
 
 UV_LAYER = "LatentForge"
-MAX_NAME = 48  # Blender names are limited to 63 bytes; leave room for ".001" and a suffix
+PROMPT_PROPERTY = "latentforge_prompt"  # the full prompt, on every object (and material, image) a result makes
+JOB_PROPERTY = "latentforge_job"  # the service's job id, so the result can be fetched again
+# Names get " texture" (or " sketch") appended, and Blender appends ".001" to a name already taken.
+LONGEST_SUFFIX = len(" texture") + len(".001")
+READABLE_BYTES = 63  # Blender's limit before 5.0; 5.0 allows 255 bytes, far more than the Outliner shows
+
+
+def name_limit() -> int:
+    """The bytes (UTF-8) a datablock name may have in this Blender: 63 before 5.0, 255 from 5.0."""
+    return bpy.types.ID.bl_rna.properties["name"].length_max - 1  # length_max counts the C string's NUL
 
 
 def name_from_prompt(prompt: str, fallback: str = "LatentForge") -> str:
-    words = " ".join(prompt.split())
-    for article in ("a ", "an ", "the "):
-        if words.lower().startswith(article):
-            words = words[len(article):]
+    """A datablock name from a prompt: without its leading article, capitalised, and cut after the last
+    whole word that fits Blender's name limit with room for a suffix and a ".001"."""
+    budget = min(READABLE_BYTES, name_limit()) - LONGEST_SUFFIX
+    words = prompt.split()
+    if len(words) > 1 and words[0].lower() in ("a", "an", "the"):
+        words = words[1:]
+    name = ""
+    for word in words:
+        longer = f"{name} {word}" if name else word
+        if len(longer.encode("utf-8")) > budget:
             break
-    words = words[:MAX_NAME].rstrip(" ,.;:")
-    return words[:1].upper() + words[1:] if words else fallback
+        name = longer
+    if not name and words:  # a single word longer than the budget: cut it between characters
+        name = words[0].encode("utf-8")[:budget].decode("utf-8", "ignore")
+    name = name.rstrip(" ,.;:-")
+    return name[:1].upper() + name[1:] if name else fallback
+
+
+def tag(datablock: bpy.types.ID, prompt: str) -> None:
+    """Keep the whole prompt on a datablock whose name holds only its first words."""
+    datablock[PROMPT_PROPERTY] = prompt
 
 
 def load_png(name: str, png: bytes) -> bpy.types.Image:
     """An image datablock holding `png` packed into the .blend (no file on disk needed)."""
     image = bpy.data.images.new(name, 1, 1)
+    image["latentforge"] = True  # made by the add-on: removed with the material it was made for
     image.pack(data=png, data_len=len(png))
     image.source = "FILE"  # decode the packed PNG instead of the generated 1×1
     image.filepath_raw = f"//{bpy.path.clean_name(name)}.png"  # where "Unpack Resources" would write it
@@ -37,6 +61,7 @@ def load_png(name: str, png: bytes) -> bpy.types.Image:
 def textured_material(name: str, image: bpy.types.Image, uv_layer: str) -> bpy.types.Material:
     """Principled BSDF whose base colour is `image`, read through the named UV map."""
     material = bpy.data.materials.new(name)
+    material["latentforge"] = True
     if material.node_tree is None:  # Blender 4.x; from 5.0 every material has its node tree
         material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
@@ -99,6 +124,7 @@ def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, 
     anchor = np.asarray(anchor, dtype=np.float32)
     mesh = build_mesh(name, np.asarray(vertices, dtype=np.float32) - anchor, faces, uvs)
     obj = bpy.data.objects.new(name, mesh)
+    tag(obj, prompt)
     obj.location = anchor.tolist()
     target = sketch[0].users_collection[0] if sketch and sketch[0].users_collection else scene.collection
     target.objects.link(obj)
@@ -126,6 +152,22 @@ def apply_painted(obj: bpy.types.Object, prompt: str, corner_uvs: np.ndarray, lo
     if layer is None:
         layer = set_uv_layer(mesh, UV_LAYER, per_loop)
     name = name_from_prompt(prompt)
+    replaced = [m for m in mesh.materials if m is not None]
     mesh.materials.clear()
     mesh.materials.append(textured_material(name, load_png(f"{name} texture", texture_png), layer.name))
+    remove_unused(replaced)
+    tag(obj, prompt)
     return obj
+
+
+def remove_unused(materials: Sequence[bpy.types.Material]) -> None:
+    """Remove the add-on's own materials (and their images) that nothing uses any more, e.g. an earlier
+    paint's: an artist's material is never touched, even when unused."""
+    for material in materials:
+        if not material.get("latentforge") or material.users:
+            continue
+        images = [n.image for n in material.node_tree.nodes if n.type == "TEX_IMAGE" and n.image is not None]
+        bpy.data.materials.remove(material)
+        for image in images:
+            if image.get("latentforge") and not image.users:
+                bpy.data.images.remove(image)

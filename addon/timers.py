@@ -61,6 +61,9 @@ def stop() -> None:
     if bpy.app.timers.is_registered(drain):
         bpy.app.timers.unregister(drain)
     if RUNTIME is not None:
+        for job in RUNTIME.jobs.all():
+            with contextlib.suppress(Exception):  # bpy.data may be read-only while Blender quits
+                drop_preview(job)
         if RUNTIME.connection is not None:
             RUNTIME.connection.stop()
         RUNTIME.backend.stop()
@@ -155,8 +158,7 @@ def _disconnected(rt: Runtime, event: Event) -> None:
 
 
 def _heartbeat(rt: Runtime, event: Event) -> None:
-    if "queue" in event:
-        rt.server.info["queue"] = event["queue"]
+    rt.server.update(event)
 
 
 def _accepted(rt: Runtime, event: Event) -> None:
@@ -189,7 +191,7 @@ def _progress(rt: Runtime, event: Event) -> None:
     preview = event.get("blobs", {}).get("preview")
     if preview and time.monotonic() - job.preview_at >= preferences.get().preview_interval_s:
         job.preview_at = time.monotonic()
-        job.preview = show_preview(preview)
+        job.preview = show_preview(preview, preview_name(job))
 
 
 def _result(rt: Runtime, event: Event) -> None:
@@ -197,6 +199,7 @@ def _result(rt: Runtime, event: Event) -> None:
     if job is None or not job.active:
         return
     rt.results[job.job] = event
+    drop_preview(job)  # before the import, so that its undo step does not hold the preview either
     try:
         # An operator, so that one undo step removes the result; a call from Python only pushes that
         # undo step when asked to (the positional True).
@@ -222,6 +225,7 @@ def _error(rt: Runtime, event: Event) -> None:
 
 
 def _report_end(job: Job) -> None:
+    drop_preview(job)
     if job.state == "failed":
         notify("ERROR", job.message)
     elif job.state == "cancelled":
@@ -234,13 +238,25 @@ HANDLERS: dict[str, Callable[[Runtime, Event], None]] = {
 }
 
 
-def show_preview(png: bytes) -> str:
-    """Replace the preview image with this PNG; returns the image's name."""
+def preview_name(job: Job) -> str:
+    """Each job's own preview image, so that two scenes' jobs do not show each other's."""
+    return f"{PREVIEW_IMAGE} {job.request[:8]}"
+
+
+def show_preview(png: bytes, name: str = PREVIEW_IMAGE) -> str:
+    """Replace the preview image `name` with this PNG; returns the image's name."""
     from .results import load_png
 
-    if (old := bpy.data.images.get(PREVIEW_IMAGE)) is not None:
+    if (old := bpy.data.images.get(name)) is not None:
         bpy.data.images.remove(old)
-    image = load_png(PREVIEW_IMAGE, png)
+    image = load_png(name, png)
     image.preview_ensure()
     return image.name
+
+
+def drop_preview(job: Job) -> None:
+    """Remove the job's preview image: it only shows while the job runs, and must not stay in the file."""
+    if job.preview is not None and (image := bpy.data.images.get(job.preview)) is not None:
+        bpy.data.images.remove(image)
+    job.preview = None
 

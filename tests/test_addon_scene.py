@@ -64,7 +64,8 @@ def test_modifiers_are_applied_and_the_object_is_left_alone(bpy: ModuleType) -> 
 @pytest.mark.parametrize(("kinds", "single", "expected"), [
     ((), False, "Nothing is selected"),
     (("camera",), False, "is a camera, not a mesh"),
-    (("mesh", "empty"), False, "is a empty, not a mesh"),
+    (("mesh", "empty"), False, "is an empty, not a mesh"),
+    (("armature",), False, "is an armature, not a mesh"),
     (("mesh", "mesh"), True, "2 objects are selected"),
     (("mesh",), True, None),
 ])
@@ -148,6 +149,53 @@ def test_paint_result_reuses_the_mesh_and_keeps_its_vertices(bpy: ModuleType) ->
     np.testing.assert_array_equal(loops_before, loops_after)
     assert cube.data.uv_layers.active.name == results.UV_LAYER  # its own UVs differ, so a new map
     assert [m.name for m in cube.data.materials] == ["Oak"]
+
+
+LONG_PROMPT = ("a weathered bronze statue of a monkey holding a lantern, green patina in the folds, moss on "
+               "the plinth, chipped stone steps, soft morning light, photographed for a museum catalogue, "
+               "highly detailed, 8k")
+
+
+def assert_whole_words(name: str, prompt: str, budget: int) -> None:
+    """`name` is as many of the prompt's first words (article dropped) as fit in `budget` bytes."""
+    words = prompt.split()
+    if words[0].lower() in ("a", "an", "the"):
+        words = words[1:]
+    count = len(name.split())
+    assert count < len(words) and name.lower() == " ".join(words[:count]).rstrip(",.;:-").lower(), name
+    assert len(name.encode("utf-8")) <= budget < len(f"{name} {words[count]}".encode("utf-8")), name
+
+
+@pytest.mark.parametrize("prompt", [LONG_PROMPT, "an " + "übergroßer Pilz mit Tupfen " * 8],
+                         ids=["ascii", "utf8"])
+def test_long_prompts_give_whole_word_names_and_stay_on_the_object(bpy: ModuleType, prompt: str) -> None:
+    results = support.submodule("results")
+    limit = results.name_limit()
+    assert limit == bpy.types.ID.bl_rna.properties["name"].length_max - 1 and limit >= 63
+    vertices, faces, uvs = tetrahedron()
+    obj = results.import_generated(bpy.context.scene, prompt, vertices, faces, uvs,
+                                   support.png_bytes((1, 0, 0, 1)), (0.0, 0.0, 0.0), [add(bpy, "cube", (0, 0, 0))])
+    material = obj.data.materials[0]
+    image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    for name in (obj.name, obj.data.name, material.name, image.name, f"{obj.name} sketch"):
+        assert len(name.encode("utf-8")) <= 63, name  # the limit before Blender 5.0, and a readable one
+    assert_whole_words(obj.name, prompt, 63 - results.LONGEST_SUFFIX)
+    assert image.name == f"{obj.name} texture" and material.name == obj.name
+    assert obj[results.PROMPT_PROPERTY] == prompt
+
+
+def test_painting_again_replaces_the_material_and_leaves_nothing_behind(bpy: ModuleType) -> None:
+    results = support.submodule("results")
+    cube = add(bpy, "cube", (0.0, 0.0, 0.0))
+    own = bpy.data.materials.new("Artist's own")  # an artist's material is never removed, used or not
+    cube.data.materials.append(own)
+    loops = np.arange(len(cube.data.loops), dtype=np.int32)[: 6 * 3].reshape(-1, 3)
+    corner_uvs = np.random.default_rng(0).random((len(loops), 3, 2)).astype(np.float32)
+    for prompt in ("oak", "walnut"):
+        results.apply_painted(cube, prompt, corner_uvs, loops, support.png_bytes((0.5, 0.3, 0.1, 1)))
+    assert [m.name for m in cube.data.materials] == ["Walnut"] and cube[results.PROMPT_PROPERTY] == "walnut"
+    assert sorted(m.name for m in bpy.data.materials) == ["Artist's own", "Walnut"]
+    assert [i.name for i in bpy.data.images] == ["Walnut texture"]
 
 
 def test_a_result_is_one_undo_step(bpy: ModuleType) -> None:
@@ -252,7 +300,16 @@ def test_panel_preferences_and_subpanel_draw_every_state(bpy: ModuleType) -> Non
     log = draw(bpy, panel.VIEW3D_PT_latentforge)
     assert ("progress", "Latent 30/120  ·  1 min 15 s left") in log
     assert ("label", "Workers: 1  ·  Queue: 2") in log and any(kind == "preview" for kind, _ in log)
+    rt.server.update({"type": "heartbeat", "workers": 3, "queue": 0, "models": ["sd:y"]})  # a status push
+    assert ("label", "Workers: 3  ·  Queue: 0") in draw(bpy, panel.VIEW3D_PT_latentforge)
+    job.fail({"code": "no_surface", "message": "the optimised field is empty: its peak density is 3.1",
+              "details": {"peak_density": 3.1, "lowest_density": 0.0, "threshold": 10.0,
+                          "suggested_threshold": 1.55, "reexport": True}})
+    log = draw(bpy, panel.VIEW3D_PT_latentforge)
+    assert ("operator", "latentforge.reexport") in log and "Re-export at 1.55" in job.message
+    assert bpy.ops.latentforge.reexport.poll()  # offered: pressing it is tested against a real service
     job.fail({"code": "model_not_found", "message": "the worker could not load sd:x: " + "no such file " * 8})
+    assert ("operator", "latentforge.reexport") not in draw(bpy, panel.VIEW3D_PT_latentforge)
     log = draw(bpy, panel.VIEW3D_PT_latentforge)
     error = " ".join(text for kind, text in log if kind == "label")
     assert "the worker could not load sd:x: no such file" in error and "no such file no such file" in error

@@ -294,7 +294,7 @@ def test_a_service_error_is_shown_verbatim(bpy: ModuleType, service: Service) ->
     (("light", "mesh"), "GENERATE", "is a light, not a mesh"),
     ((), "PAINT", "Select one mesh object"),
     (("mesh", "mesh"), "PAINT", "2 objects are selected"),
-    (("empty",), "PAINT", "is a empty, not a mesh"),
+    (("empty",), "PAINT", "is an empty, not a mesh"),
 ])
 def test_a_bad_selection_is_refused_with_a_reason(bpy: ModuleType, select: tuple, mode: str, message: str) -> None:
     for kind in select:

@@ -42,7 +42,7 @@ def test_a_job_follows_progress_summaries_and_errors() -> None:
     job = jobs.Job(scene=1, task="generate", prompt="a teddy bear")
     assert job.active and job.progress_text() == "Sending…"
     job.on_progress({"stage": "rgb_refine", "step": 5, "total": 20, "eta_s": 3725})
-    assert job.fraction == 0.25 and job.progress_text() == "Rgb refine 5/20  ·  1 h 02 min left"
+    assert job.fraction == 0.25 and job.progress_text() == "RGB refine 5/20  ·  1 h 02 min left"
     job.on_summary({"job": "a" * 32, "state": "queued"})  # requeued after the service restarted
     assert job.state == "queued" and job.active
     job.on_summary({"job": "a" * 32, "state": "finished"})  # stays active until the result is in
