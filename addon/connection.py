@@ -140,7 +140,7 @@ class Connection:
     def _connect(self) -> bool:
         try:
             self._client = self.settings.client(self._context)
-            info = self._client.hello()
+            info = self._client.hello(watch=True)  # the server panel stays live: status pushes
         except ServiceError as exc:  # a timeout, or e.g. keys the server refuses
             self._close()
             self._report_problem(f"cannot reach the server at {self.settings.address}: {exc}")

@@ -156,16 +156,6 @@ LONG_PROMPT = ("a weathered bronze statue of a monkey holding a lantern, green p
                "highly detailed, 8k")
 
 
-def assert_whole_words(name: str, prompt: str, budget: int) -> None:
-    """`name` is as many of the prompt's first words (article dropped) as fit in `budget` bytes."""
-    words = prompt.split()
-    if words[0].lower() in ("a", "an", "the"):
-        words = words[1:]
-    count = len(name.split())
-    assert count < len(words) and name.lower() == " ".join(words[:count]).rstrip(",.;:-").lower(), name
-    assert len(name.encode("utf-8")) <= budget < len(f"{name} {words[count]}".encode("utf-8")), name
-
-
 @pytest.mark.parametrize("prompt", [LONG_PROMPT, "an " + "übergroßer Pilz mit Tupfen " * 8],
                          ids=["ascii", "utf8"])
 def test_long_prompts_give_whole_word_names_and_stay_on_the_object(bpy: ModuleType, prompt: str) -> None:
@@ -179,7 +169,7 @@ def test_long_prompts_give_whole_word_names_and_stay_on_the_object(bpy: ModuleTy
     image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
     for name in (obj.name, obj.data.name, material.name, image.name, f"{obj.name} sketch"):
         assert len(name.encode("utf-8")) <= 63, name  # the limit before Blender 5.0, and a readable one
-    assert_whole_words(obj.name, prompt, 63 - results.LONGEST_SUFFIX)
+    support.assert_whole_words(obj.name, prompt, 63 - results.LONGEST_SUFFIX)
     assert image.name == f"{obj.name} texture" and material.name == obj.name
     assert obj[results.PROMPT_PROPERTY] == prompt
 

@@ -51,6 +51,7 @@ class Service:
 
     def __init__(self, root: Path) -> None:
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.broker = f"tcp://127.0.0.1:{free_port()}"  # where remote workers join
         self.jobs, self.log = root / "jobs", root / "service.log"
         self.process: subprocess.Popen | None = None
 
@@ -58,7 +59,8 @@ class Service:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "backend", "serve", "--bind", self.endpoint, "--model", f"target:{TARGET}",
-                 "--device", "cpu", "--workers", "1", "--jobs", str(self.jobs)],
+                 "--device", "cpu", "--workers", "1", "--jobs", str(self.jobs), "--broker", "--broker-bind",
+                 self.broker],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_for_worker()
 
@@ -133,11 +135,16 @@ def scene_job(bpy: ModuleType) -> object:
 
 
 def run_to_end(bpy: ModuleType, service: Service, timeout_s: float = JOB_TIMEOUT_S) -> tuple[object, list]:
-    """Pump until this scene's job ends; returns the job and the (state, stage, step) seen on the way."""
+    """Pump until this scene's job ends; returns the job and the (state, stage, step, preview images) seen
+    on the way."""
     job, seen = scene_job(bpy), []
+
+    def look() -> None:
+        previews = [i.name for i in bpy.data.images if i.name.startswith("LatentForge Preview")]
+        seen.append((job.state, job.stage, job.step, previews))
+
     try:
-        support.pump(lambda: not job.active, timeout_s, "the job to end",
-                     every=lambda: seen.append((job.state, job.stage, job.step)))
+        support.pump(lambda: not job.active, timeout_s, "the job to end", every=look)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nservice log:\n{service.tail()}") from None
     return job, seen
@@ -180,8 +187,8 @@ def test_generate_from_three_primitives(bpy: ModuleType, service: Service, tmp_p
         bpy.ops.latentforge.generate()  # one job per scene
     job, seen = run_to_end(bpy, service)
     assert job.state == "finished", job.message
-    assert any(state == "running" and step > 0 for state, _, step in seen), seen[-5:]
-    assert job.preview is not None and bpy.data.images[job.preview].packed_file is not None
+    assert any(state == "running" and step > 0 for state, _, step, _ in seen), seen[-5:]
+    assert any(previews for *_, previews in seen), "no preview showed while the job ran"
     assert bpy.context.scene.latentforge.job_id == job.job
     result = bpy.data.objects["Red toadstool"]
     np.testing.assert_allclose(result.location, (lo + hi) / 2, atol=1e-4)  # where the sketch was
@@ -191,6 +198,8 @@ def test_generate_from_three_primitives(bpy: ModuleType, service: Service, tmp_p
     hidden = bpy.data.collections["Red toadstool sketch"]
     assert {o.name for o in hidden.objects} == sketch_names and hidden.hide_viewport
     assert {p.name for p in Path(job.result_dir).iterdir()} == {"texture.png", "asset.glb"}
+    assert [i.name for i in bpy.data.images] == [image.name] and job.preview is None  # the preview is gone
+    assert result["latentforge_prompt"] == "a red toadstool" and result["latentforge_job"] == job.job
 
 
     bpy.ops.ed.undo()  # one step takes the result away and brings the sketch back
@@ -354,3 +363,78 @@ def test_the_addon_starts_and_stops_a_local_server(bpy: ModuleType, service: Ser
         rt.backend.stop()
         p.backend_python = p.backend_args = ""
         p.server_address = service.endpoint
+
+
+def test_a_worker_joining_shows_in_the_panel_within_2_s(bpy: ModuleType, service: Service) -> None:
+    from backend.service.client import Client
+
+    _, timers, prefs = support.modules()
+    rt, p = timers.runtime(), prefs.get()
+    p.timeout_s = 60.0  # the add-on's own heartbeat is then 30 s apart: only the service's push is this quick
+    worker = None
+    try:
+        support.pump(lambda: rt.server.connected, 30, "the reconnection")
+        workers = rt.server.info["workers"]
+        with Client(service.endpoint, timeout_s=10.0) as client, service.log.open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "backend", "worker", "--connect", service.broker, "--model", f"target:{TARGET}",
+                 "--device", "cpu"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            joined = panel_lag_s(client, rt, workers + 1)
+            os.killpg(worker.pid, signal.SIGKILL)  # gone without a word: the service notices in 5 heartbeats
+            worker.wait(30)
+            left = panel_lag_s(client, rt, workers)
+            print(f"the panel showed the worker joining {joined:.2f} s and leaving {left:.2f} s after the service")
+            assert joined < 2.0 and left < 2.0
+    finally:
+        if worker is not None and worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+        p.timeout_s = 2.0
+
+
+def panel_lag_s(client: object, rt: object, workers: int, timeout_s: float = 300.0) -> float:
+    """Seconds from the last moment the service still counted other than `workers` workers (an upper bound
+    on when the change happened) to the panel's status line showing `workers`, with no user action."""
+    _, timers, _ = support.modules()
+    deadline = time.monotonic() + timeout_s
+    changed_after = time.monotonic()
+    while client.heartbeat()["workers"] != workers:
+        changed_after = time.monotonic()
+        timers.drain()
+        assert time.monotonic() < deadline, f"the service never counted {workers} workers"
+        time.sleep(0.05)
+    support.pump(lambda: f"Workers: {workers} " in " ".join(rt.server.details()), 10, f"the panel to show {workers}")
+    return time.monotonic() - changed_after
+
+
+LONG_PROMPT = ("a weathered bronze statue of a monkey holding a lantern, green patina in the folds, moss on the "
+               "plinth, chipped stone steps, soft morning light, photographed for a museum catalogue, "
+               "highly detailed 3D")
+
+
+def test_an_empty_field_offers_a_reexport_that_trains_nothing_again(bpy: ModuleType, service: Service,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _, timers, _ = support.modules()
+    assert len(LONG_PROMPT) == 200
+    primitives(bpy)
+    empty = {**TINY_GENERATE, "export": {**TINY_GENERATE["export"], "density_threshold": 1e6}}
+    configure(bpy, LONG_PROMPT, "GENERATE", empty)
+    bpy.ops.latentforge.generate()
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "failed" and job.code == "no_surface", job.message
+    assert "peak density is" in job.message and "threshold 1e+06" in job.message  # what was measured
+    threshold = job.reexport_threshold
+    assert threshold is not None and f"press Re-export at {threshold:g}" in job.message
+    assert not [i for i in bpy.data.images if i.name.startswith("LatentForge Preview")]  # gone on failure too
+
+    stages: list[str] = []
+    progress = timers.HANDLERS["progress"]
+    monkeypatch.setitem(timers.HANDLERS, "progress", lambda rt, event: (stages.append(event["stage"]),
+                                                                        progress(rt, event)))
+    assert bpy.ops.latentforge.reexport() == {"FINISHED"}  # the one click
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    assert stages and set(stages) == {"export"}, stages  # straight to the export: no optimisation step
+    result = next(o for o in bpy.data.objects if o.get("latentforge_prompt") == LONG_PROMPT)
+    support.assert_whole_words(result.name, LONG_PROMPT, 63 - support.submodule("results").LONGEST_SUFFIX)
+    assert len(result.data.polygons) > 0 and result["latentforge_job"] == job.job
+    assert [i.name for i in bpy.data.images] == [f"{result.name} texture"]

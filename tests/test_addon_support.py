@@ -129,6 +129,16 @@ def png_bytes(rgba: tuple[float, float, float, float], size: int = 8) -> bytes:
     return data
 
 
+def assert_whole_words(name: str, prompt: str, budget: int) -> None:
+    """`name` is as many of the prompt's first words (article dropped) as fit in `budget` bytes."""
+    words = prompt.split()
+    if words[0].lower() in ("a", "an", "the"):
+        words = words[1:]
+    count = len(name.split())
+    assert count < len(words) and name.lower() == " ".join(words[:count]).rstrip(",.;:-").lower(), name
+    assert len(name.encode("utf-8")) <= budget < len(f"{name} {words[count]}".encode()), name
+
+
 # -- the harness's own checks ---------------------------------------------------------------------------
 
 

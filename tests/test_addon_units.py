@@ -52,6 +52,29 @@ def test_a_job_follows_progress_summaries_and_errors() -> None:
     assert not job.active
 
 
+@pytest.mark.parametrize(("code", "message", "details", "extra", "advice"), [
+    ("no_surface", "the optimised field is empty", {"suggested_threshold": 1.5, "reexport": True}, {},
+     "press Re-export at 1.5"),
+    ("no_surface", "the optimised field is empty", {"suggested_threshold": 1.5, "reexport": False}, {},
+     'add {"export": {"density_threshold": 1.5}} to Advanced › Extra Settings'),
+    ("no_surface", "the optimised field is empty", {"threshold": 10.0}, {}, "another Seed"),
+    ("bad_config", "iters must be at least 1, got 0", None, {"optim": {"iters": 0}}, "in Advanced › Extra Settings"),
+    ("bad_config", "iters must be at least 1, got 0", None, {}, "set Advanced › Iterations"),
+    ("bad_config", "sketch.looseness must be in (0, 2], got 5", None, {}, "set Follow Loosely"),
+    ("bad_config", "unknown setting export.treshold", None, {"export": {"treshold": 1}}, "Advanced › Extra Settings"),
+    ("bad_input", "every triangle of the sketch is degenerate (zero area)", None, {}, "select other mesh objects"),
+    ("worker_lost", "the job stopped its worker 4 times", None, {}, "choose Quality Draft"),
+])
+def test_errors_say_what_to_change_in_the_panel(code: str, message: str, details: dict | None, extra: dict,
+                                                advice: str) -> None:
+    jobs = support.submodule("jobs")
+    assert advice in support.submodule("advice").advise(code, message, details, extra)
+    job = jobs.Job(scene=1, task="generate", extra=extra)
+    job.fail({"code": code, "message": message, "hint": "the service's own words", "details": details})
+    assert job.message.startswith(message) and advice in job.message and "service's own" not in job.message
+    assert (job.reexport_threshold is not None) == bool(details and details.get("reexport"))
+
+
 def test_one_job_per_scene() -> None:
     jobs = support.submodule("jobs")
     registry = jobs.Jobs()

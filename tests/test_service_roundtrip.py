@@ -179,7 +179,7 @@ def next_status_push(client, until) -> dict:  # noqa: ANN001
 def test_a_failed_export_is_reexported_without_training_again(service, service_tiny, tmp_path, capsys) -> None:  # noqa: ANN001
     empty = {**service_tiny, "export": {**service_tiny["export"], "density_threshold": 1e6}}
     with service.client() as client:
-        welcome = client.hello()  # a client that said hello hears every change of the status
+        welcome = client.hello(watch=True)  # this client now hears every change of the status
         if welcome["workers"] == 0:  # the worker is still loading: its joining is pushed
             assert next_status_push(client, lambda f: f["workers"] == 1)["models"] == welcome["models"]
         job = client.submit("a red toadstool", overrides=empty, seed=3)

@@ -64,8 +64,8 @@ def no_surface(grid: np.ndarray, level: float) -> NoSurfaceError:
     if not lo < suggested < peak:
         suggested = lo + (peak - lo) / 2  # the rounded level left the field's range: keep it exact
     if not lo < suggested < peak:
-        return NoSurfaceError(message, f"the field is the same everywhere, so no export.density_threshold gives "
-                                       f"it a surface: train again with another seed", details)
+        return NoSurfaceError(message, "the field is the same everywhere, so no export.density_threshold gives "
+                                       "it a surface: train again with another seed", details)
     details["suggested_threshold"] = suggested
     hint = (f"export the trained field again with export.density_threshold = {suggested:g}; a job the service "
             "ran is re-exported without training again (`latentforge reexport JOB --density-threshold "

@@ -154,8 +154,10 @@ class Client:
 
     # ---------------------------------------------------------------------------------- requests
 
-    def hello(self) -> dict[str, Any]:
-        return self.request("hello", {"client": "latentforge-client"}).fields
+    def hello(self, watch: bool = False) -> dict[str, Any]:
+        """The service's welcome. With `watch`, the service pushes a heartbeat (a `poll` event) with its
+        workers, queue and models whenever one of them changes."""
+        return self.request("hello", {"client": "latentforge-client", "watch": watch}).fields
 
     def heartbeat(self) -> dict[str, Any]:
         return self.request("heartbeat", {"time": time.time()}).fields

@@ -145,7 +145,7 @@ _STATE = F(str, choices=JOB_STATES)
 _TEXT = _str(4000)
 
 SCHEMAS: dict[str, dict[str, F]] = {
-    "hello": {"client": _str(200)},
+    "hello": {"client": _str(200), "watch": F(bool)},
     "submit": {
         "task": F(str, required=True, choices=TASK_NAMES),
         "prompt": _str(MAX_PROMPT_CHARS), "negative": _str(MAX_PROMPT_CHARS),

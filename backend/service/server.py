@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections import OrderedDict
 import sys
 import tempfile
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from backend.service.security import Curve, check_bind
 from backend.service.supervisor import LocalWorkers
 
 DRAIN = 100  # messages handled per socket per loop turn, so neither side starves the other
-MAX_LISTENERS = 256  # clients that get status pushes: the most recently heard ones that said hello
+MAX_LISTENERS = 256  # clients that get status pushes: the most recently heard that asked in their hello
 
 
 class Refused(LatentForgeError):
@@ -85,7 +85,8 @@ class Service:
         self.broker = Broker(self, config.heartbeat_s)
         self.records: dict[str, JobRecord] = {}
         self.subscribers: dict[str, set[bytes]] = {}
-        # clients that said hello, most recently heard last; a ROUTER drops sends to ones that have gone
+        # clients whose hello asked for status pushes, most recently heard last; a ROUTER drops sends to
+        # ones that have gone
         self.listeners: OrderedDict[bytes, None] = OrderedDict()
         self._pushed_status: dict[str, Any] | None = None
         self.context = zmq.Context()
@@ -238,10 +239,11 @@ class Service:
         return {**record.summary(), "position": self.broker.position(record.id)}
 
     def _on_hello(self, identity: bytes, owner: str, message: Message) -> Frames:
-        self.listeners[identity] = None
-        self.listeners.move_to_end(identity)
-        while len(self.listeners) > MAX_LISTENERS:
-            self.listeners.popitem(last=False)
+        if message.fields.get("watch"):
+            self.listeners[identity] = None
+            self.listeners.move_to_end(identity)
+            while len(self.listeners) > MAX_LISTENERS:
+                self.listeners.popitem(last=False)
         return self._reply("welcome", message, {
             "server": "latentforge", "version": __version__, "protocol": VERSION, "tasks": tasks.available(),
             "methods": sorted(OBJECTIVES), "presets": sorted(PRESETS), "models": self.config.models,
@@ -315,7 +317,7 @@ class Service:
         return {"queue": len(self.broker.queue), "workers": len(self.broker.workers), "models": self.config.models}
 
     def _push_status(self) -> None:
-        """A heartbeat (no id) to every client that said hello, as soon as workers, queue or models change."""
+        """A heartbeat (no id) to every client that asked for it, as soon as workers, queue or models change."""
         status = self._status()
         if status == self._pushed_status:
             return
