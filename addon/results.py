@@ -17,6 +17,8 @@ JOB_PROPERTY = "latentforge_job"  # the service's job id, so the result can be f
 # Names get " texture" (or " sketch") appended, and Blender appends ".001" to a name already taken.
 LONGEST_SUFFIX = len(" texture") + len(".001")
 READABLE_BYTES = 63  # Blender's limit before 5.0; 5.0 allows 255 bytes, far more than the Outliner shows
+# a name is not left ending on one of these ("... holding a"): they only lead into the words cut off
+DANGLING = frozenset({"a", "an", "the", "of", "and", "or", "with", "in", "on", "at", "for", "to", "by", "from"})
 
 
 def name_limit() -> int:
@@ -39,7 +41,10 @@ def name_from_prompt(prompt: str, fallback: str = "LatentForge") -> str:
         name = longer
     if not name and words:  # a single word longer than the budget: cut it between characters
         name = words[0].encode("utf-8")[:budget].decode("utf-8", "ignore")
-    name = name.rstrip(" ,.;:-")
+    kept = name.split(" ")
+    while len(kept) > 1 and len(kept) < len(words) and kept[-1].lower().rstrip(",.;:-") in DANGLING:
+        kept.pop()
+    name = " ".join(kept).rstrip(" ,.;:-")
     return name[:1].upper() + name[1:] if name else fallback
 
 

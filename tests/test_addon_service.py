@@ -435,6 +435,7 @@ def test_an_empty_field_offers_a_reexport_that_trains_nothing_again(bpy: ModuleT
     assert job.state == "finished", job.message
     assert stages and set(stages) == {"export"}, stages  # straight to the export: no optimisation step
     result = next(o for o in bpy.data.objects if o.get("latentforge_prompt") == LONG_PROMPT)
-    support.assert_whole_words(result.name, LONG_PROMPT, 63 - support.submodule("results").LONGEST_SUFFIX)
+    results = support.submodule("results")
+    support.assert_whole_words(result.name, LONG_PROMPT, 63 - results.LONGEST_SUFFIX, results.DANGLING)
     assert len(result.data.polygons) > 0 and result["latentforge_job"] == job.job
     assert [i.name for i in bpy.data.images] == [f"{result.name} texture"]

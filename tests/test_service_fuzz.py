@@ -23,6 +23,7 @@ VALID = {
     "list": {"limit": 5},
     "cancel": {"job": "0" * 32},
     "fetch": {"job": "0" * 32},
+    "reexport": {"job": "0" * 32, "export": {"density_threshold": 1.0}},
     "heartbeat": {},
 }
 PATH_IDS = ["../../etc/passwd", "..", "/", "~/x", "a" * 32 + "/..", "A" * 32, "0" * 31, "0" * 33, "0" * 31 + "/",
@@ -70,7 +71,7 @@ def malformed(draw: st.DrawFn) -> tuple[str, list[bytes]]:
     if category == "job_id":
         job = draw(st.one_of(st.sampled_from(PATH_IDS), st.text(max_size=40)).filter(
             lambda j: not protocol.JOB_ID.fullmatch(j)))
-        return category, frames_of(header(draw(st.sampled_from(["status", "cancel", "fetch"])), job=job))
+        return category, frames_of(header(draw(st.sampled_from(["status", "cancel", "fetch", "reexport"])), job=job))
     if category == "frames":  # frame counts that disagree with the header
         spec = {"name": "vertices", "dtype": "float32", "shape": [1, 3]}
         declared = draw(st.integers(0, 3))
