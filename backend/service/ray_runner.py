@@ -160,8 +160,8 @@ class RayWorkers(WorkerPool):
     def start(self) -> None:
         ray = self.ray
         options: dict[str, Any] = {"namespace": NAMESPACE, "log_to_driver": True}
-        if self.address == "local":  # a cluster of this machine only, reachable from it only
-            options.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+        if self.address == "local":  # a new cluster of this machine only, without Ray's dashboard
+            options.update(address="local", include_dashboard=False)
         else:
             options["address"] = self.address
         try:
