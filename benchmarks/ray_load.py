@@ -77,7 +77,8 @@ def follow_jobs(endpoint: str, jobs: int) -> dict:
 
 def fault(endpoint: str) -> dict:
     """SIGKILL the actor of a running job after its first checkpoints: the steps and seconds it costs."""
-    job_overrides = {**SMALL_JOB, "optim": {"iters": 400}, "loop": {"checkpoint_every": 25}}
+    every = 25
+    job_overrides = {**SMALL_JOB, "optim": {"iters": 400}, "loop": {"checkpoint_every": every}}
     with Client(endpoint, timeout_s=60) as client:
         job = client.submit("a job that loses its actor", overrides=job_overrides)
         last_seen = 0
@@ -86,7 +87,8 @@ def fault(endpoint: str) -> dict:
             if message is not None and message.type == "progress" and message.fields["stage"] == "latent":
                 last_seen = message.fields["step"]
             saved = client.status(job)["checkpoint"]
-            if saved and saved["step"] >= 50 and last_seen > saved["step"]:
+            # half-way between two checkpoints: a failure costs up to `every` steps, this one about half
+            if saved and saved["step"] >= 2 * every and last_seen >= saved["step"] + every // 2:
                 break
         worker = client.status(job)["worker"]
         while (message := client.poll(0.0)) is not None:  # steps streamed up to the kill
@@ -105,7 +107,7 @@ def fault(endpoint: str) -> dict:
 
         client.wait(job, timeout_s=1800, on_progress=progress)
         info = client.status(job)
-    return {"checkpoint_every": 25, "checkpoint_step": saved["step"], "last_step_streamed": last_seen,
+    return {"checkpoint_every": every, "checkpoint_step": saved["step"], "last_step_streamed": last_seen,
             "steps_redone": last_seen - saved["step"], "first_step_after": resumed_at,
             "seconds_to_resume": round(resumed_s, 2) if resumed_s is not None else None,
             "attempts": info["attempts"], "finished": info["state"] == "finished"}

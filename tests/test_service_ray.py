@@ -68,8 +68,10 @@ def test_generate_and_paint_on_ray_equal_the_local_workers_results(ray_service, 
             for where, c in clients.items()
             for task, overrides, arrays in [("generate", service_tiny, {}),
                                             ("paint", PAINT, {"vertices": mesh.vertices, "faces": mesh.faces})]}
+    streamed: list = []  # the Ray generate's events, as a client sees them
     for (where, task), job in jobs.items():
-        results[where, task] = clients[where].wait(job, timeout_s=300)
+        on_progress = streamed.append if (where, task) == ("ray", "generate") else None
+        results[where, task] = clients[where].wait(job, timeout_s=300, on_progress=on_progress)
     for c in clients.values():
         c.close()
     for task in ("generate", "paint"):
@@ -80,6 +82,10 @@ def test_generate_and_paint_on_ray_equal_the_local_workers_results(ray_service, 
             a, b = getattr(on_ray, name), getattr(here, name)
             assert (a is None) == (b is None) and (a is None or np.array_equal(a, b)), (task, name)
         assert on_ray.texture_png == here.texture_png, task
+    latent = [p.fields for p in streamed if p.fields["stage"] == "latent"]
+    assert latent[-1]["step"] == latent[-1]["total"] == 30
+    assert latent[-1]["worker"] == results["ray", "generate"].stats["worker"]
+    assert any(p.blobs.get("preview", b"").startswith(b"\x89PNG") for p in streamed)
     local.close()  # its worker's CPU goes back to the actors
 
 

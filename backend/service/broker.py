@@ -114,6 +114,8 @@ class WorkerPool:
     def cancel(self, job: str) -> bool:
         raise NotImplementedError
 
+    poll_ms = 100  # how long the service's loop may wait for clients before it calls `tick` again
+
     def tick(self) -> None:
         """Called every turn of the service's loop."""
 

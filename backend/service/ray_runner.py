@@ -171,6 +171,9 @@ class RayWorkers(WorkerPool):
                                    "start one with `ray start --head`, or pass --ray local") from None
         resources = ray.cluster_resources()
         self.gpu = self.device.startswith("cuda") or (self.device == "auto" and resources.get("GPU", 0) >= 1)
+        if self.gpu and not resources.get("GPU"):
+            print("service: the Ray cluster has no GPU yet; the actors wait for one (--device cpu for CPU actors)",
+                  file=sys.stderr, flush=True)
         self._scale()
         print(f"service: on Ray at {self.address} ({resources.get('CPU', 0):g} CPUs, "
               f"{resources.get('GPU', 0):g} GPUs): {len(self.workers)} actor(s), one per "

@@ -151,7 +151,7 @@ class Service:
             poller.register(sock, zmq.POLLIN)
         last_reload = time.monotonic()
         while not stop.is_set():
-            ready = dict(poller.poll(getattr(self.broker, "poll_ms", 100)))
+            ready = dict(poller.poll(self.broker.poll_ms))
             for sock in ready:
                 for _ in range(DRAIN):
                     if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
