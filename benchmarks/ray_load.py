@@ -1,9 +1,10 @@
 """Load benchmark of `latentforge serve --ray` against local workers, on the same tiny jobs, in one run.
 
-Starts a local Ray cluster of `--actors` CPUs (`ray.init`), then, one after the other so
-they do not share the CPUs: a service with `--actors` local worker processes, and a service with
-`--actors` Ray actors of one CPU each. Once every worker has loaded its model, `--jobs` clients submit
-one small job each at the same moment and follow it. For each path it reports:
+Starts a local Ray cluster of `--actors` CPUs (`ray.init`), a service with `--actors` local worker
+processes and a service with `--actors` Ray actors of one CPU each. Once every worker has loaded its
+model, `--jobs` clients submit one small job each at the same moment and follow it, on one path, then
+the other, for `--rounds` turns each (alternating, so that a change in the machine's load falls on both).
+For each path it reports:
 
 - throughput: jobs finished per second, from the first submit to the last result;
 - submit → first progress: per job, the time until its first progress event reaches the client; the
@@ -11,8 +12,8 @@ one small job each at the same moment and follow it. For each path it reports:
 - the Ray path's overhead as ratios, Ray / local (wall time, and first-progress latency).
 
 With `--fault` it then kills (SIGKILL) the actor running a longer job once the service holds a
-checkpoint of it, and reports what the failure cost: the steps redone (the last step streamed before
-the kill minus the checkpoint's step the job resumed from) and the seconds until it streamed again.
+checkpoint of it, half-way to the next, and reports what the failure cost: the steps redone (from the
+step it resumed at to the last step streamed before the kill) and the seconds until it streamed again.
 
 Prints the numbers and then JSON. Not a test: `python benchmarks/ray_load.py [--actors 2 --jobs 8]`.
 """
@@ -20,6 +21,7 @@ Prints the numbers and then JSON. Not a test: `python benchmarks/ray_load.py [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -108,7 +110,9 @@ def fault(endpoint: str) -> dict:
         client.wait(job, timeout_s=1800, on_progress=progress)
         info = client.status(job)
     return {"checkpoint_every": every, "checkpoint_step": saved["step"], "last_step_streamed": last_seen,
-            "steps_redone": last_seen - saved["step"], "first_step_after": resumed_at,
+            # it resumed at step `resumed_at`: every step from there to the last one streamed was done twice
+            "steps_redone": last_seen - resumed_at + 1 if resumed_at is not None else None,
+            "first_step_after": resumed_at,
             "seconds_to_resume": round(resumed_s, 2) if resumed_s is not None else None,
             "attempts": info["attempts"], "finished": info["state"] == "finished"}
 
@@ -117,6 +121,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--actors", type=int, default=2, help="CPUs of the Ray cluster = actors = local workers")
     parser.add_argument("--jobs", type=int, default=8, help="small jobs submitted at once")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each path takes (they alternate)")
     parser.add_argument("--fault", action="store_true", help="also kill an actor mid-job and report the cost")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
@@ -128,30 +133,38 @@ def main() -> int:
     report: dict = {"actors": args.actors, "jobs": args.jobs, "ray": ray.__version__}
     paths = {"local": (["--device", "cpu"], r"joined \("),
              "ray": (["--ray", address, "--device", "cpu"], r"joined on Ray")}
-    try:
-        for name, (flags, joined) in paths.items():
-            with tempfile.TemporaryDirectory(prefix=f"latentforge-{name}-") as tmp:
-                process, endpoint = start_service(Path(tmp) / "jobs", args.actors, *flags, timeout_s=600)
-                try:
-                    startup = wait_for_workers(Path(tmp) / "service.log", joined, args.actors)
-                    report[name] = {"workers_ready_s": round(startup, 1), **follow_jobs(endpoint, args.jobs)}
-                    if name == "ray" and args.fault:
-                        report["node_failure"] = fault(endpoint)
-                finally:
-                    process.terminate()
-                    process.wait(60)
-    finally:
-        ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        stack.callback(ray.shutdown)
+        endpoints = {}
+        for name, (flags, joined) in paths.items():  # both up at once: idle workers cost next to nothing
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"latentforge-{name}-")))
+            process, endpoints[name] = start_service(tmp / "jobs", args.actors, *flags, timeout_s=600)
+            stack.callback(process.wait, 60)
+            stack.callback(process.terminate)
+            report[name] = {"workers_ready_s": round(wait_for_workers(tmp / "service.log", joined, args.actors), 1)}
+        # the two paths take turns (local, ray, ray, local, ...) so a change in the machine's load hits both
+        rounds: dict[str, list[dict]] = {"local": [], "ray": []}
+        for r in range(args.rounds):
+            for name in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+                rounds[name].append(follow_jobs(endpoints[name], args.jobs))
+        for name, runs in rounds.items():
+            wall = sum(run["wall_s"] for run in runs)
+            latency = sorted(s for run in runs for s in run["latency_s"])
+            idle = sorted(s for run in runs for s in run["latency_s"][: args.actors])
+            report[name].update({"jobs": args.jobs * args.rounds, "wall_s": round(wall, 2),
+                                 "jobs_per_s": round(args.jobs * args.rounds / wall, 3),
+                                 "first_progress_ms": percentiles(latency), "latency_idle_s": idle})
+        if args.fault:
+            report["node_failure"] = fault(endpoints["ray"])
     local, on_ray = report["local"], report["ray"]
-    n = args.actors
     report["ratio_ray_over_local"] = {
         "wall": round(on_ray["wall_s"] / local["wall_s"], 3),
         "throughput": round(on_ray["jobs_per_s"] / local["jobs_per_s"], 3),
         "first_progress_p50": round(on_ray["first_progress_ms"]["p50"] / local["first_progress_ms"]["p50"], 3),
-        "first_progress_idle_worker": round(sum(on_ray["latency_s"][:n]) / sum(local["latency_s"][:n]), 3)}
+        "first_progress_idle_worker": round(sum(on_ray["latency_idle_s"]) / sum(local["latency_idle_s"]), 3)}
     for name in ("local", "ray"):
         r = report[name]
-        idle = [round(s * 1000, 1) for s in r.pop("latency_s")[:n]]
+        idle = [round(s * 1000, 1) for s in r.pop("latency_idle_s")]
         r["first_progress_idle_worker_ms"] = idle
         print(f"{name:>5}: {r['jobs']} jobs in {r['wall_s']} s = {r['jobs_per_s']} jobs/s; submit→first progress "
               f"p50 {r['first_progress_ms']['p50']} ms (idle worker: {idle} ms); workers ready in "

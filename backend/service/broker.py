@@ -114,6 +114,9 @@ class WorkerPool:
     def cancel(self, job: str) -> bool:
         raise NotImplementedError
 
+    def start(self) -> None:
+        """The service is starting: before its sockets listen."""
+
     poll_ms = 100  # how long the service's loop may wait for clients before it calls `tick` again
 
     def tick(self) -> None:

@@ -116,8 +116,7 @@ class Service:
         return sock
 
     def start(self) -> None:
-        if self.config.ray is not None:  # joined before anything listens: a wrong address ends here
-            self.broker.start()
+        self.broker.start()  # e.g. joins the Ray cluster, before anything listens: a wrong address ends here
         if self.config.keys_dir is not None:
             self.curve = Curve(self.context, self.config.keys_dir)
         self.front = self._listen(zmq.ROUTER, self.config.bind, True, REQUEST_LIMITS.max_message_bytes)
