@@ -107,6 +107,9 @@ def test_cancel_a_queued_and_a_running_ray_job(ray_service, service_tiny) -> Non
             assert err.value.code == "cancelled"
             assert client.status(job)["progress"]["step"] < 5000
         assert client.status(queued)["attempts"] == 0  # it never reached an actor
+        # every job so far ran on the module's two actors, each of which loaded the model once
+        assert len({client.status(j)["worker"] for j in running}) == 2
+        assert ray_service.log().count("joined on Ray") == 2
 
 
 def test_an_actor_killed_mid_job_its_job_resumes_on_the_other_from_its_checkpoint(ray_service,
