@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="the default schedule even on the CPU")
     d.add_argument("--out", default="out/example.glb")
     d.set_defaults(func=cmd_demo)
-    service_commands.register(sub)  # serve, worker, keys, submit, status, fetch
+    service_commands.register(sub)  # serve, keys, submit, status, fetch
     bench_commands.register(sub)  # bench
     return parser
 

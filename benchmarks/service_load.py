@@ -38,13 +38,14 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
             "max": round(float(ms.max()), 2), "mean": round(float(ms.mean()), 2)}
 
 
-def start_service(jobs: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_service(jobs: Path, workers: int, *extra: str, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """`latentforge serve` on a free loopback port (`extra`: more serve flags); its log is beside `jobs`."""
     log = open(jobs.parent / "service.log", "w+")  # noqa: SIM115 - read back below, closed with the folder
     process = subprocess.Popen([sys.executable, "-m", "backend", "serve", "--bind", "tcp://127.0.0.1:*",
                                 "--jobs", str(jobs), "--model", f"target:{example_target()}",
-                                "--workers", str(workers), "--max-queued", "100"],
+                                "--workers", str(workers), "--max-queued", "100", *extra],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         match = re.search(r"listening on (\S+)", (jobs.parent / "service.log").read_text())
         if match:

@@ -55,7 +55,7 @@ SERVICE_TINY = {
 
 
 class ServiceProcess:
-    """`python -m backend serve|worker ...` with its output in a log file."""
+    """`python -m backend serve ...` with its output in a log file."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         import os
@@ -68,7 +68,7 @@ class ServiceProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self.process = subprocess.Popen([sys.executable, "-u", "-m", "backend", *args], stdout=self._log, env=env,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.endpoint = self.broker_endpoint = ""
+        self.endpoint = ""
 
     @property
     def pid(self) -> int:
@@ -121,34 +121,24 @@ class ServiceProcess:
 
 @pytest.fixture(scope="module")
 def start_service(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a factory
-    """`start_service(*serve_args, jobs=None, workers=1)` → a running service (endpoint read from its log);
-    `start_service.worker(endpoint, *args)` → a remote worker. All are killed when the module ends."""
+    """`start_service(*serve_args, jobs=None, workers=1)` → a running service (endpoint read from its log).
+    All are killed when the module ends."""
     from backend.examples import example_target
 
     started: list[ServiceProcess] = []
     model = f"target:{example_target()}"
 
     def start(*args: str, jobs: Path | None = None, workers: int = 1, bind: str = "tcp://127.0.0.1:*",
-              ready: bool = True) -> ServiceProcess:
+              ready: bool = True, timeout_s: float = 60.0) -> ServiceProcess:
         folder = tmp_path_factory.mktemp("service")
         argv = ["serve", "--bind", bind, "--jobs", str(jobs or folder / "jobs"), "--model", model,
                 "--workers", str(workers), "--device", "cpu", "--heartbeat-s", "0.5", *args]
         service = ServiceProcess(argv, folder / "service.log")
         started.append(service)
         if ready:
-            service.endpoint = service.wait_for_log(r"listening on (\S+)")
-            if "--broker" in args:
-                service.broker_endpoint = service.wait_for_log(r"remote workers connect to (\S+)")
+            service.endpoint = service.wait_for_log(r"listening on (\S+)", timeout_s)
         return service
 
-    def worker(endpoint: str, *args: str) -> ServiceProcess:
-        folder = tmp_path_factory.mktemp("worker")
-        process = ServiceProcess(["worker", "--connect", endpoint, "--model", model, "--device", "cpu",
-                                  "--heartbeat-s", "0.5", *args], folder / "worker.log")
-        started.append(process)
-        return process
-
-    start.worker = worker
     start.model = model
     yield start
     for process in started:

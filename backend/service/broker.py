@@ -1,9 +1,11 @@
-"""The worker side of the service: ZeroMQ's load-balancing pattern with heartbeats.
+"""Jobs to workers: the queue every kind of worker shares, and the local workers' ZeroMQ link.
 
-Workers (local processes or remote machines) connect DEALERs to a ROUTER and say `ready`; idle workers
-wait least-recently-used first, and the oldest queued job goes to the first idle worker that serves its
-model. A worker that misses heartbeats, exits, or says `ready` while it still holds a job has lost that
-job: the service requeues it, and the next worker resumes it from the checkpoint it last shipped.
+`WorkerPool` holds the queue in submission order and pairs the oldest queued job with the first idle
+worker that serves its model (idle workers wait least-recently-used first). `Broker` is the pool of the
+service's own worker processes, ZeroMQ's load-balancing pattern with heartbeats: they connect DEALERs to
+a private ROUTER and say `ready`. A worker that misses heartbeats, exits, or says `ready` while it still
+holds a job has lost that job: the service requeues it, and the next worker resumes it from the
+checkpoint it last shipped. (`backend.service.ray_runner` is the same pool on a Ray cluster.)
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import zmq
 
@@ -45,21 +47,21 @@ class WorkerInfo:
 
 
 class JobHost(Protocol):
-    """What the broker reports to the service."""
+    """What a pool reports to the service (`worker` has at least `name`, `models` and `job`)."""
 
-    def job_message(self, job: str, message: Message, worker: WorkerInfo) -> None: ...
+    def job_message(self, job: str, message: Message, worker: Any) -> None: ...
 
-    def job_lost(self, job: str, worker: WorkerInfo, why: str) -> None: ...
+    def job_lost(self, job: str, worker: Any, why: str) -> None: ...
 
 
-class Broker:
-    def __init__(self, host: JobHost, heartbeat_s: float = 1.0) -> None:
+class WorkerPool:
+    """The queue and the idle workers; subclasses move the jobs (`send`, `cancel`, `tick`)."""
+
+    def __init__(self, host: JobHost) -> None:
         self.host = host
-        self.heartbeat_s = heartbeat_s
         self.queue: deque[str] = deque()
-        self.workers: dict[tuple[int, bytes], WorkerInfo] = {}
-        self.idle: list[tuple[int, bytes]] = []  # least recently used first
-        self._last_beat = 0.0
+        self.workers: dict[Hashable, Any] = {}
+        self.idle: list[Hashable] = []  # least recently used first
 
     # --- the queue
 
@@ -82,8 +84,53 @@ class Broker:
         except ValueError:
             return None
 
-    def running_on(self, job: str) -> WorkerInfo | None:
+    def running_on(self, job: str) -> Any:
         return next((w for w in self.workers.values() if w.job == job), None)
+
+    # --- dispatch
+
+    def match(self, model_of: Callable[[str], str]) -> list[tuple[str, Any]]:
+        """Pair the oldest queued jobs with idle workers that serve their model, and mark them busy."""
+        pairs = []
+        for key in list(self.idle):
+            worker = self.workers[key]
+            job = next((j for j in self.queue if model_of(j) in worker.models), None)
+            if job is not None:
+                self.queue.remove(job)
+                self.idle.remove(key)
+                worker.job = job
+                pairs.append((job, worker))
+        return pairs
+
+    def release(self, worker: Any) -> None:
+        """Make a worker idle again without a job (its task could not be sent)."""
+        worker.job = None
+        if worker.key not in self.idle:
+            self.idle.append(worker.key)
+
+    def send(self, worker: Any, frames: Frames) -> None:
+        raise NotImplementedError
+
+    def cancel(self, job: str) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """The service is starting: before its sockets listen."""
+
+    poll_ms = 100  # how long the service's loop may wait for clients before it calls `tick` again
+
+    def tick(self) -> None:
+        """Called every turn of the service's loop."""
+
+    def close(self) -> None:
+        """The service is stopping."""
+
+
+class Broker(WorkerPool):
+    def __init__(self, host: JobHost, heartbeat_s: float = 1.0) -> None:
+        super().__init__(host)
+        self.heartbeat_s = heartbeat_s
+        self._last_beat = 0.0
 
     # --- worker messages
 
@@ -122,25 +169,6 @@ class Broker:
         return worker
 
     # --- dispatch and liveness
-
-    def match(self, model_of: Callable[[str], str]) -> list[tuple[str, WorkerInfo]]:
-        """Pair the oldest queued jobs with idle workers that serve their model, and mark them busy."""
-        pairs = []
-        for key in list(self.idle):
-            worker = self.workers[key]
-            job = next((j for j in self.queue if model_of(j) in worker.models), None)
-            if job is not None:
-                self.queue.remove(job)
-                self.idle.remove(key)
-                worker.job = job
-                pairs.append((job, worker))
-        return pairs
-
-    def release(self, worker: WorkerInfo) -> None:
-        """Make a worker idle again without a job (its task could not be sent)."""
-        worker.job = None
-        if worker.key not in self.idle:
-            self.idle.append(worker.key)
 
     def send(self, worker: WorkerInfo, frames: Frames) -> None:
         worker.socket.send_multipart([worker.identity, *frames], copy=False)

@@ -1,4 +1,4 @@
-"""The service's command-line commands: serve, worker, keys, submit, status, reexport, fetch."""
+"""The service's command-line commands: serve, keys, submit, status, reexport, fetch."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from typing import Any
 
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
-
-DEFAULT_BROKER = "tcp://127.0.0.1:5556"
 
 
 def _stop_on_signals() -> threading.Event:
@@ -39,35 +37,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from backend.service.jobs import default_jobs_dir
     from backend.service.server import Service, ServiceConfig
 
-    devices = _devices(args.device)
-    workers = args.workers if args.workers is not None else (0 if args.broker else len(devices))
+    if args.workers is not None and args.workers < 0:
+        raise LatentForgeError("--workers must be 0 or more")
+    if args.ray is not None:  # the cluster's GPUs (or CPUs) are the actors' devices, not this machine's
+        workers, devices = args.workers or 0, [args.device]
+    else:
+        found = _devices(args.device)
+        workers = args.workers if args.workers is not None else len(found)
+        devices = [found[i % len(found)] for i in range(workers)]
     config = ServiceConfig(
         jobs_dir=Path(args.jobs) if args.jobs else default_jobs_dir(), models=args.model or [f"sd:{default_model()}"],
-        bind=args.bind, workers=workers, devices=[devices[i % len(devices)] for i in range(workers)],
-        broker_bind=args.broker_bind if args.broker else None, keys_dir=Path(args.keys) if args.keys else None,
-        max_queued_per_client=args.max_queued, heartbeat_s=args.heartbeat_s)
+        bind=args.bind, workers=workers, devices=devices or ["cpu"], ray=args.ray, ray_cpus=args.ray_cpus,
+        keys_dir=Path(args.keys) if args.keys else None, max_queued_per_client=args.max_queued,
+        heartbeat_s=args.heartbeat_s)
     service = Service(config)
-    stop = _stop_on_signals()
     try:
         service.start()
-        where = f"; remote workers connect to {service.broker_endpoint}" if args.broker else ""
+        stop = _stop_on_signals()  # after joining Ray, which installs handlers of its own
+        where = f"Ray actors at {args.ray}" if args.ray is not None else f"{workers} local worker(s)"
         print(f"latentforge service listening on {service.endpoint} ({'CURVE' if args.keys else 'loopback only'}); "
-              f"jobs in {service.store.root}; {workers} local worker(s){where}", flush=True)
+              f"jobs in {service.store.root}; {where}", flush=True)
         service.serve(stop)
     finally:
         service.close()
     return 0
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from backend.guidance import build_guidance
-    from backend.service.worker import Worker
-
-    device = _devices(args.device)[0]
-    keys = _keys(args)
-    guidances = {spec: build_guidance(spec, device) for spec in args.model}  # loaded once, kept for every job
-    stop = _stop_on_signals()
-    return Worker(args.connect, guidances, device, keys, args.heartbeat_s, args.parent).run(stop)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -192,26 +185,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--jobs", help="job folder (default: the per-user data folder)")
     s.add_argument("--model", action="append", help="a guidance spec to serve (sd:MODEL or target:MESH.glb); "
                                                    "repeat for several; the first is the default")
-    s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, or 1 on the CPU; "
-                                               "0 with --broker)")
-    s.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    s.add_argument("--broker", action="store_true", help="also accept remote workers (`latentforge worker`)")
-    s.add_argument("--broker-bind", default=DEFAULT_BROKER, help=f"where remote workers connect ({DEFAULT_BROKER})")
-    s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients and remote workers "
-                                  "(required off loopback)")
+    s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, or 1 on the CPU); "
+                                               "with --ray, Ray actors (default: one per GPU of the cluster, or "
+                                               "one per node when it has none)")
+    s.add_argument("--device", default="auto", help="cpu, cuda or auto (default); with --ray, cpu makes CPU actors "
+                                                    "even on a cluster with GPUs")
+    s.add_argument("--ray", metavar="ADDRESS", help="run jobs on a Ray cluster: auto (the cluster this machine "
+                                                    "belongs to), local (start one here) or HOST:PORT; needs the "
+                                                    "ray extra (pip install 'latentforge[ray]')")
+    s.add_argument("--ray-cpus", type=float, default=1.0, help="with --ray on a cluster without GPUs: CPUs each "
+                                                               "actor takes (default 1)")
+    s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients (required off loopback)")
     s.add_argument("--max-queued", type=int, default=8, help="queued jobs allowed per client (default 8)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="worker heartbeat interval (default 1 s)")
     s.set_defaults(func=_run(cmd_serve))
-
-    w = sub.add_parser("worker", help="a worker for a service started with --broker (one per GPU)")
-    w.add_argument("--connect", default=DEFAULT_BROKER, help=f"the service's worker address ({DEFAULT_BROKER})")
-    w.add_argument("--model", action="append", required=True, help="a guidance spec to load; repeat for several")
-    w.add_argument("--device", default="auto")
-    w.add_argument("--server-key", help="the service's public key file, for CURVE")
-    w.add_argument("--client-key", help="this worker's secret key file, for CURVE")
-    w.add_argument("--heartbeat-s", type=float, default=1.0)
-    w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # set by the service for its local workers
-    w.set_defaults(func=_run(cmd_worker))
 
     k = sub.add_parser("keys", help="create CURVE keys: the server's pair and allow-listed client pairs")
     k.add_argument("--dir", help="keys folder (default: the per-user config folder)")

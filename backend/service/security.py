@@ -1,8 +1,8 @@
 """Who may talk to the service: loopback by default, ZeroMQ CURVE with an allow-list of client keys otherwise.
 
 A keys folder holds the server's key pair (`server.key`, `server.key_secret`), `authorized_clients/`
-(the public keys the service accepts: the allow-list) and `clients/` (key pairs made for clients and
-remote workers; hand each its `.key_secret` and the server's `server.key`).
+(the public keys the service accepts: the allow-list) and `clients/` (key pairs made for clients; hand
+each its `.key_secret` and the server's `server.key`).
 """
 
 from __future__ import annotations

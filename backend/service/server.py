@@ -1,4 +1,4 @@
-"""The service: a ROUTER for clients, a job store on disk, and a broker in front of the workers.
+"""The service: a ROUTER for clients, a job store on disk, and a pool of workers (local processes or Ray).
 
 One thread owns every socket. Each client message is decoded and validated (protocol, then the task's
 own settings) before anything is written or sent to a worker; a bad one gets an `error` reply and the
@@ -27,7 +27,7 @@ from backend.errors import LatentForgeError
 from backend.objectives import OBJECTIVES
 from backend.presets import PRESETS
 from backend.service import checkpoint_wire, tasks
-from backend.service.broker import Broker, WorkerInfo
+from backend.service.broker import Broker, WorkerPool
 from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
 from backend.service.protocol import (
     CLIENT_REQUESTS,
@@ -65,7 +65,8 @@ class ServiceConfig:
     bind: str = "tcp://127.0.0.1:5555"
     workers: int = 1  # local worker processes, one per entry of `devices`
     devices: list[str] = field(default_factory=lambda: ["cpu"])
-    broker_bind: str | None = None  # also accept remote workers here (--broker)
+    ray: str | None = None  # run jobs on this Ray cluster ("auto", "local" or an address), not local workers
+    ray_cpus: float = 1.0  # CPUs each Ray actor takes on a cluster without GPUs
     keys_dir: Path | None = None
     max_queued_per_client: int = 8
     heartbeat_s: float = 1.0
@@ -78,11 +79,9 @@ class Service:
             raise LatentForgeError("the service needs at least one model", "pass --model SPEC")
         # refused before any socket exists, so an insecure service never listens even briefly
         check_bind(config.bind, config.keys_dir)
-        if config.broker_bind is not None:
-            check_bind(config.broker_bind, config.keys_dir)
         self.config = config
         self.store = JobStore(config.jobs_dir)
-        self.broker = Broker(self, config.heartbeat_s)
+        self.broker = self._pool(config)
         self.records: dict[str, JobRecord] = {}
         self.subscribers: dict[str, set[bytes]] = {}
         # clients whose hello asked for status pushes, most recently heard last; a ROUTER drops sends to
@@ -94,7 +93,15 @@ class Service:
         self.sockets: list[zmq.Socket] = []
         self.local: LocalWorkers | None = None
         self._link_dir: str | None = None
-        self.endpoint = self.broker_endpoint = ""
+        self.endpoint = ""
+
+    def _pool(self, config: ServiceConfig) -> WorkerPool:
+        """Where jobs run: the service's own worker processes, or actors on a Ray cluster."""
+        if config.ray is None:
+            return Broker(self, config.heartbeat_s)
+        from backend.service.ray_runner import RayWorkers
+
+        return RayWorkers(self, config.ray, config.models, config.workers, config.devices[0], config.ray_cpus)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -115,6 +122,7 @@ class Service:
         return sock
 
     def start(self) -> None:
+        self.broker.start()  # e.g. joins the Ray cluster, before anything listens: a wrong address ends here
         if self.config.keys_dir is not None:
             self.curve = Curve(self.context, self.config.keys_dir)
         self.front = self._listen(zmq.ROUTER, self.config.bind, True, REQUEST_LIMITS.max_message_bytes)
@@ -126,12 +134,8 @@ class Service:
         else:
             link = "tcp://127.0.0.1:*"
         self.local_link = self._listen(zmq.ROUTER, link, False)
-        self.remote_link = None
-        if self.config.broker_bind is not None:
-            self.remote_link = self._listen(zmq.ROUTER, self.config.broker_bind, True)
-            self.broker_endpoint = self.remote_link.last_endpoint.decode()
         self._recover()
-        if self.config.workers:
+        if self.config.workers and self.config.ray is None:
             self.local = LocalWorkers(self.local_link.last_endpoint.decode(), self.config.models,
                                       self.config.devices[: self.config.workers], self.config.heartbeat_s)
             self.local.start()
@@ -152,7 +156,7 @@ class Service:
             poller.register(sock, zmq.POLLIN)
         last_reload = time.monotonic()
         while not stop.is_set():
-            ready = dict(poller.poll(100))
+            ready = dict(poller.poll(self.broker.poll_ms))
             for sock in ready:
                 for _ in range(DRAIN):
                     if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -182,6 +186,7 @@ class Service:
         """Stop workers and sockets; running jobs go back to queued (a clean stop is not a crash)."""
         if self.local is not None:
             self.local.stop()
+        self.broker.close()
         for record in self.records.values():
             if record.state == "running":
                 record.state = "queued"
@@ -416,7 +421,7 @@ class Service:
         except Exception:  # a bug, or a disk error while saving: log it and keep serving
             traceback.print_exc()
 
-    def job_message(self, job: str, message: Message, worker: WorkerInfo) -> None:
+    def job_message(self, job: str, message: Message, worker: Any) -> None:
         record = self.records[job]
         fields = message.fields
         if message.type == "progress":
@@ -444,7 +449,7 @@ class Service:
             self._end(record, state, fields["code"], fields["message"], fields.get("hint"),
                       self._reexport_offer(record, fields.get("details")))
 
-    def job_lost(self, job: str, worker: WorkerInfo, why: str) -> None:
+    def job_lost(self, job: str, worker: Any, why: str) -> None:
         record = self.records[job]
         record.crashes += 1
         self._requeue_or_end(record, why)

@@ -1,6 +1,6 @@
 """Local worker processes: one per device, started by the service and restarted if one dies.
 
-Each is `python -m backend worker --parent <service pid>`: a separate interpreter (no fork of a process
+Each is `python -m backend.service.worker --parent <service pid>`: a separate interpreter (no fork of a process
 that holds CUDA or sockets) that exits by itself when the service that started it is gone.
 """
 
@@ -33,7 +33,7 @@ class LocalWorkers:
         self.slots = [Slot(d) for d in devices]
 
     def _command(self, device: str) -> list[str]:
-        cmd = [sys.executable, "-m", "backend", "worker", "--connect", self.endpoint, "--device", device,
+        cmd = [sys.executable, "-m", "backend.service.worker", "--connect", self.endpoint, "--device", device,
                "--heartbeat-s", str(self.heartbeat_s), "--parent", str(os.getpid())]
         for model in self.models:
             cmd += ["--model", model]

@@ -1,17 +1,22 @@
-"""A worker: one process per GPU that loads its models once and runs the jobs the service hands it.
+"""A local worker: one process per GPU, started by the service, that loads its models once and runs jobs.
 
-It connects a DEALER to the service's worker endpoint (the load-balancing pattern): it announces itself
-with `ready`, gets one `task` at a time, streams `progress`, ships every new checkpoint, and ends each
-job with `result` or `error`, then says `ready` again. Heartbeats go both ways; a worker that stops
-hearing the service reconnects (or, when the service spawned it, exits).
+It connects a DEALER to the service's private worker link (the load-balancing pattern): it announces
+itself with `ready`, gets one `task` at a time, streams `progress`, ships every new checkpoint, and ends
+each job with `result` or `error`, then says `ready` again. Heartbeats go both ways; a worker that stops
+hearing the service, or whose service process is gone, exits. `JobRun` (one job in its own thread) is
+shared with the Ray actors of `backend.service.ray_runner`.
+
+Started as `python -m backend.service.worker --connect LINK --parent PID --model SPEC --device DEV`.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import queue
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -30,7 +35,6 @@ from backend.export.glb import png_bytes
 from backend.guidance.base import Guidance
 from backend.loop import CHECKPOINT_NAME
 from backend.service import checkpoint_wire
-from backend.service.client import CurveKeys
 from backend.service.protocol import (
     BROKER_TO_WORKER,
     CHECKPOINT_PREFIX,
@@ -155,9 +159,9 @@ class JobRun:
 
 
 class Worker:
-    def __init__(self, endpoint: str, guidances: dict[str, Guidance], device: str, keys: CurveKeys | None = None,
-                 heartbeat_s: float = 1.0, parent_pid: int | None = None) -> None:
-        self.endpoint, self.guidances, self.device, self.keys = endpoint, guidances, device, keys
+    def __init__(self, endpoint: str, guidances: dict[str, Guidance], device: str, parent_pid: int,
+                 heartbeat_s: float = 1.0) -> None:
+        self.endpoint, self.guidances, self.device = endpoint, guidances, device
         self.heartbeat_s, self.parent_pid = heartbeat_s, parent_pid
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.context = zmq.Context.instance()
@@ -166,12 +170,8 @@ class Worker:
         self.sock: zmq.Socket | None = None
 
     def _connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close(linger=0)
         self.sock = self.context.socket(zmq.DEALER)
         self.sock.linger = 0
-        if self.keys is not None:
-            self.keys.apply(self.sock)
         self.sock.connect(self.endpoint)
         self._send(encode("ready", {"models": sorted(self.guidances), "device": self.device, "pid": os.getpid(),
                                     "name": self.name}))
@@ -197,7 +197,7 @@ class Worker:
             self.run_.cancel.set()
 
     def _drop_job(self) -> None:
-        """The service forgot us (it restarted or timed us out) and requeues the job itself: stop it."""
+        """The service is gone or stopping (a restarted one requeues the job itself): stop it."""
         if self.run_ is not None:
             self.run_.cancel.set()
             self.run_.thread.join()
@@ -225,16 +225,39 @@ class Worker:
             now = time.monotonic()
             if now - self.last_sent >= self.heartbeat_s:
                 self._send(encode("heartbeat", {"time": time.time()}))
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            if os.getppid() != self.parent_pid:
                 print(f"worker {self.name}: the service that started it is gone; exiting", file=sys.stderr)
                 break
             if now - self.last_heard > PATIENCE * self.heartbeat_s:
-                if self.parent_pid is not None:
-                    print(f"worker {self.name}: the service stopped answering; exiting", file=sys.stderr)
-                    break
-                print(f"worker {self.name}: lost the service; reconnecting", file=sys.stderr)
-                self._drop_job()
-                self._connect()
+                print(f"worker {self.name}: the service stopped answering; exiting", file=sys.stderr)
+                break
         self._drop_job()
         self.sock.close(linger=0)
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The entry point of a worker process the service starts (see `backend.service.supervisor`)."""
+    from backend.errors import LatentForgeError
+    from backend.guidance import build_guidance
+
+    parser = argparse.ArgumentParser(prog="python -m backend.service.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--connect", required=True, help="the service's private worker link")
+    parser.add_argument("--parent", type=int, required=True, help="the service's pid: exit when it is gone")
+    parser.add_argument("--model", action="append", required=True, help="a guidance spec to load")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--heartbeat-s", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        guidances = {spec: build_guidance(spec, args.device) for spec in args.model}  # loaded once, kept
+    except LatentForgeError as exc:
+        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
+        return 2
+    return Worker(args.connect, guidances, args.device, args.parent, args.heartbeat_s).run(stop)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
