@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from shapes import surface_psnr, two_tone_box  # noqa: E402
+from shapes import face_texels, surface_psnr, two_tone_box  # noqa: E402
 
 from backend.config import merge  # noqa: E402
 from backend.guidance.target import TargetGuidance  # noqa: E402
@@ -36,18 +36,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     target = two_tone_box()
-    config = merge(PaintConfig(prompt="a two-tone box"), {
-        "resolution": args.resolution, "texture_size": args.texture_size, "iters": args.iters, "lr": args.lr,
-        "texture_filter": args.filter, "camera": {"elevation_range": list(args.elevation)},
-        "loop": {"checkpoint_every": 0}})
+    overrides = {"resolution": args.resolution, "texture_size": args.texture_size, "iters": args.iters,
+                 "lr": args.lr, "camera": {"elevation_range": list(args.elevation)}, "loop": {"checkpoint_every": 0}}
+    if hasattr(PaintConfig, "texture_filter"):  # older versions sample bilinearly only
+        overrides["texture_filter"] = args.filter
+    config = merge(PaintConfig(prompt="a two-tone box"), overrides)
     start = time.process_time()
     with tempfile.TemporaryDirectory() as out:
         result = paint(config, TargetGuidance(target), target.copy_with(vertex_colors=None), Path(out) / "box.glb")
     cpu = time.process_time() - start
     face_colors = target.vertex_colors[target.faces].mean(1)
+    flat = (target.vertices[target.faces].mean(1)[:, 2] > 0.65).nonzero()[0]  # red, away from the seam
+    flat_std = result.texture[face_texels(result.mesh, args.texture_size, flat)].astype(float).std(0).mean()
     print(json.dumps({"filter": args.filter, "resolution": args.resolution, "texture_size": args.texture_size,
                       "iters": args.iters, "lr": args.lr, "elevation": list(args.elevation),
                       "psnr_all_faces_db": round(surface_psnr(result.mesh, result.texture, face_colors), 2),
+                      "flat_region_std_levels": round(float(flat_std), 2),
                       "cpu_s_per_100_steps": round(100 * cpu / args.iters, 2)}))
 
 

@@ -66,3 +66,17 @@ def surface_psnr(mesh: Mesh, texture: np.ndarray, face_colors: np.ndarray, faces
     got = texture[rows, cols].astype(np.float32) / 255.0  # [F, 4, 3]
     mse = float(((got - face_colors[faces][:, None]) ** 2).mean())
     return 10 * np.log10(1 / max(mse, 1e-12))
+
+
+def face_texels(mesh: Mesh, size: int, faces: np.ndarray, erode: int = 2) -> np.ndarray:
+    """[size, size] bool: the atlas texels `faces` cover, `erode` texels in from their charts' edges."""
+    import torch
+    from scipy.ndimage import binary_erosion
+
+    from backend.render.rasterize import rasterize
+
+    uv = torch.as_tensor(mesh.uvs, dtype=torch.float32)
+    clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)
+    ids = rasterize(clip, torch.as_tensor(mesh.faces), (size, size))[0, ..., 3].long().numpy() - 1
+    inside = np.isin(ids, faces) & (ids >= 0)
+    return binary_erosion(inside, iterations=erode) if erode else inside
