@@ -60,7 +60,7 @@ def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_u
         world = (local @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
         faces = _read(mesh.loop_triangles, "vertices", 3, np.int32)
         loops = _read(mesh.loop_triangles, "loops", 3, np.int32)
-        polygons = _read(mesh.loop_triangles, "polygon", 1, np.int32)
+        polygons = _read(mesh.loop_triangles, "polygon_index", 1, np.int32)
         uvs = None
         if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
             # The painted texture is mapped back onto the object's own loops, so they must be the same.

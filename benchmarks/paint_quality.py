@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--elevation", type=float, nargs=2, default=(-90.0, 90.0))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="keep the painted GLB (and PNG) here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     target = two_tone_box()
@@ -43,7 +44,8 @@ def main() -> None:
     config = merge(PaintConfig(prompt="a two-tone box"), overrides)
     start = time.process_time()
     with tempfile.TemporaryDirectory() as out:
-        result = paint(config, TargetGuidance(target), target.copy_with(vertex_colors=None), Path(out) / "box.glb")
+        result = paint(config, TargetGuidance(target), target.copy_with(vertex_colors=None),
+                       args.out or Path(out) / "box.glb")
     cpu = time.process_time() - start
     face_colors = target.vertex_colors[target.faces].mean(1)
     flat = (target.vertices[target.faces].mean(1)[:, 2] > 0.65).nonzero()[0]  # red, away from the seam

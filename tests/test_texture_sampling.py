@@ -9,8 +9,13 @@ from backend.cameras import Cameras
 from backend.render import nvdiffrast_raster
 from backend.render.mesh_render import render_mesh
 from backend.render.rasterize import interpolate, rasterize
-from backend.render.texture_sampling import mip_pyramid, nvdiffrast_mipmap, sample_bilinear, sample_mipmap, \
-    uv_derivatives
+from backend.render.texture_sampling import (
+    mip_pyramid,
+    nvdiffrast_mipmap,
+    sample_bilinear,
+    sample_mipmap,
+    uv_derivatives,
+)
 
 QUAD = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]])
 QUAD_FACES = torch.tensor([[0, 1, 2], [0, 2, 3]])
