@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from backend.cameras import Cameras
@@ -13,6 +14,7 @@ from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
+NOISE_CELL = 8  # latent texels per cell of the init noise
 
 
 class LatentTexture(nn.Module):
@@ -20,7 +22,7 @@ class LatentTexture(nn.Module):
 
     Renders sample the texture with trilinear mip-mapping (`filtering`), so every texel under a pixel's
     footprint gets gradient; texels that none ever reached are filled from their seen neighbours
-    (`filled_texture`) instead of keeping the init noise. RGB renders are shaded by the cameras' light
+    (`filled_texture`) instead of keeping the init noise, which has no detail finer than views resolve. RGB renders are shaded by the cameras' light
     (DreamFusion), so the texture optimised in the fine-tuning stage is albedo.
     """
 
@@ -31,7 +33,11 @@ class LatentTexture(nn.Module):
         self.register_buffer("faces", faces, persistent=False)
         self.register_buffer("uvs", uvs, persistent=False)
         init = rgb_to_latent(torch.tensor(INIT_RGB).view(1, 3, 1, 1))[0]
-        noise = torch.randn(4, size, size, generator=generator)
+        # Latent-Paint's noise, drawn at 1/8 of the texture and upsampled: views see (and so correct) the
+        # texture only at their own pixel scale, and noise finer than that would survive every step
+        coarse = torch.randn(1, 4, max(1, size // NOISE_CELL), max(1, size // NOISE_CELL), generator=generator)
+        noise = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
+        noise = noise / noise.std().clamp(min=1e-6) if noise.numel() > 4 else noise
         self.texture = nn.Parameter((init * 0.3 + 0.4 * noise).to(vertices.device))
         self.background = DirectionalBackground(4).to(vertices.device)
         # the RGB texture of the optional fine-tuning stage; part of the state so a resumed job keeps it
