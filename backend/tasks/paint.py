@@ -46,10 +46,6 @@ class PaintConfig(DistillConfig):
     texture_size: int = 1024  # final RGB texture; the latent texture is texture_size / 8 (default 128)
     iters: int = 5000
     lr: float = 1e-2  # Latent-Paint's
-    # each stage's learning rate falls linearly to lr · lr_final over its last `lr_decay` share of steps:
-    # at a constant rate Adam keeps every texel jittering by about lr around its answer
-    lr_final: float = 0.1
-    lr_decay: float = 0.3
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
     speed: SpeedConfig = field(default_factory=SpeedConfig)
@@ -71,8 +67,6 @@ class PaintConfig(DistillConfig):
             raise ConfigError("finetune_resolution must be in [8, 2048]")
         if not self.lr > 0:
             raise ConfigError("lr must be positive")
-        if not (0 < self.lr_final <= 1 and 0 <= self.lr_decay <= 1):
-            raise ConfigError("lr_final must be in (0, 1] and lr_decay in [0, 1]")
         self.speed.validate()
 
 
@@ -83,14 +77,6 @@ class PaintResult:
     texture: np.ndarray  # [S, S, 3] uint8
     glb_path: Path
     png_path: Path
-
-
-def lr_factor(step: int, total: int, final: float, decay: float) -> float:
-    """1 until the last `decay` share of `total` steps, then linearly down to `final` at the last step."""
-    start = total * (1 - decay)
-    if step < start or total <= 1:
-        return 1.0
-    return 1.0 + (final - 1.0) * min(1.0, (step - start) / max(total - 1 - start, 1e-9))
 
 
 def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
@@ -197,30 +183,19 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     step = DistillStep(render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
                        config.timesteps, CameraSampler(config.camera, generator, device), prompt, generator)
 
-    optimizer: dict[str, torch.optim.Optimizer] = {}
-
     def enter_latent() -> torch.optim.Optimizer:
-        optimizer["now"] = speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
-        return optimizer["now"]
+        return speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
 
     def enter_finetune() -> torch.optim.Optimizer:
         scene.start_rgb(decoded())
         size["px"] = config.finetune_resolution
-        optimizer["now"] = speed.adam([scene.rgb_texture, *scene.background.parameters()], lr=config.lr)
-        return optimizer["now"]
+        return speed.adam([scene.rgb_texture, *scene.background.parameters()], lr=config.lr)
 
-    def decayed(inner: Callable[[int, int], dict]) -> Callable[[int, int], dict]:
-        def run(i: int, total: int) -> dict:
-            for group in optimizer["now"].param_groups:  # a function of the step only: resumes agree
-                group["lr"] = config.lr * lr_factor(i, total, config.lr_final, config.lr_decay)
-            return inner(i, total)
-        return run
-
-    stages = [Stage("paint", config.iters, enter_latent, decayed(step), preview)]
+    stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
         lit_step = replace(step, cameras=LitCameraSampler(step.cameras, config.light, generator))
-        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, decayed(lit_step), preview))
+        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview))
     return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed, selection)
 
 
