@@ -22,8 +22,8 @@ class LatentTexture(nn.Module):
 
     Renders sample the texture with trilinear mip-mapping (`filtering`), so every texel under a pixel's
     footprint gets gradient; texels that none ever reached are filled from their seen neighbours
-    (`filled_texture`) instead of keeping the init noise, which has no detail finer than views resolve. RGB renders are shaded by the cameras' light
-    (DreamFusion), so the texture optimised in the fine-tuning stage is albedo.
+    (`filled_texture`) instead of keeping the init noise, which has no detail finer than views resolve.
+    RGB renders are shaded by the cameras' light (DreamFusion), so the fine-tuned texture is albedo.
     """
 
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, size: int,
