@@ -28,6 +28,7 @@ class TriangleMesh:
     faces: np.ndarray  # [F, 3] int32, indices into vertices
     uvs: np.ndarray | None = None  # [F, 3, 2] float32
     loops: np.ndarray | None = None  # [F, 3] int32: the original mesh's loop of each corner
+    polygons: np.ndarray | None = None  # [F] int32: the original mesh's polygon each triangle comes from
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(axis=0), self.vertices.max(axis=0)
@@ -67,6 +68,7 @@ def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_u
         world = (local @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
         faces = _read(mesh.loop_triangles, "vertices", 3, np.int32)
         loops = _read(mesh.loop_triangles, "loops", 3, np.int32)
+        polygons = _read(mesh.loop_triangles, "polygon_index", 1, np.int32)
         uvs = None
         if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
             # The painted texture is mapped back onto the object's own loops, so they must be the same.
@@ -74,7 +76,7 @@ def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_u
         if with_uvs and mesh.uv_layers.active is not None:
             per_loop = _read(mesh.uv_layers.active.uv, "vector", 2, np.float32)
             uvs = per_loop[loops]
-        return TriangleMesh(world, faces, uvs, loops)
+        return TriangleMesh(world, faces, uvs, loops, polygons)
     finally:
         evaluated.to_mesh_clear()
 
@@ -101,6 +103,27 @@ def export_objects(objects: Sequence[bpy.types.Object], depsgraph: bpy.types.Dep
         names = ", ".join(obj.name for obj in objects)
         raise ValueError(f"{names}: no faces to send (the evaluated mesh is empty)")
     return mesh
+
+
+def painted_polygons(obj: bpy.types.Object) -> tuple[int, int]:
+    """(faces to paint, faces in all) of a mesh object: the selected faces in Edit Mode, else all."""
+    if obj.mode == "EDIT":
+        import bmesh
+
+        return obj.data.total_face_sel, len(bmesh.from_edit_mesh(obj.data).faces)
+    return len(obj.data.polygons), len(obj.data.polygons)
+
+
+def selected_triangles(obj: bpy.types.Object, mesh: TriangleMesh) -> np.ndarray | None:
+    """Indices of `mesh`'s triangles whose polygon is selected, when `obj` is in Edit Mode; None (paint all
+    of it) in any other mode. Raises ValueError when Edit Mode has no face selected."""
+    if obj.mode != "EDIT" or mesh.polygons is None:
+        return None
+    selected = _read(obj.data.polygons, "select", 1, bool)
+    if not selected.any():
+        raise ValueError(f"No face of \"{obj.name}\" is selected: select the faces to paint, or leave Edit Mode "
+                         "to paint them all")
+    return np.flatnonzero(selected[mesh.polygons]).astype(np.int64)
 
 
 def per_vertex_uvs(mesh: TriangleMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -106,10 +106,14 @@ class LATENTFORGE_OT_paint(_SubmitJob):
 
     def arrays(self, context: bpy.types.Context, job: Job) -> dict[str, np.ndarray]:
         obj = context.selected_objects[0]
+        if obj.mode == "EDIT":
+            obj.update_from_editmode()  # edits and the selection live in the edit mesh until written back
         mesh = geometry.export_objects([obj], context.evaluated_depsgraph_get(), with_uvs=True)
+        selected = geometry.selected_triangles(obj, mesh)  # Edit Mode: only the selected faces
         vertices, faces, uvs = geometry.per_vertex_uvs(mesh)
         job.target, job.loops = obj.session_uid, mesh.loops
-        return {"vertices": vertices, "faces": faces} | ({"uvs": uvs} if uvs is not None else {})
+        arrays = {"vertices": vertices, "faces": faces} | ({"uvs": uvs} if uvs is not None else {})
+        return arrays | ({"selected_faces": selected} if selected is not None else {})
 
 
 class LATENTFORGE_OT_cancel(bpy.types.Operator):

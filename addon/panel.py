@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import timers
+from . import geometry, timers
 from .jobs import Job
 
 WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
@@ -17,6 +17,17 @@ def wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE") -> None:
     col = layout.column(align=True)
     for i, line in enumerate(textwrap.wrap(text, WRAP_CHARS) or [""]):
         col.label(text=line, icon=icon if i == 0 else "BLANK1" if icon != "NONE" else "NONE")
+
+
+def paint_scope(context: bpy.types.Context) -> str | None:
+    """How many faces Paint will paint: the Edit Mode selection, else the whole mesh."""
+    objects = context.selected_objects
+    if len(objects) != 1 or objects[0].type != "MESH":
+        return None
+    painted, total = geometry.painted_polygons(objects[0])
+    if painted == total:
+        return f"Paints all {total} faces"
+    return f"Paints {painted} of {total} faces (the Edit Mode selection)"
 
 
 class _Sidebar:
@@ -53,6 +64,8 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         row.scale_y = 1.5
         if settings.mode == "PAINT":
             row.operator("latentforge.paint", icon="BRUSH_DATA")
+            if (line := paint_scope(context)) is not None:
+                layout.label(text=line, icon="FACESEL")
         else:
             row.operator("latentforge.generate", icon="PLAY")
         if (job := rt.jobs.get(context.scene.session_uid)) is not None:

@@ -144,7 +144,16 @@ def apply_painted(obj: bpy.types.Object, prompt: str, corner_uvs: np.ndarray, lo
                   texture_png: bytes) -> bpy.types.Object:
     """Give `obj` the painted texture: a UV map (reusing the one it had when the service kept it) and a
     material. `corner_uvs` [F, 3, 2] are the UVs of the sent triangles' corners and `loops` [F, 3] the
-    mesh loop of each corner; the mesh's vertices and faces are untouched."""
+    mesh loop of each corner; the mesh's vertices and faces are untouched. An object in Edit Mode (a
+    partial paint) leaves it for the write, or leaving it later would write the old UVs back."""
+    if obj.mode == "EDIT":
+        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                       selected_editable_objects=[obj]):
+            bpy.ops.object.mode_set(mode="OBJECT")
+            try:
+                return apply_painted(obj, prompt, corner_uvs, loops, texture_png)
+            finally:
+                bpy.ops.object.mode_set(mode="EDIT")
     mesh = obj.data
     per_loop = np.zeros((len(mesh.loops), 2), dtype=np.float32)
     per_loop[np.asarray(loops).ravel()] = np.asarray(corner_uvs, dtype=np.float32).reshape(-1, 2)

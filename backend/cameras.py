@@ -135,13 +135,17 @@ class Cameras:
         return proj @ w2c
 
     def view_indices(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> torch.Tensor:
-        """Index into `VIEWS` per camera [B] (DreamFusion's view-dependent prompts), computed on the device."""
+        """Index into `VIEWS` per camera [B] (DreamFusion's view-dependent prompts), computed on the device.
+
+        Cameras as far below the horizon as "overhead" ones are above it are "bottom" views.
+        """
         az = self.azimuth.abs()
         index = torch.where(az < front_angle / 2, 0, torch.where(az > 180.0 - front_angle / 2, 2, 1))
+        index = torch.where(self.elevation <= overhead_angle - 90.0, 4, index)
         return torch.where(self.elevation >= 90.0 - overhead_angle, 3, index)
 
     def view_labels(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> list[str]:
-        """DreamFusion's view-dependent prompt suffixes: front, side, back or overhead."""
+        """DreamFusion's view-dependent prompt suffixes: front, side, back, overhead or bottom."""
         return [VIEWS[i] for i in self.view_indices(front_angle, overhead_angle).tolist()]
 
 
@@ -152,7 +156,7 @@ def _axis(like: torch.Tensor, k: int) -> torch.Tensor:
     return axis
 
 
-VIEWS = ("front", "side", "back", "overhead")  # in `Cameras.view_indices` order
+VIEWS = ("front", "side", "back", "overhead", "bottom")  # in `Cameras.view_indices` order
 
 
 class CameraSampler:

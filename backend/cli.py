@@ -107,6 +107,8 @@ def add_paint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", required=True, help="the mesh to paint (.glb/.obj/.ply); its vertices are kept")
     p.add_argument("--texture-size", type=int, help="final texture size in pixels (default 1024)")
     p.add_argument("--finetune-iters", type=int, help="RGB fine-tuning steps after decoding (default 0)")
+    p.add_argument("--faces", help="paint only these faces (.npy int array or a text file of face indices); "
+                                   "every other texel of the mesh's texture is kept")
 
 
 def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str]):  # noqa: ANN201
@@ -144,15 +146,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_paint(args: argparse.Namespace) -> int:
     from backend.guidance import build_guidance
     from backend.mesh import load_mesh
+    from backend.tasks.face_selection import check_faces, load_faces
     from backend.tasks.paint import PaintConfig, paint
 
     config = build_config(PaintConfig, args, PAINT_FLAGS)
     config.validate()
     mesh = load_mesh(args.mesh, "paint mesh")
+    faces = check_faces(load_faces(args.faces), len(mesh.faces)) if args.faces else None
     device = pick_device(args.device)
     guidance = build_guidance(guidance_spec(args), device)
-    return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir),
-                guidance.describe(), device)
+    return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir,
+                                     faces=faces), guidance.describe(), device)
 
 
 def _run(job: Callable, what: str, device: torch.device) -> int:

@@ -48,3 +48,35 @@ def two_tone_colour_rmse(mesh: Mesh, texture: np.ndarray, seam_z: float = 0.5, m
     cols = np.clip((uv[:, 0] * w).astype(int), 0, w - 1)
     got = texture[rows, cols].astype(np.float32) / 255.0
     return float(np.sqrt(((got - expected) ** 2).mean()))
+
+
+def surface_psnr(mesh: Mesh, texture: np.ndarray, face_colors: np.ndarray, faces: np.ndarray | None = None) -> float:
+    """PSNR (dB) of a painted texture against each face's known colour [F, 3], over every face (or `faces`).
+
+    Each face is read at its centroid and halfway from it to each corner, so a face is judged over its
+    area, not at one texel.
+    """
+    faces = np.arange(len(mesh.faces)) if faces is None else np.asarray(faces)
+    corners = mesh.uvs[mesh.faces[faces]]  # [F, 3, 2]
+    centroid = corners.mean(1, keepdims=True)
+    points = np.concatenate([centroid, (centroid + corners) / 2], 1)  # [F, 4, 2]
+    h, w, _ = texture.shape
+    rows = np.clip(((1 - points[..., 1]) * h).astype(int), 0, h - 1)
+    cols = np.clip((points[..., 0] * w).astype(int), 0, w - 1)
+    got = texture[rows, cols].astype(np.float32) / 255.0  # [F, 4, 3]
+    mse = float(((got - face_colors[faces][:, None]) ** 2).mean())
+    return 10 * np.log10(1 / max(mse, 1e-12))
+
+
+def face_texels(mesh: Mesh, size: int, faces: np.ndarray, erode: int = 2) -> np.ndarray:
+    """[size, size] bool: the atlas texels `faces` cover, `erode` texels in from their charts' edges."""
+    import torch
+    from scipy.ndimage import binary_erosion
+
+    from backend.render.rasterize import rasterize
+
+    uv = torch.as_tensor(mesh.uvs, dtype=torch.float32)
+    clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)
+    ids = rasterize(clip, torch.as_tensor(mesh.faces), (size, size))[0, ..., 3].long().numpy() - 1
+    inside = np.isin(ids, faces) & (ids >= 0)
+    return binary_erosion(inside, iterations=erode) if erode else inside

@@ -245,6 +245,46 @@ def test_paint_keeps_the_mesh_and_adds_a_material(bpy: ModuleType, service: Serv
     assert image.packed_file is not None
 
 
+def test_paint_in_edit_mode_paints_only_the_selected_faces(bpy: ModuleType, service: Service) -> None:
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, 0.5))
+    cube = bpy.context.object
+    mesh = cube.data
+    top = [p.index for p in mesh.polygons if p.normal.z > 0.9]
+    for p in mesh.polygons:
+        p.select = p.index in top
+    for v in mesh.vertices:
+        v.select = any(v.index in mesh.polygons[i].vertices for i in top)
+    for e in mesh.edges:
+        e.select = all(mesh.vertices[k].select for k in e.vertices)
+    bpy.context.tool_settings.mesh_select_mode = (False, False, True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    panel = support.submodule("panel")
+    assert panel.paint_scope(bpy.context) == "Paints 1 of 6 faces (the Edit Mode selection)"
+    configure(bpy, "a painted lid", "PAINT", TINY_PAINT)
+    assert bpy.ops.latentforge.paint() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    assert cube.mode == "EDIT"  # the result was written without leaving the user's mode
+    bpy.ops.object.mode_set(mode="OBJECT")
+    material = mesh.materials[0]
+    image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
+    layer = mesh.uv_layers[next(n for n in material.node_tree.nodes if n.type == "UVMAP").uv_map]
+    w, h = image.size
+    pixels = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = (pixels.reshape(h, w, 4)[..., :3] * 255).round()  # row 0 is v = 0 in Blender
+    uv = np.empty(len(mesh.loops) * 2, np.float32)
+    layer.uv.foreach_get("vector", uv)
+    uv = uv.reshape(-1, 2)
+    for p in mesh.polygons:
+        centre = uv[list(p.loop_indices)].mean(0)
+        texel = pixels[min(int(centre[1] * h), h - 1), min(int(centre[0] * w), w - 1)]
+        if p.index in top:
+            assert np.abs(texel - 204).max() > 8, texel  # painted
+        else:
+            np.testing.assert_array_equal(texel, [204, 204, 204])  # kept: the default grey of an untextured mesh
+
+
 def test_fetch_a_job_finished_elsewhere_by_its_id(bpy: ModuleType, service: Service) -> None:
     from backend.service.client import Client
 

@@ -188,7 +188,8 @@ def test_reporting_every_k_steps_reports_the_same_losses() -> None:
 
 
 def test_view_indices_on_the_device_match_the_labels() -> None:
-    cams = CameraSampler(CameraConfig(), torch.Generator().manual_seed(3), "cpu").sample(64)
+    full_sphere = CameraConfig(elevation_range=(-90.0, 90.0))  # every label, "bottom" included
+    cams = CameraSampler(full_sphere, torch.Generator().manual_seed(3), "cpu").sample(64)
     assert [VIEWS[i] for i in cams.view_indices().tolist()] == cams.view_labels()
     assert set(cams.view_labels()) == set(VIEWS)
 

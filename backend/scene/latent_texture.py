@@ -2,33 +2,86 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from backend.cameras import Cameras
+from backend.export.bake import fill_empty
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
+NOISE_CELL = 8  # latent texels per cell of the init noise
 
 
 class LatentTexture(nn.Module):
+    """The latent texture, an optional RGB texture for fine-tuning, and which texels gradients reached.
+
+    Renders sample the texture with trilinear mip-mapping (`filtering`), so every texel under a pixel's
+    footprint gets gradient; texels that none ever reached are filled from their seen neighbours
+    (`filled_texture`) instead of keeping the init noise, which has no detail finer than views resolve.
+    RGB renders are shaded by the cameras' light (DreamFusion), so the fine-tuned texture is albedo.
+    """
+
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, size: int,
-                 generator: torch.Generator, rgb_size: int = 0) -> None:
+                 generator: torch.Generator, rgb_size: int = 0, filtering: str = "mipmap") -> None:
         super().__init__()
         self.register_buffer("vertices", vertices, persistent=False)
         self.register_buffer("faces", faces, persistent=False)
         self.register_buffer("uvs", uvs, persistent=False)
         init = rgb_to_latent(torch.tensor(INIT_RGB).view(1, 3, 1, 1))[0]
-        noise = torch.randn(4, size, size, generator=generator)
+        # Latent-Paint's noise, drawn at 1/8 of the texture and upsampled: views see (and so correct) the
+        # texture only at their own pixel scale, and noise finer than that would survive every step
+        coarse = torch.randn(1, 4, max(1, size // NOISE_CELL), max(1, size // NOISE_CELL), generator=generator)
+        noise = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
+        noise = noise / noise.std().clamp(min=1e-6) if noise.numel() > 4 else noise
         self.texture = nn.Parameter((init * 0.3 + 0.4 * noise).to(vertices.device))
         self.background = DirectionalBackground(4).to(vertices.device)
         # the RGB texture of the optional fine-tuning stage; part of the state so a resumed job keeps it
         self.rgb_texture = nn.Parameter(torch.zeros(3, rgb_size, rgb_size, device=vertices.device))
         # uint8, not bool: checkpoints travel as plain numeric arrays
         self.register_buffer("rgb_started", torch.zeros((), dtype=torch.uint8, device=vertices.device))
+        self.register_buffer("seen", torch.zeros(size, size, dtype=torch.uint8, device=vertices.device))
+        self.texture.register_hook(self._mark_seen)
+        self.filtering = filtering
         self.rgb = False
+        # optional: texels kept as given, never optimised (partial paint); see `keep`
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent [4, S, S], mask [S, S])
+        self._kept_rgb: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _mark_seen(self, grad: torch.Tensor) -> None:
+        self.seen |= (grad.abs().sum(0) > 0).to(torch.uint8)
+
+    def keep(self, latent: torch.Tensor, latent_mask: torch.Tensor, rgb: torch.Tensor | None = None,
+             rgb_mask: torch.Tensor | None = None) -> None:
+        """Hold the texels where the masks are true at `latent` [4, S, S] (and `rgb` [3, R, R]): every
+        render uses those values, so only the others are optimised."""
+        self._kept = (latent.to(self.texture), latent_mask.to(self.texture.device))
+        self.texture.data = torch.where(latent_mask, self._kept[0], self.texture.data)
+        if rgb is not None and rgb_mask is not None:
+            self._kept_rgb = (rgb.to(self.texture), rgb_mask.to(self.texture.device))
+
+    def _effective(self, rgb: bool | None = None) -> torch.Tensor:
+        """The texture renders see: the optimised one with the kept texels in place."""
+        if self.rgb if rgb is None else rgb:
+            tex, kept = self.rgb_texture, self._kept_rgb
+        else:
+            tex, kept = self.texture, self._kept
+        return tex if kept is None else torch.where(kept[1], kept[0], tex)
+
+    def filled_texture(self) -> torch.Tensor:
+        """The latent texture with texels no gradient ever reached set to their nearest seen texel's value."""
+        tex = self._effective(rgb=False).detach()
+        seen = self.seen.bool()
+        if self._kept is not None:
+            seen = seen | self._kept[1]
+        if seen.all() or not seen.any():
+            return tex
+        filled = fill_empty(tex.permute(1, 2, 0).cpu().numpy(), seen.cpu().numpy())
+        return torch.as_tensor(np.ascontiguousarray(filled), device=tex.device).permute(2, 0, 1)
 
     def start_rgb(self, decoded: torch.Tensor) -> None:
         """Switch to RGB fine-tuning, starting from the decoded latent texture unless resumed mid-way."""
@@ -40,11 +93,11 @@ class LatentTexture(nn.Module):
     def render(self, cameras: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Image [B, C, size, size] over the background and coverage [B, size, size].
 
-        Latents, or in the fine-tuning stage RGB, whose background is then the latent background seen
-        through the linear latent→RGB map.
+        Latents, or in the fine-tuning stage shaded RGB, whose background is then the latent background
+        seen through the linear latent→RGB map.
         """
-        tex = self.rgb_texture if self.rgb else self.texture
-        color, coverage = render_mesh(self.vertices, self.faces, cameras, size, uvs=self.uvs, texture=tex)
+        color, coverage = render_mesh(self.vertices, self.faces, cameras, size, uvs=self.uvs,
+                                      texture=self._effective(), filtering=self.filtering, lit=self.rgb)
         _, d = cameras.rays(size)
         bg = self.background(d).permute(0, 3, 1, 2)
         if self.rgb:

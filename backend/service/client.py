@@ -166,9 +166,10 @@ class Client:
                method: str | None = None, seed: int | None = None, iterations: int | None = None,
                preset: str | None = None, model: str | None = None, overrides: dict | None = None,
                vertices: np.ndarray | None = None, faces: np.ndarray | None = None, uvs: np.ndarray | None = None,
-               watch: bool = True) -> str:
+               selected_faces: np.ndarray | None = None, watch: bool = True) -> str:
         """Submit a job; returns its id. A generate's optional sketch or a paint's mesh goes in
-        vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint). With `watch`, its events stream here."""
+        vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint; `selected_faces` [N]: paint only those
+        triangles). With `watch`, its events stream here."""
         given = {"task": task, "prompt": prompt, "negative": negative, "method": method, "seed": seed,
                  "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch}
         fields = {k: v for k, v in given.items() if v is not None}
@@ -180,6 +181,8 @@ class Client:
             arrays["faces"] = faces if faces.dtype in (np.int32, np.int64) else faces.astype(np.int64)
         if uvs is not None:
             arrays["uvs"] = np.asarray(uvs, dtype=np.float32)
+        if selected_faces is not None:
+            arrays["selected_faces"] = np.asarray(selected_faces, dtype=np.int64).reshape(-1)
         try:  # the service checks all of this again; checking here gives the same error without a round trip
             protocol.check_fields("submit", fields)
             protocol.check_arrays("submit", arrays)

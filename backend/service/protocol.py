@@ -250,13 +250,16 @@ _VERTS = ArrayRule(frozenset({"float32"}), 3, MAX_VERTICES, finite=True)
 _FACES = ArrayRule(frozenset({"int32", "int64"}), 3, MAX_FACES)
 _UVS = ArrayRule(frozenset({"float32"}), 2, MAX_VERTICES, finite=True)
 _MESH = {"vertices": _VERTS, "faces": _FACES, "uvs": _UVS}
+# paint only these triangles (indices into `faces`); absent: the whole mesh
+_SELECTED_FACES = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_FACES)
 # a painted mesh is split along UV seams: vertex_map[i] is the input vertex that output vertex i copies
 _VERTEX_MAP = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_VERTICES)
 _ANY = ArrayRule(DTYPES, None)
 CHECKPOINT_PREFIX = "ckpt."  # arrays of a checkpoint are named ckpt.0, ckpt.1, ...
 
-ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": _MESH, "result": {**_MESH, "vertex_map": _VERTEX_MAP},
-                                          "task": _MESH}
+ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": {**_MESH, "selected_faces": _SELECTED_FACES},
+                                          "result": {**_MESH, "vertex_map": _VERTEX_MAP},
+                                          "task": {**_MESH, "selected_faces": _SELECTED_FACES}}
 CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
@@ -308,6 +311,14 @@ def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
             raise ProtocolError("bad_array", f"'faces' index vertices outside [0, {n})")
     if "uvs" in arrays and len(arrays["uvs"]) != len(arrays["vertices"]):
         raise ProtocolError("bad_array", "'uvs' must have one [u, v] row per vertex")
+    if "selected_faces" in arrays:
+        selected, n = arrays["selected_faces"], len(arrays.get("faces", ()))
+        if task != "paint":
+            raise ProtocolError("bad_array", "'selected_faces' belongs to paint jobs only")
+        if not selected.size:
+            raise ProtocolError("bad_array", "'selected_faces' is empty: select at least one face to paint")
+        if int(selected.min()) < 0 or int(selected.max()) >= n:
+            raise ProtocolError("bad_array", f"'selected_faces' index faces outside [0, {n})")
 
 
 # ------------------------------------------------------------------------------------------ encode/decode

@@ -159,7 +159,7 @@ def _run_paint(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: Event
                cancel: threading.Event) -> ExportResult:
     module = _paint_module()
     return module.paint(paint_config(spec, module), guidance, spec.mesh("mesh to paint"), job_dir / OUTPUT_NAME,
-                        on_event=on_event, cancel=cancel, job_dir=job_dir)
+                        on_event=on_event, cancel=cancel, job_dir=job_dir, faces=spec.arrays.get("selected_faces"))
 
 
 TASKS: dict[str, TaskFn] = {"generate": _run_generate, "paint": _run_paint}

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from backend.cameras import Cameras, CameraSampler
+from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, StageStarted, ignore
 from backend.export.bake import fill_empty
@@ -25,13 +25,17 @@ from backend.export.glb import glb_bytes, png_bytes
 from backend.export.unwrap import unwrap
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
+from backend.lit_cameras import LitCameraSampler
 from backend.loop import Checkpointer, Stage, run_stages
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives import OBJECTIVES
+from backend.render.mesh_render import FILTERS
 from backend.render.rasterize import rasterize
 from backend.scene.latent_texture import LatentTexture
+from backend.shading import LightConfig
 from backend.speed import SpeedConfig
 from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, to_preview
+from backend.tasks.face_selection import Selection, select_faces
 from backend.tasks.generate import PREVIEW_CAMERA
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
@@ -45,9 +49,16 @@ class PaintConfig(DistillConfig):
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    # the whole sphere of elevations, so undersides are painted too ("bottom view" prompts below −60°)
+    camera: CameraConfig = field(default_factory=lambda: CameraConfig(elevation_range=(-90.0, 90.0)))
+    light: LightConfig = field(default_factory=LightConfig)  # the RGB fine-tuning stage's random lights
+    texture_filter: str = "mipmap"  # or "bilinear": Latent-Paint's original lookups (under-samples)
 
     def validate(self) -> None:
         super().validate()
+        if self.texture_filter not in FILTERS:
+            raise ConfigError(f"texture_filter must be one of {', '.join(FILTERS)}, got {self.texture_filter!r}")
+        self.light.validate()
         if self.iters < 1 or self.finetune_iters < 0:
             raise ConfigError("iters must be at least 1 and finetune_iters 0 or more")
         if not 64 <= self.texture_size <= 4096 or self.texture_size % VAE_FACTOR:
@@ -101,6 +112,7 @@ class PaintJob:
     vertex_map: np.ndarray
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
     speed: SpeedConfig  # resolved for the guidance's device
+    selection: Selection | None = None  # partial paint: the faces painted and the texels kept
 
     def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
             job_dir: str | Path | None = None) -> None:
@@ -115,15 +127,26 @@ class PaintJob:
         texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         covered = uv_coverage(scene.uvs, scene.faces, size).cpu().numpy()
         texture = fill_empty(texture, covered)
+        if self.selection is not None:
+            texture = self.selection.compose(texture)
         result_mesh = self.mapped.copy_with(texture=texture, vertex_colors=None)
         png_path = out_path.with_suffix(".png")
         write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
         return PaintResult(result_mesh, self.vertex_map, texture, out_path, png_path)
 
 
-def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJob:
-    """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated)."""
+def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None) -> PaintJob:
+    """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
+
+    With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`.
+    """
+    selection = None
+    if faces is not None:
+        mesh = validate_mesh(mesh, "paint mesh")
+        config = replace(config, texture_size=Selection.texture_size_for(mesh, config.texture_size))
     mapped, vertex_map = uv_mapped(mesh, config.texture_size)
+    if faces is not None:
+        selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
     device = guidance.device
     speed = config.speed.resolve(device)
     guidance.accelerate(speed)
@@ -137,7 +160,10 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
                           torch.as_tensor(mapped.faces, device=device), torch.as_tensor(mapped.uvs, device=device),
                           config.texture_size // VAE_FACTOR, generator,
-                          rgb_size=config.texture_size if config.finetune_iters else 0)
+                          rgb_size=config.texture_size if config.finetune_iters else 0,
+                          filtering=config.texture_filter)
+    if selection is not None:
+        selection.hold(scene, guidance)
     size = {"px": config.resolution}
 
     def render(cams: Cameras) -> SceneRender:
@@ -146,7 +172,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
 
     def decoded() -> torch.Tensor:
         with torch.no_grad():
-            rgb = guidance.decode(scene.texture[None].float())
+            rgb = guidance.decode(scene.filled_texture()[None].float())
         return resize(rgb, config.texture_size)[0].clamp(0, 1)
 
     def preview() -> np.ndarray:
@@ -167,8 +193,10 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
 
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
-        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, step, preview))
-    return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed)
+        # RGB renders are lit by a random light per step, so the texture converges to the albedo
+        lit_step = replace(step, cameras=LitCameraSampler(step.cameras, config.light, generator))
+        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview))
+    return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed, selection)
 
 
 def paint(
@@ -179,13 +207,15 @@ def paint(
     on_event: EventSink = ignore,
     cancel: threading.Event | None = None,
     job_dir: str | Path | None = None,
+    faces: np.ndarray | None = None,
 ) -> PaintResult:
-    """Paint `mesh` for `config.prompt` under `guidance`; write `out_path` (GLB) and the texture (PNG)."""
+    """Paint `mesh` (only `faces` of it, when given) for `config.prompt` under `guidance`; write `out_path`
+    (GLB) and the texture (PNG)."""
     config.validate()
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".glb":
         raise InputError(f"the output {out_path.name!r} must end in .glb")
-    job = prepare_paint(config, guidance, mesh)
+    job = prepare_paint(config, guidance, mesh, faces)
     job.run(on_event, cancel, job_dir)
     on_event(StageStarted("export", 1))
     return job.export(out_path)
