@@ -12,8 +12,16 @@ from typing import Any
 
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
+from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
 
 DEFAULT_BROKER = "tcp://127.0.0.1:5556"
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
 
 
 def _stop_on_signals() -> threading.Event:
@@ -37,6 +45,7 @@ def _devices(name: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from backend.guidance import default_model
     from backend.service.jobs import default_jobs_dir
+    from backend.service.retention import RetentionPolicy
     from backend.service.server import Service, ServiceConfig
 
     devices = _devices(args.device)
@@ -45,7 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_dir=Path(args.jobs) if args.jobs else default_jobs_dir(), models=args.model or [f"sd:{default_model()}"],
         bind=args.bind, workers=workers, devices=[devices[i % len(devices)] for i in range(workers)],
         broker_bind=args.broker_bind if args.broker else None, keys_dir=Path(args.keys) if args.keys else None,
-        max_queued_per_client=args.max_queued, heartbeat_s=args.heartbeat_s)
+        max_queued_per_client=args.max_queued, heartbeat_s=args.heartbeat_s,
+        retention=RetentionPolicy(args.keep_days, args.disk_budget_gb))
     service = Service(config)
     stop = _stop_on_signals()
     try:
@@ -183,6 +193,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "(required off loopback)")
     s.add_argument("--max-queued", type=int, default=8, help="queued jobs allowed per client (default 8)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="worker heartbeat interval (default 1 s)")
+    s.add_argument("--keep-days", type=_non_negative, default=DEFAULT_MAX_AGE_DAYS,
+                   help=f"delete ended jobs older than this (default {DEFAULT_MAX_AGE_DAYS:g} days)")
+    s.add_argument("--disk-budget-gb", type=_non_negative, default=DEFAULT_MAX_DISK_GB,
+                   help="delete the oldest ended jobs while the job folder is over this size "
+                        f"(default {DEFAULT_MAX_DISK_GB:g} GiB)")
     s.set_defaults(func=_run(cmd_serve))
 
     w = sub.add_parser("worker", help="a worker for a service started with --broker (one per GPU)")

@@ -19,6 +19,7 @@ import numpy as np
 
 VERSION = 1
 MAX_PROMPT_CHARS = 1000  # the same limit the generate task enforces
+MAX_SEED = 2**63 - 1  # the same limit the tasks enforce: every seed a torch generator takes, and no more
 MAX_FACES = 2_000_000  # the same limit the backend's mesh validation enforces
 MAX_VERTICES = 3 * MAX_FACES
 MAX_PREVIEW_BYTES = 4 << 20
@@ -140,7 +141,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "task": F(str, required=True, choices=TASK_NAMES),
         "prompt": _str(MAX_PROMPT_CHARS), "negative": _str(MAX_PROMPT_CHARS),
         "method": _str(64, pattern=_NAME), "preset": _str(64, pattern=_NAME), "model": _str(1024),
-        "seed": F(int, lo=0, hi=2**32 - 1), "iterations": F(int, lo=1, hi=1_000_000),
+        # ranges of settings beyond their wire type are the service's (one table for fields and overrides)
+        "seed": F(int, lo=0, hi=MAX_SEED), "iterations": F(int, lo=1),
         "overrides": F(dict), "watch": F(bool),
     },
     "status": {"job": _JOB, "watch": F(bool)},
@@ -150,7 +152,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "heartbeat": {"time": F(float), "queue": F(int, lo=0)},
     "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
                 "methods": F(list), "presets": F(list), "models": F(list), "queue": F(int, lo=0),
-                "workers": F(int, lo=0), "limits": F(dict)},
+                "workers": F(int, lo=0), "limits": F(dict), "unavailable": F(dict)},
     "accepted": {"job": _JOB, "position": F(int, lo=0)},
     "job": {"job": F(dict, required=True)},
     "jobs": {"jobs": F(list, required=True, max_len=1000)},
@@ -337,7 +339,44 @@ def _parse_header(frame: bytes, limits: Limits) -> dict[str, Any]:
         raise ProtocolError("bad_message", f"frame 0 is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_message", "frame 0 must be a JSON object")
+    where = invalid_text(header)
+    if where is not None:
+        raise ProtocolError("bad_message", f"frame 0 holds text that is not valid Unicode ({where}: a lone UTF-16 "
+                                           "surrogate, \\ud800-\\udfff); send well-formed text")
     return header
+
+
+def valid_text(text: str) -> bool:
+    """False for a str that UTF-8 cannot encode: JSON's `\\ud800` escapes decode to such lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def invalid_text(value: Any, path: str = "header") -> str | None:
+    """Where in a parsed JSON value a key or a string is not valid Unicode, or None."""
+    if isinstance(value, str):
+        return None if valid_text(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not valid_text(key):
+                return f"a key in {path}"
+            where = invalid_text(item, f"{path}.{key}")
+            if where is not None:
+                return where
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            where = invalid_text(item, f"{path}[{i}]")
+            if where is not None:
+                return where
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode replaced by U+FFFD, so that a reply quoting it always encodes."""
+    return text if valid_text(text) else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str]) -> list[dict]:
@@ -395,7 +434,7 @@ def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
 
 def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limits,
                    accept: frozenset[str] | None) -> Message:
-    if header.get("v") != VERSION or isinstance(header.get("v"), bool):
+    if type(header.get("v")) is not int or header["v"] != VERSION:  # 1.0 and true are not versions
         raise ProtocolError("unsupported_version", f"protocol version {str(header.get('v'))[:20]!r} is not "
                                                    f"supported; this peer speaks v{VERSION}")
     kind = header.get("type")
@@ -435,9 +474,10 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
 def error_fields(code: str, message: str, hint: str | None = None, request_id: str | None = None,
                  job: str | None = None) -> dict[str, Any]:
     """The fields of an error message, trimmed to the protocol's limits."""
-    fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed", "message": message[:4000]}
+    fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed",
+                              "message": printable(message[:4000])}
     if hint:
-        fields["hint"] = hint[:4000]
+        fields["hint"] = printable(hint[:4000])
     if request_id is not None:
         fields["id"] = request_id
     if job is not None:
