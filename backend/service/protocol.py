@@ -62,7 +62,7 @@ ERROR_CODES: dict[str, str] = {
 }
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: cannot name a path outside the jobs folder
 
 
@@ -213,7 +213,7 @@ def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIM
     schema = SCHEMAS[kind]
     for name, value in fields.items():
         if name == "id":
-            if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+            if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
                 raise ProtocolError("bad_field", "field 'id' must be 1-64 printable ASCII characters")
             continue
         rule = schema.get(name)
@@ -428,7 +428,7 @@ def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
         return _decode_header(header, frames, limits, accept)
     except ProtocolError as exc:
         # the request id lets the sender match the error to its request, when it is well formed
-        exc.request_id = rid if isinstance(rid, str) and _REQUEST_ID.fullmatch(rid) else None
+        exc.request_id = rid if isinstance(rid, str) and REQUEST_ID.fullmatch(rid) else None
         raise
 
 

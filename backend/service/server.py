@@ -8,6 +8,7 @@ loop goes on. Jobs persist in the store, so a restarted service requeues what wa
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from backend.service.protocol import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_VERTICES,
+    REQUEST_ID,
     REQUEST_LIMITS,
     VERSION,
     Frames,
@@ -251,7 +253,7 @@ class Service:
         except Exception:  # the last resort: even the error reply failed; log it, answer, keep serving
             traceback.print_exc()
             reply = encode("error", error_fields("internal", "the service could not answer this request",
-                                                 "see the service's log"))
+                                                 "see the service's log", request_id=_request_id(parts)))
         if reply is not None:
             self.front.send_multipart([identity, *reply], copy=False)
 
@@ -479,3 +481,11 @@ class Service:
         record.crashes += 1
         self._requeue_or_end(record, why)
 
+
+def _request_id(parts: list[zmq.Frame]) -> str | None:
+    """The request's id when its header still yields a well-formed one, so the error reaches its caller."""
+    try:
+        rid = json.loads(parts[1].bytes).get("id")
+    except Exception:
+        return None
+    return rid if isinstance(rid, str) and REQUEST_ID.fullmatch(rid) else None
