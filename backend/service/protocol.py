@@ -64,6 +64,7 @@ ERROR_CODES: dict[str, str] = {
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: cannot name a path outside the jobs folder
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ProtocolError(Exception):
@@ -339,10 +340,6 @@ def _parse_header(frame: bytes, limits: Limits) -> dict[str, Any]:
         raise ProtocolError("bad_message", f"frame 0 is not UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_message", "frame 0 must be a JSON object")
-    where = invalid_text(header)
-    if where is not None:
-        raise ProtocolError("bad_message", f"frame 0 holds text that is not valid Unicode ({where}: a lone UTF-16 "
-                                           "surrogate, \\ud800-\\udfff); send well-formed text")
     return header
 
 
@@ -376,7 +373,7 @@ def invalid_text(value: Any, path: str = "header") -> str | None:
 
 def printable(text: str) -> str:
     """`text` with anything UTF-8 cannot encode replaced by U+FFFD, so that a reply quoting it always encodes."""
-    return text if valid_text(text) else text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text if valid_text(text) else _SURROGATE.sub("\ufffd", text)
 
 
 def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str]) -> list[dict]:
@@ -417,14 +414,18 @@ def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
     """Parse and validate one message; raises ProtocolError. `accept`: the types this side takes."""
     if not frames:
         raise ProtocolError("bad_frames", "an empty message")
-    if len(frames) > limits.max_frames + 1:
-        raise ProtocolError("too_large", f"{len(frames)} frames, over the limit of {limits.max_frames + 1}")
-    total = sum(len(f) for f in frames)
-    if total > limits.max_message_bytes:
-        raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
-    header = _parse_header(frames[0], limits)
+    header = _parse_header(frames[0], limits)  # errors before this point cannot carry the request's id
     rid = header.get("id")
     try:
+        where = invalid_text(header)
+        if where is not None:
+            raise ProtocolError("bad_message", f"frame 0 holds text that is not valid Unicode ({where}: a lone "
+                                               "UTF-16 surrogate, \\ud800-\\udfff); send well-formed text")
+        if len(frames) > limits.max_frames + 1:
+            raise ProtocolError("too_large", f"{len(frames)} frames, over the limit of {limits.max_frames + 1}")
+        total = sum(len(f) for f in frames)
+        if total > limits.max_message_bytes:
+            raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
         return _decode_header(header, frames, limits, accept)
     except ProtocolError as exc:
         # the request id lets the sender match the error to its request, when it is well formed
