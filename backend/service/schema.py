@@ -62,6 +62,11 @@ class Setting:
         return self.type is str and bool(CLIENT_FORBIDDEN_NAME.search(self.leaf))
 
     @property
+    def floor(self) -> int | None:
+        """No integer setting is negative (0 often means off: refine.iters, importance_samples)."""
+        return 0 if self.type is int else None
+
+    @property
     def ceiling(self) -> int | None:
         if self.path in CEILINGS:
             return CEILINGS[self.path]
@@ -113,14 +118,13 @@ def _value(config: Any, path: str) -> Any:
 
 
 def check_ceilings(config: Any, task: str) -> None:
-    """Refuse a (validated) config that asks for more of a setting than this service runs."""
+    """Refuse a (validated) config that asks for more of a setting than this service runs, or a negative count."""
     names = {setting: f"{setting} (the submit's `{field}`)" for field, setting in SPEC_FIELDS.get(task, {}).items()}
     for path, setting in settings(type(config)).items():
-        limit = setting.ceiling
-        if limit is None:
-            continue
-        value = _value(config, path)
-        if value > limit:
+        value, floor, limit = _value(config, path), setting.floor, setting.ceiling
+        if floor is not None and value < floor:
+            raise ConfigError(f"{names.get(path, path)} is {value:,}; it must be at least {floor}")
+        if limit is not None and value > limit:
             raise ConfigError(f"{names.get(path, path)} is {value:,}, over this service's limit of {limit:,}",
                               f"ask for {limit:,} or less")
 
