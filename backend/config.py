@@ -56,9 +56,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range, e.g. 10**400
+            raise ConfigError(f"{path} must be a finite number, got an integer of {len(str(value))} digits") \
+                from None
+        if not math.isfinite(number):
             raise ConfigError(f"{path} must be a finite number, got {value!r}")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be text, got {value!r}")

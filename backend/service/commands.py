@@ -12,6 +12,14 @@ from typing import Any
 
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
+from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
 
 
 def _stop_on_signals() -> threading.Event:
@@ -35,6 +43,7 @@ def _devices(name: str) -> list[str]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from backend.guidance import default_model
     from backend.service.jobs import default_jobs_dir
+    from backend.service.retention import RetentionPolicy
     from backend.service.server import Service, ServiceConfig
 
     if args.workers is not None and args.workers < 0:
@@ -49,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_dir=Path(args.jobs) if args.jobs else default_jobs_dir(), models=args.model or [f"sd:{default_model()}"],
         bind=args.bind, workers=workers, devices=devices or ["cpu"], ray=args.ray, ray_cpus=args.ray_cpus,
         keys_dir=Path(args.keys) if args.keys else None, max_queued_per_client=args.max_queued,
-        heartbeat_s=args.heartbeat_s)
+        heartbeat_s=args.heartbeat_s, retention=RetentionPolicy(args.keep_days, args.disk_budget_gb))
     service = Service(config)
     try:
         service.start()
@@ -198,6 +207,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients (required off loopback)")
     s.add_argument("--max-queued", type=int, default=8, help="queued jobs allowed per client (default 8)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="worker heartbeat interval (default 1 s)")
+    s.add_argument("--keep-days", type=_non_negative, default=DEFAULT_MAX_AGE_DAYS,
+                   help=f"delete ended jobs older than this (default {DEFAULT_MAX_AGE_DAYS:g} days)")
+    s.add_argument("--disk-budget-gb", type=_non_negative, default=DEFAULT_MAX_DISK_GB,
+                   help="delete the oldest ended jobs while the job folder is over this size "
+                        f"(default {DEFAULT_MAX_DISK_GB:g} GiB)")
     s.set_defaults(func=_run(cmd_serve))
 
     k = sub.add_parser("keys", help="create CURVE keys: the server's pair and allow-listed client pairs")

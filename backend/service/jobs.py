@@ -12,12 +12,15 @@ checked against a strict pattern before any path is built from one. Nothing here
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
 import time
+import typing
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from backend.export.files import write_atomically
+from backend.service import protocol
 from backend.service.protocol import JOB_ID
 
 SPEC, STATE, INPUTS, CHECKPOINT, RESULT = "spec.json", "state.json", "inputs", "checkpoint.npz", "result"
@@ -127,18 +131,77 @@ class JobStore:
 
     def _load(self, path: Path) -> JobRecord:
         try:
-            data = json.loads((path / STATE).read_text(encoding="utf-8"))
-            known = {f.name for f in fields(JobRecord)}
-            record = JobRecord(**{k: v for k, v in data.items() if k in known})
-            if record.id != path.name:
-                raise ValueError("its state file names another job")
-            json.loads((path / SPEC).read_text(encoding="utf-8"))
-            return record
-        except (OSError, ValueError, TypeError) as exc:
-            record = JobRecord(path.name, "unknown", path.stat().st_mtime, state="failed")
-            record.error = {"code": "job_failed", "message": f"the job's files are unreadable ({exc})",
+            return self._read(path)
+        except Exception as exc:  # any content at all: this job is reported failed, every other one loads
+            try:
+                created = path.stat().st_mtime
+            except OSError:
+                created = time.time()
+            record = JobRecord(path.name, "unknown", created, state="failed", updated=created)
+            with contextlib.suppress(Exception):  # keep its owner when that much is readable
+                owner = json.loads((path / STATE).read_text(encoding="utf-8")).get("owner")
+                if isinstance(owner, str) and protocol.valid_text(owner):
+                    record.owner = owner
+            reason = protocol.printable(f"{type(exc).__name__}: {exc}"[:500])
+            record.error = {"code": "job_failed", "message": f"the job's files are unreadable ({reason})",
                             "hint": "submit the job again"}
             return record
+
+    def _read(self, path: Path) -> JobRecord:
+        """The record of a job folder, checked field by field against JobRecord, with the files it needs."""
+        data = json.loads((path / STATE).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{STATE} holds a {type(data).__name__}, not an object")
+        hints = typing.get_type_hints(JobRecord)
+        stored = {f.name for f in fields(JobRecord) if not f.metadata.get("volatile")}
+        unknown = sorted(set(data) - stored)
+        if unknown:
+            raise ValueError(f"{STATE} has unknown fields {', '.join(map(repr, unknown))[:200]}")
+        for name in ("id", "task", "created"):
+            if name not in data:
+                raise ValueError(f"{STATE} has no {name!r}")
+        for name, value in data.items():
+            if not _fits(value, hints[name]):
+                raise ValueError(f"{STATE} field {name!r} is not a valid {hints[name]}")
+        record = JobRecord(**data)
+        if record.id != path.name:
+            raise ValueError("its state file names another job")
+        if record.state not in protocol.JOB_STATES:
+            raise ValueError(f"unknown state {record.state[:40]!r}")
+        spec = json.loads((path / SPEC).read_text(encoding="utf-8"))
+        if not _fits(spec, dict) or not isinstance(spec.get("task"), str) or spec["task"] not in protocol.TASK_NAMES:
+            raise ValueError(f"{SPEC} is not the spec of a job")
+        if record.state == "finished":
+            for name in (MESH_NPZ, TEXTURE_PNG, ASSET_GLB):
+                if not (path / RESULT / name).is_file():
+                    raise ValueError(f"its result has no {name}")
+        elif record.state not in FINAL_STATES:  # it will run again: what it runs from must load
+            protocol.check_mesh_arrays(spec["task"], self.inputs(record.id))
+            self.load_checkpoint(record.id)
+        return record
+
+    def drop_inputs(self, job_id: str) -> None:
+        """Remove what a job that will never run again was given (its mesh) and its checkpoint."""
+        folder = self.folder(job_id)
+        shutil.rmtree(folder / INPUTS, ignore_errors=True)
+        (folder / CHECKPOINT).unlink(missing_ok=True)
+
+    def remove(self, job_id: str) -> None:
+        """Delete a job's folder: renamed away first, so a crash midway leaves no half job behind."""
+        folder = self.folder(job_id)
+        doomed = self.root / f".new-{job_id}"  # load_all clears these
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(folder, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def size(self, job_id: str) -> int:
+        """Bytes of a job's files."""
+        total = 0
+        for root, _, names in os.walk(self.folder(job_id)):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        return total
 
     # --- inputs
 
@@ -186,6 +249,29 @@ class JobStore:
         with np.load(folder / MESH_NPZ, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return arrays, (folder / TEXTURE_PNG).read_bytes(), folder / ASSET_GLB
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a value read from JSON fits a JobRecord annotation (and can be sent in a reply as it is)."""
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str) and protocol.valid_text(value)
+    if tp is type(None):
+        return value is None
+    if tp is dict:
+        if not isinstance(value, dict) or protocol.invalid_text(value) is not None:
+            return False
+        try:
+            json.dumps(value, allow_nan=False)
+        except (ValueError, RecursionError):
+            return False
+        return True
+    return any(_fits(value, arg) for arg in typing.get_args(tp))
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

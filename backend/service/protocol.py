@@ -19,6 +19,7 @@ import numpy as np
 
 VERSION = 1
 MAX_PROMPT_CHARS = 1000  # the same limit the generate task enforces
+MAX_SEED = 2**63 - 1  # the same limit the tasks enforce: every seed a torch generator takes, and no more
 MAX_FACES = 2_000_000  # the same limit the backend's mesh validation enforces
 MAX_VERTICES = 3 * MAX_FACES
 MAX_PREVIEW_BYTES = 4 << 20
@@ -63,8 +64,9 @@ ERROR_CODES: dict[str, str] = {
 }
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII, no spaces
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: cannot name a path outside the jobs folder
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def a_or_an(word: str) -> str:
@@ -150,7 +152,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
         "task": F(str, required=True, choices=TASK_NAMES),
         "prompt": _str(MAX_PROMPT_CHARS), "negative": _str(MAX_PROMPT_CHARS),
         "method": _str(64, pattern=_NAME), "preset": _str(64, pattern=_NAME), "model": _str(1024),
-        "seed": F(int, lo=0, hi=2**32 - 1), "iterations": F(int, lo=1, hi=1_000_000),
+        # ranges of settings beyond their wire type are the service's (one table for fields and overrides)
+        "seed": F(int, lo=0, hi=MAX_SEED), "iterations": F(int, lo=1),
         "overrides": F(dict), "watch": F(bool),
     },
     "status": {"job": _JOB, "watch": F(bool)},
@@ -161,7 +164,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "heartbeat": {"time": F(float), "queue": F(int, lo=0), "workers": F(int, lo=0), "models": F(list, max_len=64)},
     "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
                 "methods": F(list), "presets": F(list), "models": F(list), "queue": F(int, lo=0),
-                "workers": F(int, lo=0), "limits": F(dict)},
+                "workers": F(int, lo=0), "limits": F(dict), "unavailable": F(dict)},
     "accepted": {"job": _JOB, "position": F(int, lo=0)},
     "job": {"job": F(dict, required=True)},
     "jobs": {"jobs": F(list, required=True, max_len=1000)},
@@ -223,7 +226,7 @@ def check_fields(kind: str, fields: dict[str, Any], limits: Limits = REQUEST_LIM
     schema = SCHEMAS[kind]
     for name, value in fields.items():
         if name == "id":
-            if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+            if not isinstance(value, str) or not REQUEST_ID.fullmatch(value):
                 raise ProtocolError("bad_field", "field 'id' must be 1-64 printable ASCII characters")
             continue
         rule = schema.get(name)
@@ -363,6 +366,39 @@ def _parse_header(frame: bytes, limits: Limits) -> dict[str, Any]:
     return header
 
 
+def valid_text(text: str) -> bool:
+    """False for a str that UTF-8 cannot encode: JSON's `\\ud800` escapes decode to such lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def invalid_text(value: Any, path: str = "header") -> str | None:
+    """Where in a parsed JSON value a key or a string is not valid Unicode, or None."""
+    if isinstance(value, str):
+        return None if valid_text(value) else path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not valid_text(key):
+                return f"a key in {path}"
+            where = invalid_text(item, f"{path}.{key}")
+            if where is not None:
+                return where
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            where = invalid_text(item, f"{path}[{i}]")
+            if where is not None:
+                return where
+    return None
+
+
+def printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode replaced by U+FFFD, so that a reply quoting it always encodes."""
+    return text if valid_text(text) else _SURROGATE.sub("\ufffd", text)
+
+
 def _frame_specs(header: dict[str, Any], key: str, keys: Sequence[str]) -> list[dict]:
     specs = header.get(key, [])
     if not isinstance(specs, list) or not all(
@@ -401,24 +437,28 @@ def decode(frames: Sequence[bytes], limits: Limits = REQUEST_LIMITS,
     """Parse and validate one message; raises ProtocolError. `accept`: the types this side takes."""
     if not frames:
         raise ProtocolError("bad_frames", "an empty message")
-    if len(frames) > limits.max_frames + 1:
-        raise ProtocolError("too_large", f"{len(frames)} frames, over the limit of {limits.max_frames + 1}")
-    total = sum(len(f) for f in frames)
-    if total > limits.max_message_bytes:
-        raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
-    header = _parse_header(frames[0], limits)
+    header = _parse_header(frames[0], limits)  # errors before this point cannot carry the request's id
     rid = header.get("id")
     try:
+        where = invalid_text(header)
+        if where is not None:
+            raise ProtocolError("bad_message", f"frame 0 holds text that is not valid Unicode ({where}: a lone "
+                                               "UTF-16 surrogate, \\ud800-\\udfff); send well-formed text")
+        if len(frames) > limits.max_frames + 1:
+            raise ProtocolError("too_large", f"{len(frames)} frames, over the limit of {limits.max_frames + 1}")
+        total = sum(len(f) for f in frames)
+        if total > limits.max_message_bytes:
+            raise ProtocolError("too_large", f"the message is {total:,} bytes, over {limits.max_message_bytes:,}")
         return _decode_header(header, frames, limits, accept)
     except ProtocolError as exc:
         # the request id lets the sender match the error to its request, when it is well formed
-        exc.request_id = rid if isinstance(rid, str) and _REQUEST_ID.fullmatch(rid) else None
+        exc.request_id = rid if isinstance(rid, str) and REQUEST_ID.fullmatch(rid) else None
         raise
 
 
 def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limits,
                    accept: frozenset[str] | None) -> Message:
-    if header.get("v") != VERSION or isinstance(header.get("v"), bool):
+    if type(header.get("v")) is not int or header["v"] != VERSION:  # 1.0 and true are not versions
         raise ProtocolError("unsupported_version", f"protocol version {str(header.get('v'))[:20]!r} is not "
                                                    f"supported; this peer speaks v{VERSION}")
     kind = header.get("type")
@@ -458,9 +498,10 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
 def error_fields(code: str, message: str, hint: str | None = None, request_id: str | None = None,
                  job: str | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The fields of an error message, trimmed to the protocol's limits."""
-    fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed", "message": message[:4000]}
+    fields: dict[str, Any] = {"code": code if code in ERROR_CODES else "job_failed",
+                              "message": printable(message[:4000])}
     if hint:
-        fields["hint"] = hint[:4000]
+        fields["hint"] = printable(hint[:4000])
     if details:
         fields["details"] = details
     if request_id is not None:

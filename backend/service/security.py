@@ -105,22 +105,63 @@ def allowed_dir(folder: Path) -> Path:
 
 
 class Curve:
-    """CURVE for the service's listening sockets: the key pair and a ZAP handler that reads the allow-list."""
+    """CURVE for the service's listening sockets: the key pair, and a ZAP handler that asks this object
+    whether a client key is on the allow-list (as last read, so a folder being edited never empties it)."""
 
     def __init__(self, context: zmq.Context, folder: Path) -> None:
         self.public, self.secret = server_keys(folder)
         self.allowed = allowed_dir(folder)
+        self._keys: dict[str, bytes] = {}  # file name → z85 public key
+        self.reload()
         self.auth = ThreadAuthenticator(context)
         self.auth.start()
-        self._stamp = -1.0
-        self.reload()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
 
-    def reload(self) -> None:
-        """Re-read the allow-list when its folder changed, so keys can be added without a restart."""
-        stamp = max([self.allowed.stat().st_mtime, *(p.stat().st_mtime for p in self.allowed.glob("*.key"))])
-        if stamp != self._stamp:
-            self.auth.configure_curve(domain="*", location=str(self.allowed))
-            self._stamp = stamp
+    @property
+    def allowed_keys(self) -> frozenset[str]:
+        """The z85 public keys clients may use (what ZeroMQ reports as a message's User-Id)."""
+        return frozenset(k.decode("ascii") for k in self._keys.values())
+
+    def callback(self, domain: str, key: bytes) -> bool:  # on the authenticator's thread, per handshake
+        return key in self._keys.values()
+
+    def reload(self) -> frozenset[str]:
+        """Re-read the allow-list; returns the keys that left it. Files may vanish or be half written while
+        this reads: a key file that cannot be read keeps its last good key, one that is gone is revoked, and
+        a folder that is missing or lists no key at all keeps the whole last good set (and says so)."""
+        before = self.allowed_keys
+        try:
+            names = sorted(p.name for p in self.allowed.iterdir() if p.name.endswith(".key"))
+        except OSError as exc:
+            names, why = [], f"cannot list it ({exc.strerror or exc})"
+        else:
+            why = "it lists no client keys"
+        if not names:
+            if self._keys:
+                print(f"service: the allow-list {self.allowed} is unusable ({why}); keeping the last good "
+                      f"set of {len(self._keys)} key(s)", file=sys.stderr, flush=True)
+            return frozenset()
+        keys: dict[str, bytes] = {}
+        for name in names:
+            try:
+                public, _ = zmq.auth.load_certificate(self.allowed / name)
+            except FileNotFoundError:
+                continue  # removed between listing and reading: revoked
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                if name in self._keys:  # being rewritten, or unreadable for now: keep what it held
+                    keys[name] = self._keys[name]
+                print(f"service: cannot read client key {name} ({exc}); "
+                      f"{'keeping its last good key' if name in keys else 'skipping it'}", file=sys.stderr,
+                      flush=True)
+                continue
+            if public:
+                keys[name] = public
+        if not keys and self._keys:
+            print(f"service: no key of the allow-list {self.allowed} could be read; keeping the last good set",
+                  file=sys.stderr, flush=True)
+            return frozenset()
+        self._keys = keys
+        return before - self.allowed_keys
 
     def secure(self, socket: zmq.Socket) -> None:
         socket.curve_secretkey = self.secret

@@ -8,7 +8,7 @@ loop goes on. Jobs persist in the store, so a restarted service requeues what wa
 
 from __future__ import annotations
 
-import contextlib
+import json
 import shutil
 import sys
 import tempfile
@@ -26,14 +26,16 @@ from backend import __version__
 from backend.errors import LatentForgeError
 from backend.objectives import OBJECTIVES
 from backend.presets import PRESETS
-from backend.service import checkpoint_wire, tasks
-from backend.service.broker import Broker, WorkerPool
+from backend.service import checkpoint_wire, models, ownership, schema, tasks
+from backend.service.broker import Broker, WorkerInfo, WorkerPool
 from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
 from backend.service.protocol import (
     CLIENT_REQUESTS,
     MAX_FACES,
     MAX_PROMPT_CHARS,
+    MAX_SEED,
     MAX_VERTICES,
+    REQUEST_ID,
     REQUEST_LIMITS,
     VERSION,
     Frames,
@@ -43,11 +45,15 @@ from backend.service.protocol import (
     encode,
     error_fields,
 )
+from backend.service.retention import Retention, RetentionPolicy
 from backend.service.security import Curve, check_bind
 from backend.service.supervisor import LocalWorkers
 
 DRAIN = 100  # messages handled per socket per loop turn, so neither side starves the other
 MAX_LISTENERS = 256  # clients that get status pushes: the most recently heard that asked in their hello
+RELOAD_KEYS_S = 2.0  # how often the allow-list is re-read (and revoked keys are cut off)
+MAX_SESSIONS = 4096  # client identities remembered for revocation, most recent first
+SWEEP_S = 60.0  # how often the retention policy runs (also at start and whenever a job ends)
 
 
 class Refused(LatentForgeError):
@@ -71,6 +77,7 @@ class ServiceConfig:
     max_queued_per_client: int = 8
     heartbeat_s: float = 1.0
     max_crashes: int = 3  # a job that kills its worker this often is failed, not retried forever
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 class Service:
@@ -81,6 +88,10 @@ class Service:
         check_bind(config.bind, config.keys_dir)
         self.config = config
         self.store = JobStore(config.jobs_dir)
+        self.retention = Retention(self.store, config.retention)
+        # models this machine surely cannot load: reported in welcome, and submits for them are refused
+        self.unavailable: dict[str, str] = {m: why for m in config.models if (why := models.problem(m))}
+        self.sessions: dict[bytes, str] = {}  # client identity → the owner it spoke for
         self.broker = self._pool(config)
         self.records: dict[str, JobRecord] = {}
         self.subscribers: dict[str, set[bytes]] = {}
@@ -135,8 +146,12 @@ class Service:
             link = "tcp://127.0.0.1:*"
         self.local_link = self._listen(zmq.ROUTER, link, False)
         self._recover()
-        if self.config.workers and self.config.ray is None:
-            self.local = LocalWorkers(self.local_link.last_endpoint.decode(), self.config.models,
+        self._sweep()
+        for model, why in self.unavailable.items():
+            print(f"service: cannot serve the model {model}: {why}", file=sys.stderr, flush=True)
+        usable = [m for m in self.config.models if m not in self.unavailable]
+        if self.config.workers and self.config.ray is None and usable:
+            self.local = LocalWorkers(self.local_link.last_endpoint.decode(), usable,
                                       self.config.devices[: self.config.workers], self.config.heartbeat_s)
             self.local.start()
 
@@ -154,7 +169,7 @@ class Service:
         poller = zmq.Poller()
         for sock in self.sockets:
             poller.register(sock, zmq.POLLIN)
-        last_reload = time.monotonic()
+        last_reload = last_sweep = time.monotonic()
         while not stop.is_set():
             ready = dict(poller.poll(self.broker.poll_ms))
             for sock in ready:
@@ -169,9 +184,38 @@ class Service:
                 self._housekeeping()
             except Exception:  # e.g. a full disk while saving a state: log it, keep serving
                 traceback.print_exc()
-            if self.curve is not None and time.monotonic() - last_reload > 2.0:
-                self.curve.reload()
+            if self.curve is not None and time.monotonic() - last_reload > RELOAD_KEYS_S:
+                self._reload_keys()
                 last_reload = time.monotonic()
+            if time.monotonic() - last_sweep > SWEEP_S:
+                self._sweep()
+                last_sweep = time.monotonic()
+
+    def _reload_keys(self) -> None:
+        """Re-read the allow-list; a revoked key's sessions end: no replies, no more job events."""
+        try:
+            revoked = self.curve.reload()
+        except Exception:  # never let the allow-list's folder take the service down
+            traceback.print_exc()
+            return
+        if not revoked:
+            return
+        gone = {identity for identity, owner in self.sessions.items() if owner in revoked}
+        for identity in gone:
+            del self.sessions[identity]
+        for watchers in self.subscribers.values():
+            watchers -= gone
+        print(f"service: {len(revoked)} client key(s) left the allow-list; closed {len(gone)} session(s)",
+              file=sys.stderr, flush=True)
+
+    def _sweep(self) -> None:
+        try:
+            removed = self.retention.sweep(self.records)
+        except Exception:  # e.g. a folder that cannot be deleted: try again next time
+            traceback.print_exc()
+            return
+        if removed:
+            print(f"service: the retention policy removed {len(removed)} old job(s)", file=sys.stderr, flush=True)
 
     def _housekeeping(self) -> None:
         """Heartbeats and dead workers, restarts of local ones, then hand out queued jobs."""
@@ -179,8 +223,20 @@ class Service:
         if self.local is not None:
             for pid in self.local.reap():
                 self.broker.remove_pid(pid, self.local_link)
+        if (self.local is not None and self.local.given_up() and self.remote_link is None
+                and len(self.unavailable) < len(self.config.models)):
+            self._workers_failed()
         self._dispatch()
         self._push_status()
+
+    def _workers_failed(self) -> None:
+        """No worker can start (e.g. the weights load nowhere): say so instead of queueing forever."""
+        why = "the service's workers exit right after starting (see the service's log for why)"
+        self.unavailable.update({m: why for m in self.config.models})
+        for record in list(self.records.values()):
+            if record.state == "queued":
+                self.broker.dequeue(record.id)
+                self._end(record, "failed", "model_not_found", f"model {record.model}: {why}", models.HINT)
 
     def close(self) -> None:
         """Stop workers and sockets; running jobs go back to queued (a clean stop is not a crash)."""
@@ -203,29 +259,45 @@ class Service:
 
     def _on_client(self) -> None:
         parts = self.front.recv_multipart(copy=False)
-        identity, frames = parts[0].bytes, [p.buffer for p in parts[1:]]
-        owner = identity.hex()
-        if frames:
-            with contextlib.suppress(zmq.ZMQError):  # set when CURVE authenticated the peer
-                owner = parts[1].get("User-Id") or owner
+        identity = parts[0].bytes
+        try:
+            reply = self._answer(identity, parts)
+        except Exception:  # the last resort: even the error reply failed; log it, answer, keep serving
+            traceback.print_exc()
+            reply = encode("error", error_fields("internal", "the service could not answer this request",
+                                                 "see the service's log", request_id=_request_id(parts)))
+        if reply is not None:
+            self.front.send_multipart([identity, *reply], copy=False)
+
+    def _answer(self, identity: bytes, parts: list[zmq.Frame]) -> Frames | None:
+        """The reply to one client message (None: drop it, the sender's key is no longer allowed)."""
+        owner = ownership.caller(parts[1] if len(parts) > 1 else None, self.curve is not None,
+                                 self.curve.allowed_keys if self.curve is not None else frozenset())
+        if owner is None:
+            return None
+        if self.curve is not None:  # remembered so that revoking the key can end this session
+            self.sessions.pop(identity, None)
+            self.sessions[identity] = owner
+            if len(self.sessions) > MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]
         request_id = None
         if identity in self.listeners:
             self.listeners.move_to_end(identity)
         try:
-            message = decode(frames, REQUEST_LIMITS, CLIENT_REQUESTS)
+            message = decode([p.buffer for p in parts[1:]], REQUEST_LIMITS, CLIENT_REQUESTS)
             request_id = message.id
-            reply = getattr(self, f"_on_{message.type}")(identity, owner, message)
+            return getattr(self, f"_on_{message.type}")(identity, owner, message)
         except ProtocolError as exc:
-            reply = encode("error", error_fields(exc.code, exc.message, request_id=exc.request_id))
+            return encode("error", error_fields(exc.code, exc.message, request_id=exc.request_id))
         except UnknownJob as exc:
-            reply = encode("error", error_fields("unknown_job", str(exc.args[0]), "list jobs to see their ids",
-                                                 request_id=request_id))
+            return encode("error", error_fields("unknown_job", str(exc.args[0]), "list jobs to see their ids",
+                                                request_id=request_id))
         except LatentForgeError as exc:
-            reply = encode("error", error_fields(exc.code, exc.message, exc.hint, request_id=request_id))
+            return encode("error", error_fields(exc.code, exc.message, exc.hint, request_id=request_id))
         except Exception as exc:  # a bug must not take the service down
             traceback.print_exc()
-            reply = encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}", request_id=request_id))
-        self.front.send_multipart([identity, *reply], copy=False)
+            return encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}", "see the service's log",
+                                                request_id=request_id))
 
     @staticmethod
     def _reply(kind: str, request: Message, fields: dict[str, Any], arrays: dict | None = None,
@@ -234,10 +306,11 @@ class Service:
             fields = {"id": request.id, **fields}
         return encode(kind, fields, arrays, blobs)
 
-    def _record(self, job: str) -> JobRecord:
+    def _record(self, job: str, owner: str) -> JobRecord:
         record = self.records.get(job)
-        if record is None:
-            raise UnknownJob(f"no job {job!r} on this service")
+        # another client's job is as unknown as one that never existed
+        if record is None or not ownership.owns(owner, record.owner, self.curve is not None):
+            raise UnknownJob(f"no job {job!r} of yours on this service")
         return record
 
     def _summary(self, record: JobRecord) -> dict[str, Any]:
@@ -249,19 +322,30 @@ class Service:
             self.listeners.move_to_end(identity)
             while len(self.listeners) > MAX_LISTENERS:
                 self.listeners.popitem(last=False)
+        usable = len(self.unavailable) < len(self.config.models)
         return self._reply("welcome", message, {
-            "server": "latentforge", "version": __version__, "protocol": VERSION, "tasks": tasks.available(),
+            "server": "latentforge", "version": __version__, "protocol": VERSION,
+            "tasks": tasks.available() if usable else [],
             "methods": sorted(OBJECTIVES), "presets": sorted(PRESETS), "models": self.config.models,
+            "unavailable": {m: f"{why}; {models.HINT}" for m, why in self.unavailable.items()},
             "queue": len(self.broker.queue), "workers": len(self.broker.workers),
-            "limits": {"max_prompt_chars": MAX_PROMPT_CHARS, "max_faces": MAX_FACES, "max_vertices": MAX_VERTICES,
-                       "max_message_bytes": REQUEST_LIMITS.max_message_bytes,
-                       "max_queued_per_client": self.config.max_queued_per_client}})
+            "limits": self._limits()})
+
+    def _limits(self) -> dict[str, Any]:
+        return {"max_prompt_chars": MAX_PROMPT_CHARS, "max_faces": MAX_FACES, "max_vertices": MAX_VERTICES,
+                "max_message_bytes": REQUEST_LIMITS.max_message_bytes, "max_seed": MAX_SEED,
+                "max_queued_per_client": self.config.max_queued_per_client,
+                "ceilings": schema.ceilings(*tasks.config_types()),
+                "keep_days": self.config.retention.max_age_days, "disk_budget_gb": self.config.retention.max_disk_gb}
 
     def _on_submit(self, identity: bytes, owner: str, message: Message) -> Frames:
         model = message.fields.get("model") or self.config.models[0]
         if model not in self.config.models:
             raise Refused("unknown_model", f"this service does not serve the model {model[:200]!r}",
                           f"use one of: {', '.join(self.config.models)}")
+        if model in self.unavailable:
+            raise Refused("model_not_found", f"this service cannot load the model {model}: "
+                          f"{self.unavailable[model]}", models.HINT)
         queued = sum(1 for r in self.records.values() if r.owner == owner and r.state == "queued")
         if queued >= self.config.max_queued_per_client:
             raise Refused("queue_full", f"you already have {queued} queued jobs, the most this service allows",
@@ -276,19 +360,21 @@ class Service:
         return self._reply("accepted", message, {"job": record.id, "position": self.broker.position(record.id)})
 
     def _on_status(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"])
+        record = self._record(message.fields["job"], owner)
         if message.fields.get("watch") and record.state not in FINAL_STATES:
             self.subscribers.setdefault(record.id, set()).add(identity)
         return self._reply("job", message, {"job": self._summary(record)})
 
     def _on_list(self, identity: bytes, owner: str, message: Message) -> Frames:
         state = message.fields.get("state")
-        records = [r for r in self.records.values() if state is None or r.state == state]
+        keys_on = self.curve is not None
+        records = [r for r in self.records.values() if (state is None or r.state == state)
+                   and ownership.owns(owner, r.owner, keys_on)]
         records = records[-message.fields.get("limit", 100):]
         return self._reply("jobs", message, {"jobs": [self._summary(r) for r in records]})
 
     def _on_cancel(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"])
+        record = self._record(message.fields["job"], owner)
         if record.state == "queued":
             self.broker.dequeue(record.id)
             self._end(record, "cancelled", "cancelled", "the job was cancelled before it started")
@@ -299,7 +385,7 @@ class Service:
         return self._reply("job", message, {"job": self._summary(record)})
 
     def _on_fetch(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"])
+        record = self._record(message.fields["job"], owner)
         if record.state in ("failed", "cancelled"):
             error = record.error or {}
             raise Refused(error.get("code", "job_failed"), error.get("message", f"the job {record.state}"),
@@ -307,10 +393,14 @@ class Service:
         if record.state != "finished":
             raise Refused("not_finished", f"job {record.id} is {record.state}, it has no result yet",
                           "wait for its result message, or poll its status")
-        arrays, texture, glb_path = self.store.load_result(record.id)
-        blobs = {"texture": texture}
-        if message.fields.get("glb"):
-            blobs["glb"] = glb_path.read_bytes()
+        try:
+            arrays, texture, glb_path = self.store.load_result(record.id)
+            blobs = {"texture": texture}
+            if message.fields.get("glb"):
+                blobs["glb"] = glb_path.read_bytes()
+        except Exception as exc:  # a damaged or deleted result folder: that job's problem, not the service's
+            raise Refused("job_failed", f"the result files of job {record.id} cannot be read ({exc})"[:500],
+                          "submit the job again") from None
         return self._reply("result", message, {"job": record.id, "glb_path": str(glb_path),
                                                "stats": record.stats or {}}, arrays, blobs)
 
@@ -335,7 +425,7 @@ class Service:
         """Export a failed job's trained field again with other export settings, without training again:
         the job is queued once more with its spec's export settings changed, and resumes from the checkpoint
         saved at the end of its optimisation."""
-        record = self._record(message.fields["job"])
+        record = self._record(message.fields["job"], owner)
         if record.state != "failed":
             raise Refused("not_reexportable", f"job {record.id} is {record.state}: only a job whose export failed "
                           "can be exported again", "wait for it to end, or submit a new job")
@@ -363,7 +453,7 @@ class Service:
         return {**details, "reexport": possible}
 
     def _notify(self, job: str, frames: Frames, last: bool = False) -> None:
-        for identity in self.subscribers.get(job, ()):
+        for identity in list(self.subscribers.get(job, ())):
             self.front.send_multipart([identity, *frames], copy=False)  # dropped if that client has gone
         if last:
             self.subscribers.pop(job, None)
@@ -378,6 +468,11 @@ class Service:
             self._notify(record.id, encode("error", error_fields(code, message, hint, job=record.id,
                                                                  details=details)), last=True)
         self.store.save(record)
+        # it never runs again, so what it was given goes now; except a trained field whose export can be redone
+        # with other settings (its inputs and checkpoint then age out with the job)
+        if state in ("failed", "cancelled") and not (details or {}).get("reexport"):
+            self.store.drop_inputs(record.id)
+        self._sweep()
 
     def _requeue_or_end(self, record: JobRecord, why: str, front: bool = True) -> None:
         if record.cancel_requested:
@@ -396,7 +491,7 @@ class Service:
             record = self.records[job]
             try:
                 frames = self._task_frames(record)
-            except (OSError, ValueError, KeyError) as exc:
+            except Exception as exc:  # missing, truncated or tampered files: fail this job, serve the rest
                 self.broker.release(worker)
                 self._end(record, "failed", "job_failed", f"the job's files cannot be read ({exc})",
                           "submit the job again")
@@ -454,3 +549,11 @@ class Service:
         record.crashes += 1
         self._requeue_or_end(record, why)
 
+
+def _request_id(parts: list[zmq.Frame]) -> str | None:
+    """The request's id when its header still yields a well-formed one, so the error reaches its caller."""
+    try:
+        rid = json.loads(parts[1].bytes).get("id")
+    except Exception:
+        return None
+    return rid if isinstance(rid, str) and REQUEST_ID.fullmatch(rid) else None

@@ -69,6 +69,10 @@ class LocalWorkers:
                 self._spawn(slot)
         return gone
 
+    def given_up(self) -> bool:
+        """True once every worker kept dying right after starting and none is restarted any more."""
+        return all(slot.process is None for slot in self.slots)
+
     def alive(self) -> int:
         return sum(1 for s in self.slots if s.process is not None and s.process.poll() is None)
 

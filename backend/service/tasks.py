@@ -25,6 +25,7 @@ from backend.guidance.base import Guidance
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.methods import method_overrides
 from backend.presets import preset_overrides
+from backend.service import schema
 from backend.service.protocol import a_or_an
 from backend.tasks.generate import GenerateConfig, generate
 
@@ -72,8 +73,6 @@ def _nested(fields: dict[str, Any], mapping: dict[str, str]) -> dict:
     return out
 
 
-_GENERATE_FIELDS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "iterations": "optim.iters"}
-_PAINT_FIELDS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "iterations": "iters"}
 
 
 def _method(spec: JobSpec, config_type: type) -> dict:
@@ -87,15 +86,17 @@ def generate_config(spec: JobSpec) -> GenerateConfig:
     """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`."""
     config = merge(from_dict(GenerateConfig, {}), _method(spec, GenerateConfig))
     config = merge(config, preset_overrides(spec.fields.get("preset", "standard")))
-    config = merge(config, _nested(spec.fields, _GENERATE_FIELDS))
+    config = merge(config, _nested(spec.fields, schema.SPEC_FIELDS["generate"]))
     return merge(config, spec.fields.get("overrides", {}))
 
 
 def _check_generate(spec: JobSpec) -> None:
     from backend.objectives import OBJECTIVES
 
+    schema.check_overrides(spec.fields.get("overrides", {}), GenerateConfig)
     config = generate_config(spec)
     config.validate()
+    schema.check_ceilings(config, "generate")
     if config.objective.name not in OBJECTIVES:  # overrides can name an objective no method provides
         raise ConfigError(f"unknown method {config.objective.name!r}", f"choose one of {', '.join(OBJECTIVES)}")
     if "vertices" in spec.arrays:
@@ -120,8 +121,8 @@ def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: di
     overrides = dict(fields.get("overrides") or {})
     overrides["export"] = {**(overrides.get("export") or {}), **export}
     changed = JobSpec(spec.task, {**fields, "overrides": overrides})
+    _check_generate(changed)  # the export settings obey every limit a submit's do
     config = generate_config(changed)
-    config.validate()
     trained = {"stage": 1 + (config.refine.iters > 0), "step": 0}
     if checkpoint != trained:
         raise NotReexportable("the job did not finish its optimisation, so it has no trained field to export "
@@ -144,15 +145,19 @@ def paint_config(spec: JobSpec, module: ModuleType) -> Any:
     generate jobs only)."""
     preset_overrides(spec.fields.get("preset", "standard"))  # still refuse an unknown preset name
     config = merge(from_dict(module.PaintConfig, {}), _method(spec, module.PaintConfig))
-    config = merge(config, _nested(spec.fields, _PAINT_FIELDS))
+    config = merge(config, _nested(spec.fields, schema.SPEC_FIELDS["paint"]))
     return merge(config, spec.fields.get("overrides", {}))
 
 
 def _check_paint(spec: JobSpec) -> None:
-    spec.mesh("mesh to paint")  # the arrays are checked in full whether or not paint is available
-    config = paint_config(spec, _paint_module())
-    if hasattr(config, "validate"):
-        config.validate()
+    mesh = spec.mesh("mesh to paint")  # the arrays are checked in full whether or not paint is available
+    module = _paint_module()
+    schema.check_overrides(spec.fields.get("overrides", {}), module.PaintConfig)
+    config = paint_config(spec, module)
+    config.validate()
+    schema.check_ceilings(config, "paint")
+    if mesh.uvs is not None:
+        module.check_uv_range(mesh.uvs)
 
 
 def _run_paint(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
@@ -179,6 +184,11 @@ def available() -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def config_types() -> list[type]:
+    """The config dataclass of each task this service can run now."""
+    return [GenerateConfig] + ([_paint_module().PaintConfig] if "paint" in available() else [])
 
 
 def check_spec(spec: JobSpec) -> None:

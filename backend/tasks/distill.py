@@ -21,14 +21,22 @@ from backend.loop import LoopConfig
 from backend.objectives import ObjectiveConfig
 from backend.schedules import TimestepConfig, sample_timesteps
 
-MAX_PROMPT_CHARS = 1000
+MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
+MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 
 
-def check_prompt(prompt: str) -> None:
+def check_prompt(prompt: str, negative: str = "") -> None:
     if not prompt or not prompt.strip():
         raise ConfigError("the prompt is empty", "describe the object, e.g. --prompt 'a red toadstool'")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ConfigError(f"the prompt is {len(prompt)} characters, over the limit of {MAX_PROMPT_CHARS}")
+    for name, text in (("prompt", prompt), ("negative prompt", negative)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"the {name} is {len(text)} characters, over the limit of {MAX_PROMPT_CHARS}",
+                              f"shorten the {name}")
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, 2^63 - 1], got {seed}", "pick a smaller non-negative seed")
 
 
 def check_render_size(name: str, value: int) -> None:
@@ -51,7 +59,8 @@ class DistillConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
-        check_prompt(self.prompt)
+        check_prompt(self.prompt, self.negative)
+        check_seed(self.seed)
         check_render_size("resolution", self.resolution)
         for part in (self.camera, self.timesteps, self.objective):
             part.validate()

@@ -79,15 +79,20 @@ class PaintResult:
     png_path: Path
 
 
+def check_uv_range(uv: np.ndarray) -> np.ndarray:
+    """`uv` if every coordinate lies in the [0, 1] square (to float precision); else a clear error."""
+    if len(uv) and (uv.min() < -1e-4 or uv.max() > 1 + 1e-4):
+        raise InputError(f"the paint mesh's UVs leave the [0, 1] square (range {uv.min():.3g} … {uv.max():.3g})",
+                         "pack the UVs into [0, 1] (UDIM tiles are not supported) or remove the UV map "
+                         "so the mesh is unwrapped automatically")
+    return uv
+
+
 def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
     """The mesh with usable UVs: its own when it has them, else an xatlas atlas (and the vertex map)."""
     mesh = validate_mesh(mesh, "paint mesh")
     if mesh.uvs is not None:
-        uv = mesh.uvs
-        if uv.min() < -1e-4 or uv.max() > 1 + 1e-4:
-            raise InputError(f"the paint mesh's UVs leave the [0, 1] square (range {uv.min():.3g} … {uv.max():.3g})",
-                             "pack the UVs into [0, 1] (UDIM tiles are not supported) or remove the UV map "
-                             "so the mesh is unwrapped automatically")
+        uv = check_uv_range(mesh.uvs)
         e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
         if np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8:
             return mesh, np.arange(len(mesh.vertices))
