@@ -27,7 +27,7 @@ from backend.errors import LatentForgeError
 from backend.objectives import OBJECTIVES
 from backend.presets import PRESETS
 from backend.service import checkpoint_wire, models, ownership, schema, tasks
-from backend.service.broker import Broker, WorkerInfo, WorkerPool
+from backend.service.broker import Broker, WorkerPool
 from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
 from backend.service.protocol import (
     CLIENT_REQUESTS,
