@@ -67,9 +67,10 @@ class TargetGuidance(Guidance):
         self._vertices = torch.as_tensor(frame.to_unit(self.mesh.vertices), device=self.device)
 
     def render_rgb(self, cameras: Cameras, size: int, supersample: int = 2) -> torch.Tensor:
-        """G's render [B, 3, size, size] in [0, 1] over the background."""
+        """G's render [B, 3, size, size] in [0, 1] over the background, shaded with the cameras' light."""
         color, coverage = render_mesh(self._vertices, self._faces, cameras, size, vertex_colors=self._colors,
-                                      uvs=self._uvs, texture=self._texture, supersample=supersample)
+                                      uvs=self._uvs, texture=self._texture, supersample=supersample,
+                                      lighting=True)
         return color + (1 - coverage[:, None]) * self.background.view(1, 3, 1, 1)
 
     def target_latents(self, cameras: Cameras, size: int) -> torch.Tensor:

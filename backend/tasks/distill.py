@@ -7,7 +7,7 @@ the prior (encoding, timesteps, the objective) lives here once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from backend.latent import latent_to_rgb
 from backend.loop import LoopConfig
 from backend.objectives import ObjectiveConfig
 from backend.schedules import TimestepConfig, sample_timesteps
+from backend.shading import LightConfig, sample_light, sample_mode
 
 MAX_PROMPT_CHARS = 1000
 
@@ -78,9 +79,14 @@ class DistillStep:
     generator: torch.Generator
     batch: int = 1
     regularisers: dict[str, tuple[float, Regulariser]] = field(default_factory=dict)
+    lighting: LightConfig | None = None  # shaded stages: a point light and a render mode drawn per step
 
     def __call__(self, step: int, total: int) -> dict[str, torch.Tensor]:
         cams = self.cameras.sample(self.batch)
+        if self.lighting is not None:
+            # on the camera batch, so a prior that renders its own answer shades it the same way
+            cams = replace(cams, light=sample_light(cams.position, self.lighting, self.generator),
+                           shading=sample_mode(self.lighting, self.generator))
         out = self.render(cams)
         images = None if out.latent else out.image
         z = out.image if out.latent else self.guidance.encode(out.image)

@@ -1,31 +1,38 @@
 """Text (and optionally sketch) to a textured mesh: Latent-NeRF + score distillation, then export.
 
 Stages: "latent" renders the NeRF's 4 latent channels at `resolution` straight into the guidance's
-latent space; "rgb_refine" renders RGB through the learnable 4→3 layer at `refine.resolution` and
-distils through the guidance's encoder; then the field is exported as a GLB.
+latent space; "rgb_refine" renders RGB through the learnable 4→3 layer at `refine.resolution`, shaded
+DreamFusion-style (a random point light and one of lit / textureless / albedo per step, normals from the
+density's gradient, the orientation loss), and distils through the guidance's encoder; "mesh" (Magic3D)
+hands the NeRF's density to a DMTet grid and refines the extracted mesh, coloured by the NeRF's colour
+field, at up to 512². The export takes the refined mesh when that stage ran, else meshes the density.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from backend.cameras import Cameras, CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, StageStarted, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
+from backend.export.from_mesh import export_surface
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, Stage, run_stages
 from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES
-from backend.regularisers import ramp, sparsity, z_variance
-from backend.render.volume import VolumeConfig, VolumeRenderer
+from backend.regularisers import orientation, ramp, sparsity, z_variance
+from backend.render.volume import Shader, VolumeConfig, VolumeRenderer
+from backend.scene.dmtet import DMTet, MeshStageConfig, laplacian_smoothness, normal_consistency, render_surface
 from backend.scene.nerf import LatentNeRF, NeRFConfig
+from backend.shading import LightConfig, shade
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
 from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, check_render_size, to_preview
@@ -46,6 +53,7 @@ class RefineConfig:
     iters: int = 1000  # 0 skips RGB refinement
     resolution: int = 256  # RGB render size; the guidance's encoder resizes to its own input size
     lr: float = 1e-3
+    lambda_orient: float = 1e-2  # DreamFusion's orientation loss (normals facing away from the camera)
 
 
 @dataclass
@@ -54,6 +62,8 @@ class GenerateConfig(DistillConfig):
     render: VolumeConfig = field(default_factory=VolumeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    shading: LightConfig = field(default_factory=LightConfig)  # RGB stages' light and render modes
+    mesh: MeshStageConfig = field(default_factory=MeshStageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sketch: SketchConfig = field(default_factory=SketchConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
@@ -70,7 +80,10 @@ class GenerateConfig(DistillConfig):
             raise ConfigError("learning rates must be positive")
         if self.optim.batch < 1 or self.optim.lambda_sparsity < 0 or self.optim.lambda_zvar < 0:
             raise ConfigError("optim.batch must be ≥ 1, optim.lambda_sparsity and optim.lambda_zvar ≥ 0")
-        for part in (self.nerf, self.render, self.export, self.sketch, self.depth, self.speed):
+        if not self.refine.lambda_orient >= 0:
+            raise ConfigError(f"refine.lambda_orient must be ≥ 0, got {self.refine.lambda_orient}")
+        self.shading.validate("shading")
+        for part in (self.nerf, self.render, self.mesh, self.export, self.sketch, self.depth, self.speed):
             part.validate()
 
 
@@ -96,17 +109,55 @@ class NeRFScene:
         sigma, feats = self._field(x)
         return sigma, self.nerf.color(feats)
 
-    def render(self, cameras: Cameras, train: bool = True) -> SceneRender:
-        o, d = cameras.rays(self.size)
+    def render(self, cameras: Cameras, size: int, mode: str, train: bool = True,
+               normals: bool = False) -> SceneRender:
+        """Latents (mode "latent") or RGB shaded as `mode` with the cameras' light; `normals` also when
+        albedo is rendered (the orientation loss needs them)."""
+        o, d = cameras.rays(size)
+        shader = None
+        if mode in ("lit", "textureless") or (normals and mode != "latent"):
+            lit = None if mode in ("albedo", "latent") else (
+                lambda c, n, p, cam: shade(c, n, p, cameras.light, mode, cam))
+            shader = Shader(self.nerf.density, lit)
         out = self.renderer.render(self.field, self.nerf.background, o, d,
-                                   self.generator if train else None)
-        return SceneRender(out.image, latent=not self.nerf.rgb, extras=out)
+                                   self.generator if train else None, shader)
+        return SceneRender(out.image, latent=mode == "latent", extras=out)
 
     def preview(self) -> object:
         cams = Cameras.orbit(**PREVIEW_CAMERA, device=next(self.nerf.parameters()).device)
         with torch.no_grad():
-            out = self.render(cams, train=False)
+            out = self.render(cams, self.size, "albedo" if self.nerf.rgb else "latent", train=False)
         return to_preview(out.image, out.latent)
+
+
+class MeshScene:
+    """The DMTet surface coloured by the NeRF's colour field, rasterised with gradients to the geometry."""
+
+    def __init__(self, dmtet: DMTet, nerf: LatentNeRF) -> None:
+        self.dmtet, self.nerf = dmtet, nerf
+
+    def color(self, points: torch.Tensor) -> torch.Tensor:
+        return self.nerf.decoder(self.nerf.field(points)[1])
+
+    def render(self, cameras: Cameras, size: int, mode: str) -> SceneRender:
+        vertices, faces = self.dmtet.surface()
+        out = render_surface(vertices, faces, cameras, size, self.color, self.nerf.background, mode)
+        return SceneRender(out.image, latent=False, extras=out)
+
+    def preview(self) -> object:
+        cams = Cameras.orbit(**PREVIEW_CAMERA, device=self.dmtet.sdf.device)
+        with torch.no_grad():
+            out = self.render(cams, 128, "albedo")
+        return to_preview(out.image, False)
+
+
+class GenerateState(nn.Module):
+    """Everything a generate checkpoint holds: the NeRF and, with a mesh stage, its tetrahedral grid."""
+
+    def __init__(self, nerf: LatentNeRF, dmtet: DMTet | None) -> None:
+        super().__init__()
+        self.nerf = nerf
+        self.dmtet = dmtet
 
 
 @dataclass
@@ -120,18 +171,26 @@ class GenerateJob:
     frame: Frame
     speed: FieldSpeedConfig  # resolved for the guidance's device
     device: torch.device
+    mesh: MeshScene | None = None  # the mesh refinement stage's scene, when the job has that stage
 
     def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.scene.nerf, self.generator, self.config.loop, on_event, cancel, checkpointer,
+        state = GenerateState(self.scene.nerf, self.mesh.dmtet if self.mesh is not None else None)
+        run_stages(self.stages, state, self.generator, self.config.loop, on_event, cancel, checkpointer,
                    report_every=self.speed.report_every)
 
     def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
                ) -> ExportResult:
-        """Mesh, unwrap and bake the field into `out_path`; `density` replaces the field's own density."""
+        """Write the asset to `out_path`: the refined mesh when the mesh stage ran, else marching cubes of the
+        field's density (`density` replaces the field's own)."""
         nerf = self.scene.nerf
         nerf.eval()
+        if self.mesh is not None and bool(self.mesh.dmtet.initialised) and density is None:
+            with torch.no_grad():
+                vertices, faces = self.mesh.dmtet.surface()
+            return export_surface(vertices, faces, lambda p: self.mesh.color(p).clamp(0, 1), self.frame,
+                                  self.config.export, Path(out_path), device=self.device)
         return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
                             device=self.device)
 
@@ -166,8 +225,13 @@ def prepare_generate(
     if config.depth.weight > 0:
         regularisers["depth"] = (config.depth.weight, depth_regulariser(
             MonocularDepth.load(config.depth.model, device), guidance.decode))
-    step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
+    objective = OBJECTIVES[config.objective.name](config.objective, guidance)
+    step = DistillStep(lambda cams: scene.render(cams, config.resolution, "latent"), guidance, objective,
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
+    orient = config.refine.lambda_orient
+    refine_step = replace(step, lighting=config.shading, regularisers={**regularisers, "orient": (
+        orient, lambda out, *_: orientation(out.extras.normals, out.extras.directions, out.extras.weights))},
+        render=lambda cams: scene.render(cams, config.refine.resolution, cams.shading, normals=orient > 0))
 
     def enter_latent() -> torch.optim.Optimizer:
         nerf.rgb, scene.size = False, config.resolution
@@ -181,8 +245,34 @@ def prepare_generate(
 
     stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
     if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview))
-    return GenerateJob(config, scene, stages, generator, frame, speed, device)
+        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview))
+    mesh = None
+    if config.mesh.iters:
+        mesh = MeshScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
+        stages.append(mesh_stage(config, mesh, replace(step, regularisers={}), speed))
+    return GenerateJob(config, scene, stages, generator, frame, speed, device, mesh)
+
+
+def mesh_stage(config: GenerateConfig, mesh: MeshScene, step: DistillStep, speed: FieldSpeedConfig) -> Stage:
+    """Magic3D's refinement: the NeRF's density hands over to the DMTet grid, its colour field stays."""
+    c = config.mesh
+    nerf = mesh.nerf
+
+    def regulariser(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+        return lambda out, *_: fn(out.extras.vertices, out.extras.faces)
+
+    mesh_step = replace(step, lighting=config.shading, regularisers={
+        "normal_consistency": (c.lambda_normal, regulariser(normal_consistency)),
+        "laplacian": (c.lambda_laplacian, regulariser(laplacian_smoothness))},
+        render=lambda cams: mesh.render(cams, c.resolution, cams.shading))
+
+    def enter() -> torch.optim.Optimizer:
+        nerf.rgb = True
+        mesh.dmtet.init_from_density(nerf.density, config.export.density_threshold, c.init_clamp)
+        return speed.adam(mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale),
+                          betas=(0.9, 0.99), eps=1e-15)
+
+    return Stage("mesh", c.iters, enter, mesh_step, mesh.preview)
 
 
 def generate(
