@@ -16,6 +16,7 @@ FAST = {
     "resolution": 32,
     "optim": {"iters": 400, "lr": 5e-3},
     "refine": {"iters": 0},
+    "mesh": {"iters": 0},
     "nerf": {"levels": 8, "log2_table_size": 15, "max_resolution": 256},
     "render": {"samples": 32},
     # half the default samples per ray means twice the spacing, so half the density for the same opacity
