@@ -112,3 +112,55 @@ def test_mesh_regularisers_are_low_on_a_smooth_surface_and_high_on_a_rough_one()
     rough_v = smooth_v + 0.03 * torch.from_numpy(np.random.default_rng(0).standard_normal(smooth_v.shape)).float()
     assert normal_consistency(smooth_v, faces) < 0.5 * normal_consistency(rough_v, faces)
     assert laplacian_smoothness(smooth_v, faces) < 0.5 * laplacian_smoothness(rough_v, faces)
+
+
+def mesh_job_config(**changes):
+    from tiny_config import TINY
+
+    from backend.config import merge
+    from backend.tasks.generate import GenerateConfig
+
+    # the tiny field is blurry: its iso-level sits lower than the default's
+    settings = {**TINY, "optim": {"iters": 6}, "refine": {"iters": 2, "resolution": 32},
+                "mesh": {"iters": 4, "resolution": 32, "grid_resolution": 12}, **changes}
+    return merge(GenerateConfig(prompt="a box"), settings)
+
+
+def test_checkpoint_and_resume_across_the_nerf_to_mesh_hand_over(tmp_path):
+    """Cancelled in the mesh stage and resumed: the same losses as an uninterrupted run, and a normal map."""
+    import contextlib
+    import threading
+
+    from shapes import two_tone_box
+
+    from backend.errors import Cancelled
+    from backend.guidance.target import TargetGuidance
+    from backend.tasks.generate import generate
+
+    guidance = TargetGuidance(two_tone_box())
+    config = mesh_job_config(loop={"checkpoint_every": 1})
+
+    def run(job_dir, cancel_at=None):
+        cancel, out = threading.Event(), []
+
+        def sink(e):
+            if hasattr(e, "losses"):
+                out.append((e.stage, e.step, e.losses["guidance"]))
+                if (e.stage, e.step) == cancel_at:
+                    cancel.set()
+        result = None
+        with contextlib.suppress(Cancelled):
+            result = generate(config, guidance, job_dir / "x.glb", on_event=sink, cancel=cancel, job_dir=job_dir)
+        return out, result
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight, result = run(tmp_path / "a")
+    assert [s for s, *_ in straight].count("mesh") == 4
+    assert result.normal_map_path is not None and result.normal_map_path.is_file() and result.charts >= 1
+    first, _ = run(tmp_path / "b", cancel_at=("mesh", 2))
+    second, _ = run(tmp_path / "b")
+    assert second[0][:2] == ("mesh", 3)
+    resumed = first + second
+    assert [(s, i) for s, i, _ in resumed] == [(s, i) for s, i, _ in straight]
+    assert np.allclose([v for *_, v in resumed], [v for *_, v in straight], rtol=1e-4)
