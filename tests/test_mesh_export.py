@@ -48,7 +48,7 @@ def test_refined_mesh_export_bakes_a_normal_map_into_the_glb(tmp_path):
     assert len(result.mesh.faces) <= 600
     # the asset sits in the input's frame: a sphere of radius ≈ 0.6 / 0.5 around the frame's centre
     radius = np.linalg.norm(result.mesh.vertices - np.array(frame.center), axis=1)
-    assert 1.0 < radius.min() and radius.max() < 1.45
+    assert radius.min() > 1.0 and radius.max() < 1.45
     welded = trimesh.Trimesh(result.mesh.vertices, result.mesh.faces)
     welded.merge_vertices()
     assert welded.is_watertight and len(welded.split(only_watertight=False)) == 1

@@ -120,7 +120,7 @@ def _edge_blend(image: torch.Tensor, surface: Surface, faces: torch.Tensor, dim:
             c[:, None, 0] - e0[..., 0])
 
     ef, eb = edge_fn(centre_f), edge_fn(centre_b)
-    orient = torch.sign((ef.detach().sum(-1))).clamp(min=-1)[:, None]  # screen winding of each triangle
+    orient = torch.sign(ef.detach().sum(-1)).clamp(min=-1)[:, None]  # screen winding of each triangle
     ef, eb = ef * orient, eb * orient
     cross = (eb < 0) & (ef >= 0)
     s = torch.where(cross, ef / (ef - eb).clamp(min=1e-12), torch.full_like(ef, 2.0)).min(-1).values

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import igl
 import numpy as np
@@ -23,7 +24,11 @@ from backend.export.config import ExportConfig
 from backend.export.isosurface import extract_mesh
 from backend.render.marching_tets import TetGrid, marching_tets
 from backend.render.surface import antialias, rasterize_surface
+from backend.scene.base import PREVIEW_CAMERA, SceneRender, to_preview
 from backend.shading import shade
+
+if TYPE_CHECKING:
+    from backend.scene.nerf import LatentNeRF
 
 ColorField = Callable[[torch.Tensor], torch.Tensor]  # unit-frame points [N, 3] → RGB [N, 3]
 Background = Callable[[torch.Tensor], torch.Tensor]  # view directions [..., 3] → RGB [..., 3]
@@ -167,3 +172,24 @@ def laplacian_smoothness(vertices: torch.Tensor, faces: torch.Tensor) -> torch.T
     used = count > 0
     mean = total[used] / count[used][:, None]
     return ((vertices[used] - mean) ** 2).sum(-1).mean()
+
+
+class DMTetScene:
+    """The DMTet surface coloured by the NeRF's colour field, rasterised with gradients to the geometry."""
+
+    def __init__(self, dmtet: DMTet, nerf: LatentNeRF) -> None:
+        self.dmtet, self.nerf = dmtet, nerf
+
+    def color(self, points: torch.Tensor) -> torch.Tensor:
+        return self.nerf.decoder(self.nerf.field(points)[1])
+
+    def render(self, cameras: Cameras, size: int, mode: str) -> SceneRender:
+        vertices, faces = self.dmtet.surface()
+        out = render_surface(vertices, faces, cameras, size, self.color, self.nerf.background, mode)
+        return SceneRender(out.image, latent=False, extras=out)
+
+    def preview(self) -> np.ndarray:
+        cams = Cameras.orbit(**PREVIEW_CAMERA, device=self.dmtet.sdf.device)
+        with torch.no_grad():
+            out = self.render(cams, 128, "albedo")
+        return to_preview(out.image, False)

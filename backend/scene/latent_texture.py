@@ -9,6 +9,7 @@ from backend.cameras import Cameras
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground
+from backend.scene.base import SceneRender
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
 
@@ -37,16 +38,18 @@ class LatentTexture(nn.Module):
             self.rgb_started.fill_(1)
         self.rgb = True
 
-    def render(self, cameras: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image [B, C, size, size] over the background and coverage [B, size, size].
+    def render(self, cameras: Cameras, size: int, mode: str = "latent") -> SceneRender:
+        """Image [B, C, size, size] over the background; `extras` is the coverage [B, size, size].
 
-        Latents, or in the fine-tuning stage RGB, whose background is then the latent background seen
-        through the linear latent→RGB map.
+        Latents (mode "latent"), or RGB from the fine-tuning stage's texture, whose background is then the
+        latent background seen through the linear latent→RGB map. Painting stays lighting-free: every RGB
+        mode renders the albedo.
         """
-        tex = self.rgb_texture if self.rgb else self.texture
+        rgb = mode != "latent"
+        tex = self.rgb_texture if rgb else self.texture
         color, coverage = render_mesh(self.vertices, self.faces, cameras, size, uvs=self.uvs, texture=tex)
         _, d = cameras.rays(size)
         bg = self.background(d).permute(0, 3, 1, 2)
-        if self.rgb:
+        if rgb:
             bg = latent_to_rgb(bg)
-        return color + (1 - coverage[:, None]) * bg, coverage
+        return SceneRender(color + (1 - coverage[:, None]) * bg, latent=not rgb, extras=coverage)

@@ -18,24 +18,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backend.cameras import Cameras, CameraSampler
+from backend.cameras import CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
-from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.errors import ConfigError
+from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.export.from_mesh import export_surface
-from backend.guidance.base import Guidance, Prompt
-from backend.loop import Checkpointer, Stage, run_stages
+from backend.guidance.base import Guidance
+from backend.loop import Stage
 from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES
 from backend.regularisers import orientation, ramp, sparsity, z_variance
-from backend.render.volume import Shader, VolumeConfig, VolumeRenderer
-from backend.scene.dmtet import DMTet, MeshStageConfig, laplacian_smoothness, normal_consistency, render_surface
+from backend.render.volume import VolumeConfig
+from backend.scene.base import PREVIEW_CAMERA  # noqa: F401 - where paint and older callers find it
+from backend.scene.dmtet import DMTet, DMTetScene, MeshStageConfig, laplacian_smoothness, normal_consistency
 from backend.scene.nerf import LatentNeRF, NeRFConfig
-from backend.shading import LightConfig, shade
+from backend.scene.nerf_scene import NeRFScene
+from backend.shading import LightConfig
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
-from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, check_render_size, to_preview
+from backend.tasks.distill import DistillConfig, DistillJob, DistillStep, check_render_size, glb_output, run_job, set_up
 
 
 @dataclass
@@ -87,70 +89,6 @@ class GenerateConfig(DistillConfig):
             part.validate()
 
 
-PREVIEW_CAMERA = {"elevation": 15.0, "azimuth": 30.0, "radius": 1.4, "fov": 50.0}
-
-
-class NeRFScene:
-    """The Latent-NeRF with its renderer: renders latents or RGB for a batch of cameras."""
-
-    def __init__(self, config: GenerateConfig, device: torch.device, generator: torch.Generator,
-                 speed: FieldSpeedConfig | None = None) -> None:
-        speed = speed or config.speed.resolve(device)
-        self.nerf = LatentNeRF(config.nerf).to(device)
-        self.renderer = VolumeRenderer(config.render, config.nerf.bound, speed.occupancy)
-        self.generator = generator
-        self.size = config.resolution
-        self._field = self.nerf.field
-        if speed.compile_field != "off":
-            # not static: the sample count differs between stages, previews and importance passes
-            self._field = torch.compile(self.nerf.field, mode=speed.compile_field)
-
-    def field(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, feats = self._field(x)
-        return sigma, self.nerf.color(feats)
-
-    def render(self, cameras: Cameras, size: int, mode: str, train: bool = True,
-               normals: bool = False) -> SceneRender:
-        """Latents (mode "latent") or RGB shaded as `mode` with the cameras' light; `normals` also when
-        albedo is rendered (the orientation loss needs them)."""
-        o, d = cameras.rays(size)
-        shader = None
-        if mode in ("lit", "textureless") or (normals and mode != "latent"):
-            lit = None if mode in ("albedo", "latent") else (
-                lambda c, n, p, cam: shade(c, n, p, cameras.light, mode, cam))
-            shader = Shader(self.nerf.density, lit)
-        out = self.renderer.render(self.field, self.nerf.background, o, d,
-                                   self.generator if train else None, shader)
-        return SceneRender(out.image, latent=mode == "latent", extras=out)
-
-    def preview(self) -> object:
-        cams = Cameras.orbit(**PREVIEW_CAMERA, device=next(self.nerf.parameters()).device)
-        with torch.no_grad():
-            out = self.render(cams, self.size, "albedo" if self.nerf.rgb else "latent", train=False)
-        return to_preview(out.image, out.latent)
-
-
-class MeshScene:
-    """The DMTet surface coloured by the NeRF's colour field, rasterised with gradients to the geometry."""
-
-    def __init__(self, dmtet: DMTet, nerf: LatentNeRF) -> None:
-        self.dmtet, self.nerf = dmtet, nerf
-
-    def color(self, points: torch.Tensor) -> torch.Tensor:
-        return self.nerf.decoder(self.nerf.field(points)[1])
-
-    def render(self, cameras: Cameras, size: int, mode: str) -> SceneRender:
-        vertices, faces = self.dmtet.surface()
-        out = render_surface(vertices, faces, cameras, size, self.color, self.nerf.background, mode)
-        return SceneRender(out.image, latent=False, extras=out)
-
-    def preview(self) -> object:
-        cams = Cameras.orbit(**PREVIEW_CAMERA, device=self.dmtet.sdf.device)
-        with torch.no_grad():
-            out = self.render(cams, 128, "albedo")
-        return to_preview(out.image, False)
-
-
 class GenerateState(nn.Module):
     """Everything a generate checkpoint holds: the NeRF and, with a mesh stage, its tetrahedral grid."""
 
@@ -161,24 +99,16 @@ class GenerateState(nn.Module):
 
 
 @dataclass
-class GenerateJob:
-    """Everything `generate` wires together: the scene, its stages and where the asset lands."""
+class GenerateJob(DistillJob):
+    """Everything `generate` wires together: the scenes, their stages and where the asset lands."""
 
-    config: GenerateConfig
     scene: NeRFScene
-    stages: list[Stage]
-    generator: torch.Generator
     frame: Frame
-    speed: FieldSpeedConfig  # resolved for the guidance's device
     device: torch.device
-    mesh: MeshScene | None = None  # the mesh refinement stage's scene, when the job has that stage
+    mesh: DMTetScene | None = None  # the mesh refinement stage's scene, when the job has that stage
 
-    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
-            job_dir: str | Path | None = None) -> None:
-        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        state = GenerateState(self.scene.nerf, self.mesh.dmtet if self.mesh is not None else None)
-        run_stages(self.stages, state, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+    def state(self) -> nn.Module:
+        return GenerateState(self.scene.nerf, self.mesh.dmtet if self.mesh is not None else None)
 
     def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
                ) -> ExportResult:
@@ -204,16 +134,11 @@ def prepare_generate(
     """Wire the scene, renderer, guidance, objective and regularisers for `config` (validated)."""
     device = guidance.device
     speed = config.speed.resolve(device)
-    guidance.accelerate(speed)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
     frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
-    guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
-    guidance.prepare(prompt)
+    generator, prompt = set_up(config, guidance, speed, frame)
 
-    scene = NeRFScene(config, device, generator, speed)
+    scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)
     nerf = scene.nerf
     sampler = CameraSampler(config.camera, generator, device)
     regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
@@ -248,12 +173,13 @@ def prepare_generate(
         stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview))
     mesh = None
     if config.mesh.iters:
-        mesh = MeshScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
+        mesh = DMTetScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
         stages.append(mesh_stage(config, mesh, replace(step, regularisers={}), speed))
-    return GenerateJob(config, scene, stages, generator, frame, speed, device, mesh)
+    return GenerateJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, frame=frame,
+                       device=device, mesh=mesh)
 
 
-def mesh_stage(config: GenerateConfig, mesh: MeshScene, step: DistillStep, speed: FieldSpeedConfig) -> Stage:
+def mesh_stage(config: GenerateConfig, mesh: DMTetScene, step: DistillStep, speed: FieldSpeedConfig) -> Stage:
     """Magic3D's refinement: the NeRF's density hands over to the DMTet grid, its colour field stays."""
     c = config.mesh
     nerf = mesh.nerf
@@ -295,10 +221,5 @@ def generate(
     config.validate()
     if config.objective.name not in OBJECTIVES:
         raise ConfigError(f"unknown method {config.objective.name!r}")
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".glb":
-        raise InputError(f"the output {out_path.name!r} must end in .glb")
-    job = prepare_generate(config, guidance, sketch, sketch_frame)
-    job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    out_path = glb_output(out_path)
+    return run_job(prepare_generate(config, guidance, sketch, sketch_frame), out_path, on_event, cancel, job_dir)

@@ -18,21 +18,30 @@ import torch
 
 from backend.cameras import Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.events import EventSink, ignore
 from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.unwrap import unwrap
-from backend.guidance.base import Guidance, Prompt
+from backend.guidance.base import Guidance
 from backend.latent import resize
-from backend.loop import Checkpointer, Stage, run_stages
+from backend.loop import Stage
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives import OBJECTIVES
 from backend.render.rasterize import rasterize
+from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.speed import SpeedConfig
-from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, to_preview
-from backend.tasks.generate import PREVIEW_CAMERA
+from backend.tasks.distill import (
+    DistillConfig,
+    DistillJob,
+    DistillStep,
+    SceneRender,
+    glb_output,
+    run_job,
+    set_up,
+    to_preview,
+)
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 
@@ -90,23 +99,16 @@ def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tens
 
 
 @dataclass
-class PaintJob:
+class PaintJob(DistillJob):
     """Everything `paint` wires together: the textured mesh, its stages and the final decode."""
 
-    config: PaintConfig
     scene: LatentTexture
-    stages: list[Stage]
-    generator: torch.Generator
     mapped: Mesh  # the mesh with the UVs it is painted through
     vertex_map: np.ndarray
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
-    speed: SpeedConfig  # resolved for the guidance's device
 
-    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
-            job_dir: str | Path | None = None) -> None:
-        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.scene, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+    def state(self) -> torch.nn.Module:
+        return self.scene
 
     def export(self, out_path: str | Path) -> PaintResult:
         """The final texture, filled past the UV islands' edges, written as `out_path` (GLB) and a PNG."""
@@ -126,13 +128,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
     mapped, vertex_map = uv_mapped(mesh, config.texture_size)
     device = guidance.device
     speed = config.speed.resolve(device)
-    guidance.accelerate(speed)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     frame = Frame.fit(mapped.vertices)
-    guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
-    guidance.prepare(prompt)
+    generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
                           torch.as_tensor(mapped.faces, device=device), torch.as_tensor(mapped.uvs, device=device),
@@ -141,8 +138,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
     size = {"px": config.resolution}
 
     def render(cams: Cameras) -> SceneRender:
-        image, coverage = scene.render(cams, size["px"])
-        return SceneRender(image, latent=not scene.rgb, extras=coverage)
+        return scene.render(cams, size["px"], "albedo" if scene.rgb else "latent")
 
     def decoded() -> torch.Tensor:
         with torch.no_grad():
@@ -168,7 +164,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, step, preview))
-    return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed)
+    return PaintJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, mapped=mapped,
+                    vertex_map=vertex_map, decoded=decoded)
 
 
 def paint(
@@ -182,10 +179,5 @@ def paint(
 ) -> PaintResult:
     """Paint `mesh` for `config.prompt` under `guidance`; write `out_path` (GLB) and the texture (PNG)."""
     config.validate()
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".glb":
-        raise InputError(f"the output {out_path.name!r} must end in .glb")
-    job = prepare_paint(config, guidance, mesh)
-    job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    out_path = glb_output(out_path)
+    return run_job(prepare_paint(config, guidance, mesh), out_path, on_event, cancel, job_dir)
