@@ -75,12 +75,19 @@ class DMTet(nn.Module):
 
     def __init__(self, grid_resolution: int, bound: float, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        self.grid = TetGrid.build(grid_resolution, bound, device)
-        n = len(self.grid.vertices)
+        self.resolution, self.bound, self._grid = int(grid_resolution), float(bound), None
+        n = (self.resolution + 1) ** 3
         self.sdf = nn.Parameter(torch.ones(n, device=device))
         self.deform = nn.Parameter(torch.zeros(n, 3, device=device))
         # uint8, not bool: checkpoints travel as plain numeric arrays
         self.register_buffer("initialised", torch.zeros((), dtype=torch.uint8, device=device))
+
+    @property
+    def grid(self) -> TetGrid:
+        """The tetrahedra, built when first needed: a job that never reaches its mesh stage never pays for them."""
+        if self._grid is None:
+            self._grid = TetGrid.build(self.resolution, self.bound, self.sdf.device)
+        return self._grid
 
     def vertices(self) -> torch.Tensor:
         return self.grid.vertices + torch.tanh(self.deform) * (self.grid.cell / 2)
