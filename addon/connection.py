@@ -44,6 +44,8 @@ def result_event(result: JobResult) -> Event:
     if result.uvs is not None:
         arrays["uvs"] = result.uvs
     blobs = {"texture": result.texture_png} | ({"glb": result.glb} if result.glb is not None else {})
+    if result.normal_png is not None:
+        blobs["normal_map"] = result.normal_png
     return {"type": "result", "job": result.job, "arrays": arrays, "blobs": blobs, "glb_path": result.glb_path,
             "stats": result.stats}
 

@@ -272,7 +272,8 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
             return results.apply_painted(target, job.prompt, uvs[faces], job.loops, texture)
         sketch = [o for uid in job.sketch if (o := timers.object_by_uid(uid)) is not None]
         world, anchor = placement(job, vertices)
-        return results.import_generated(scene, job.prompt, world, faces, uvs, texture, anchor, sketch)
+        return results.import_generated(scene, job.prompt, world, faces, uvs, texture, anchor, sketch,
+                                        normal_png=event["blobs"].get("normal_map"))
 
 
 def placement(job: Job, vertices: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -130,6 +130,8 @@ class VIEW3D_PT_latentforge_advanced(_Sidebar, bpy.types.Panel):
         col.use_property_split = True
         col.use_property_decorate = False
         col.prop(settings, "iterations")
+        if settings.mode != "PAINT":
+            col.prop(settings, "mesh_iterations")
         col.prop(settings, "extra_json")
         layout.separator()
         layout.label(text="Fetch a result by job id:")

@@ -65,6 +65,10 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
     )
     iterations: IntProperty(name="Iterations", description="Optimisation steps (0: the quality preset's)",
                             min=0, max=1_000_000, default=0)
+    mesh_iterations: IntProperty(name="Mesh Steps",
+                                 description="Mesh refinement steps on the extracted surface (−1: the quality "
+                                             "preset's, 0: skip, the mesh is then cut from the field directly)",
+                                 min=-1, max=1_000_000, default=-1)
     extra_json: StringProperty(
         name="Extra Settings",
         description="Any service setting as JSON, merged last, e.g. {\"objective\": {\"guidance_scale\": 50}}",
@@ -91,6 +95,8 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
         overrides: dict[str, Any] = {}
         if task == "generate" and self.mode == "GENERATE":
             overrides["sketch"] = {"looseness": round(self.looseness, 4)}
+        if task == "generate" and self.mesh_iterations >= 0:
+            overrides["mesh"] = {"iters": self.mesh_iterations}
         if self.texture_size != "0":  # generate bakes it at export; paint decodes its latent texture to it
             size = int(self.texture_size)
             overrides |= {"texture_size": size} if task == "paint" else {"export": {"texture_size": size}}

@@ -83,6 +83,24 @@ def textured_material(name: str, image: bpy.types.Image, uv_layer: str) -> bpy.t
     return material
 
 
+def add_normal_map(material: bpy.types.Material, image: bpy.types.Image, uv_layer: str) -> None:
+    """Wire a tangent-space normal map (read as non-colour data) through a Normal Map node into the BSDF."""
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    image.colorspace_settings.name = "Non-Color"
+    texture = nodes.new("ShaderNodeTexImage")
+    texture.image = image
+    texture.location = (bsdf.location.x - 540, bsdf.location.y - 320)
+    normal = nodes.new("ShaderNodeNormalMap")
+    normal.space = "TANGENT"
+    normal.uv_map = uv_layer
+    normal.location = (bsdf.location.x - 220, bsdf.location.y - 320)
+    uv_map = next(n for n in nodes if n.type == "UVMAP")
+    links.new(uv_map.outputs["UV"], texture.inputs["Vector"])
+    links.new(texture.outputs["Color"], normal.inputs["Color"])
+    links.new(normal.outputs["Normal"], bsdf.inputs["Normal"])
+
+
 def set_uv_layer(mesh: bpy.types.Mesh, name: str, per_loop: np.ndarray) -> bpy.types.MeshUVLoopLayer:
     layer = mesh.uv_layers.get(name) or mesh.uv_layers.new(name=name)
     layer.uv.foreach_set("vector", np.ascontiguousarray(per_loop, dtype=np.float32).ravel())
@@ -123,8 +141,9 @@ def collect_sketch(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], 
 
 def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, faces: np.ndarray,
                      uvs: np.ndarray | None, texture_png: bytes | None, anchor: Sequence[float],
-                     sketch: Sequence[bpy.types.Object] = ()) -> bpy.types.Object:
-    """A new object from world-space arrays, its origin at `anchor`; the sketch hidden and collected."""
+                     sketch: Sequence[bpy.types.Object] = (), normal_png: bytes | None = None) -> bpy.types.Object:
+    """A new object from world-space arrays, its origin at `anchor`; the sketch hidden and collected.
+    A `normal_png` (a refined mesh's tangent-space normal map) is wired into its material."""
     name = name_from_prompt(prompt)
     anchor = np.asarray(anchor, dtype=np.float32)
     mesh = build_mesh(name, np.asarray(vertices, dtype=np.float32) - anchor, faces, uvs)
@@ -134,7 +153,10 @@ def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, 
     target = sketch[0].users_collection[0] if sketch and sketch[0].users_collection else scene.collection
     target.objects.link(obj)
     if texture_png is not None:
-        mesh.materials.append(textured_material(name, load_png(f"{name} texture", texture_png), UV_LAYER))
+        material = textured_material(name, load_png(f"{name} texture", texture_png), UV_LAYER)
+        if normal_png is not None:
+            add_normal_map(material, load_png(f"{name} normal map", normal_png), UV_LAYER)
+        mesh.materials.append(material)
     if sketch:
         collect_sketch(scene, sketch, name)
     return obj

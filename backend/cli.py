@@ -57,7 +57,7 @@ class TqdmEvents:
 COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
                 "method": "objective.name"}
 GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
-                  "looseness": "sketch.looseness"}
+                  "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution", "looseness": "sketch.looseness"}
 PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
 
 
@@ -96,6 +96,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 def add_generate_args(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
     p.add_argument("--refine-iters", type=int, help="RGB refinement steps (default 1000, 0 to skip)")
+    p.add_argument("--mesh-iters", type=int,
+                   help="mesh refinement steps on a DMTet surface (default 1000, 0 to skip: marching cubes instead)")
+    p.add_argument("--mesh-resolution", type=int, help="mesh refinement render size, up to 512 (default 512)")
     p.add_argument("--sketch", help="a mesh of primitives (.glb/.obj/.ply) for the shape to follow")
     p.add_argument("--looseness", type=float,
                    help="how loosely to follow the sketch: distance from its surface, in units of a sketch "
@@ -167,8 +170,11 @@ def _run(job: Callable, what: str, device: torch.device) -> int:
         result = job(events)
     finally:
         events.close()
-    print(f"wrote {result.glb_path} and {result.png_path} ({len(result.mesh.faces):,} faces, "
-          f"{time.perf_counter() - start:.1f} s)")
+    charts = getattr(result, "charts", 0)
+    normal_map = getattr(result, "normal_map_path", None)
+    print(f"wrote {result.glb_path} and {result.png_path}" + (f" and {normal_map}" if normal_map else "")
+          + f" ({len(result.mesh.faces):,} faces" + (f", {charts} UV charts" if charts else "")
+          + f", {time.perf_counter() - start:.1f} s)")
     return 0
 
 

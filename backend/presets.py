@@ -8,12 +8,14 @@ PRESETS: dict[str, dict] = {
     "draft": {
         "optim": {"iters": 1500},
         "refine": {"iters": 0},
+        "mesh": {"iters": 0},  # the export meshes the field directly
         "export": {"grid_resolution": 128, "texture_size": 512, "max_faces": 20_000},
     },
-    "standard": {},  # the defaults: 5000 latent steps, 1000 RGB refinement steps, 1024² texture
+    "standard": {},  # the defaults: 5000 latent, 1000 RGB refinement and 1000 mesh steps (512²), 1024² texture
     "high": {
         "optim": {"iters": 10_000},
         "refine": {"iters": 2000, "resolution": 512},
+        "mesh": {"iters": 2000, "resolution": 512},
         "export": {"grid_resolution": 384, "texture_size": 2048, "max_faces": 150_000},
     },
 }

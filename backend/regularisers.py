@@ -50,3 +50,13 @@ def scale_invariant_disparity(disparity: torch.Tensor, target: torch.Tensor, mas
         fitted = (d * t).sum() / (d * d).sum().clamp(min=1e-12) * d
         losses.append(((fitted - t) ** 2).mean())
     return torch.stack(losses).mean()
+
+
+def orientation(normals: torch.Tensor, directions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """DreamFusion's orientation loss (from Ref-NeRF): Σ_i w_i·max(0, n_i·d)² per ray, averaged over rays.
+
+    Normals [R, S, 3] facing away from the camera along the ray direction d [R, 3] are penalised, so the
+    visible surface cannot be a back face painted from behind.
+    """
+    facing = (normals * directions[:, None]).sum(-1).clamp(min=0)
+    return (weights * facing**2).sum(-1).mean()

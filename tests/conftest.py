@@ -47,6 +47,7 @@ SERVICE_TINY = {
     "resolution": 8,
     "optim": {"iters": 30},
     "refine": {"iters": 0},
+    "mesh": {"iters": 0},
     "nerf": {"levels": 2, "log2_table_size": 10, "max_resolution": 32, "hidden_dim": 16},
     "render": {"samples": 8},
     "export": {"grid_resolution": 32, "texture_size": 64, "max_faces": 2000, "density_threshold": 5.0},

@@ -80,3 +80,35 @@ def face_texels(mesh: Mesh, size: int, faces: np.ndarray, erode: int = 2) -> np.
     ids = rasterize(clip, torch.as_tensor(mesh.faces), (size, size))[0, ..., 3].long().numpy() - 1
     inside = np.isin(ids, faces) & (ids >= 0)
     return binary_erosion(inside, iterations=erode) if erode else inside
+
+
+def notched_block(center=(1.5, 0.5, -1.0), size=1.6) -> Mesh:
+    """An L-shaped block off the origin (a concave notch cut from one corner): red above its middle, blue below.
+
+    Built by marching cubes of the block's voxel indicator, so it is one closed, consistently wound surface.
+    """
+    from skimage.measure import marching_cubes
+
+    n = 48
+    axis = np.linspace(-0.6, 0.6, n)
+    x, y, z = np.meshgrid(axis, axis, axis, indexing="ij")
+    h = 0.5
+    block = (np.abs(x) < h) & (np.abs(y) < h * 0.6) & (np.abs(z) < h)
+    notch = (x > 0.0) & (z > 0.0)  # the upper right quarter is cut away
+    grid = (block & ~notch).astype(np.float32)
+    verts, faces, _, _ = marching_cubes(grid, 0.5, spacing=(axis[1] - axis[0],) * 3, gradient_direction="ascent")
+    verts = (verts - 0.6) * size
+    upper = verts[:, 2] > 0
+    colors = np.where(upper[:, None], RED, BLUE).astype(np.float32)
+    return Mesh((verts + np.asarray(center)).astype(np.float32), faces.astype(np.int64), vertex_colors=colors)
+
+
+def chamfer(a: Mesh, b: Mesh, samples: int = 20000, seed: int = 0) -> float:
+    """Symmetric Chamfer distance (mean of both directions' mean closest-point distances), in b's units."""
+    ta = trimesh.Trimesh(a.vertices, a.faces, process=False)
+    tb = trimesh.Trimesh(b.vertices, b.faces, process=False)
+    pa = trimesh.sample.sample_surface(ta, samples, seed=seed)[0]
+    pb = trimesh.sample.sample_surface(tb, samples, seed=seed)[0]
+    from scipy.spatial import cKDTree
+
+    return float((cKDTree(pb).query(pa)[0].mean() + cKDTree(pa).query(pb)[0].mean()) / 2)

@@ -26,7 +26,7 @@ import test_addon_support as support
 REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "backend" / "examples" / "toadstool" / "target.glb"
 TINY_GENERATE = {
-    "resolution": 16, "optim": {"iters": 30}, "refine": {"iters": 0},
+    "resolution": 16, "optim": {"iters": 30}, "refine": {"iters": 0}, "mesh": {"iters": 0},
     "nerf": {"levels": 4, "log2_table_size": 12, "max_resolution": 64}, "render": {"samples": 16},
     "export": {"grid_resolution": 32, "texture_size": 64, "max_faces": 2000, "density_threshold": 5.0},
     "sketch": {"grid_resolution": 32}, "loop": {"preview_every_s": 0.2},

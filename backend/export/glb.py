@@ -18,15 +18,17 @@ def write_glb(mesh: Mesh, texture: np.ndarray, path: Path) -> None:
     write_atomically({Path(path): glb_bytes(mesh, texture)})
 
 
-def glb_bytes(mesh: Mesh, texture: np.ndarray) -> bytes:
-    """The GLB file of `mesh` with `texture` as its base colour, in glTF's y-up frame."""
+def glb_bytes(mesh: Mesh, texture: np.ndarray, normal_map: np.ndarray | None = None) -> bytes:
+    """The GLB file of `mesh` with `texture` as its base colour, in glTF's y-up frame, and optionally a
+    tangent-space `normal_map` [H, W, 3] uint8 as the material's normal texture."""
     mesh = validate_mesh(mesh, "exported mesh")
     if mesh.uvs is None:
         raise ValueError("a textured GLB needs per-vertex UVs")
     image = Image.fromarray(_rgb8(texture))
     # glTF's default is fully metallic, which renders a baked albedo almost black
-    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, metallicFactor=0.0,
-                                                   roughnessFactor=1.0)
+    normals = None if normal_map is None else Image.fromarray(_rgb8(normal_map))
+    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, normalTexture=normals,
+                                                   metallicFactor=0.0, roughnessFactor=1.0)
     tm = trimesh.Trimesh(to_file_frame(mesh.vertices), mesh.faces,
                          vertex_normals=to_file_frame(_smooth_normals(mesh.vertices, mesh.faces)),
                          visual=trimesh.visual.TextureVisuals(uv=mesh.uvs, material=material), process=False)

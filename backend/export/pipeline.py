@@ -16,7 +16,7 @@ from backend.export.fields import Field
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.isosurface import extract_mesh
-from backend.export.unwrap import unwrap
+from backend.export.unwrap import chart_count, unwrap
 from backend.mesh import Frame, Mesh
 
 
@@ -26,6 +26,8 @@ class ExportResult:
     texture: np.ndarray  # [S, S, 3] uint8
     glb_path: Path
     png_path: Path
+    charts: int = 0  # UV charts of the atlas: fewer charts, fewer texture seams
+    normal_map_path: Path | None = None  # the tangent-space normal map (PNG), when one was baked
 
 
 def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: ExportConfig, out_path: Path,
@@ -52,4 +54,4 @@ def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: Expor
     report("write")
     mesh = mesh.copy_with(vertices=frame.from_unit(mesh.vertices), texture=texture)
     write_atomically({glb_path: glb_bytes(mesh, texture), png_path: png_bytes(texture)})
-    return ExportResult(mesh, texture, glb_path, png_path)
+    return ExportResult(mesh, texture, glb_path, png_path, chart_count(mesh))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import xatlas
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from backend.mesh import Mesh
 
@@ -25,3 +27,13 @@ def unwrap(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
     unwrapped = mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
                                uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)
     return unwrapped, vmapping.astype(np.int64)
+
+
+def chart_count(mesh: Mesh) -> int:
+    """How many UV charts a per-vertex-UV mesh has: its pieces connected through shared (unsplit) vertices."""
+    f = np.asarray(mesh.faces)
+    n = len(mesh.vertices)
+    rows, cols = np.concatenate([f[:, 0], f[:, 1]]), np.concatenate([f[:, 1], f[:, 2]])
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    labels = connected_components(graph, directed=False)[1]
+    return len(np.unique(labels[np.unique(f)]))

@@ -100,3 +100,4 @@ def render_mesh(
         color = F.avg_pool2d(color, supersample)
         hit = F.avg_pool2d(hit[:, None], supersample)[:, 0]
     return color, hit
+

@@ -5,6 +5,10 @@ finds where the weight lies, the coarse weights are smoothed with a small kernel
 samples collapse onto the few bins that happened to catch the surface and textures flicker between
 steps), and that many extra samples are drawn from them by inverse CDF; the merged, sorted samples
 are then rendered with gradients.
+
+With a `Shader` (DreamFusion's shading in RGB stages), each sample also gets a unit normal from the
+density's gradient (forward finite differences, so gradients reach the density through the shading) and
+its colour is shaded before compositing.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from backend.render.occupancy import OccupancyConfig, OccupancyGrid
 from backend.transfer import to_device
 
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points → (density, features)
+# (colours [N, C], unit normals [N, 3], points [N, 3], camera index [N]) → shaded colours [N, C]
+Shade = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # smoothing kernels for importance sampling: boxcar (HiFA's default) and the piecewise-linear pdf
 # through the bin centres (each bin keeps 3/4 of its mass and gives 1/8 to each neighbour)
@@ -51,6 +57,26 @@ class VolumeRender:
     sigmas: torch.Tensor  # [R, S] densities there
     weights: torch.Tensor  # [R, S] compositing weights
     t_mid: torch.Tensor  # [R, S] sample distances, increasing along each ray
+    directions: torch.Tensor | None = None  # [R, 3] unit ray directions
+    normals: torch.Tensor | None = None  # [R, S, 3] unit normals −∇σ/‖∇σ‖, when a shader asked for them
+
+
+@dataclass
+class Shader:
+    """What a shaded render needs: the density alone (for its gradient) and how to shade a sample."""
+
+    density: Callable[[torch.Tensor], torch.Tensor]  # points [N, 3] → density [N]
+    shade: Shade | None  # None: normals only (albedo renders that still pay the orientation loss)
+    eps: float = 1e-2  # finite-difference step, in the unit frame
+
+
+def density_normals(density: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, sigma: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """Unit normals −∇σ/‖∇σ‖ [N, 3] at `points` [N, 3] with densities `sigma` [N], by forward differences."""
+    offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps
+    shifted = density((points[:, None] + offsets).reshape(-1, 3)).view(-1, 3)
+    grad = (shifted - sigma[:, None]) / eps
+    return -grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
 def intersect_sphere(o: torch.Tensor, d: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +143,7 @@ class VolumeRenderer:
         origins: torch.Tensor,
         directions: torch.Tensor,
         generator: torch.Generator | None = None,
+        shader: Shader | None = None,
     ) -> VolumeRender:
         """Render rays [B, H, W, 3]; `generator` set means stratified jitter (training), None means midpoints."""
         b, h, w, _ = origins.shape
@@ -144,6 +171,14 @@ class VolumeRenderer:
         sigma = sigma.view(-1, t_mid.shape[1])
         weights = composite(sigma, deltas)
         opacity = weights.sum(-1)
+        normals = None
+        if shader is not None:
+            flat = points.reshape(-1, 3)
+            normals = density_normals(shader.density, flat, sigma.reshape(-1), shader.eps)
+            if shader.shade is not None:
+                camera = torch.arange(b, device=o.device).repeat_interleave(h * w * t_mid.shape[1])
+                feats = shader.shade(feats, normals, flat, camera)
+            normals = normals.view(*t_mid.shape, 3)
         feats = feats.view(-1, t_mid.shape[1], feats.shape[-1])
         fg = (weights[..., None] * feats).sum(1)
         bg = background(d)
@@ -157,6 +192,8 @@ class VolumeRenderer:
             sigmas=sigma,
             weights=weights,
             t_mid=t_mid,
+            directions=d,
+            normals=normals,
         )
 
     def _importance(self, field: Field, o: torch.Tensor, d: torch.Tensor, edges: torch.Tensor,

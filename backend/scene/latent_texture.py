@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from backend.export.bake import fill_empty
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground
+from backend.scene.base import SceneRender
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
 NOISE_CELL = 8  # latent texels per cell of the init noise
@@ -90,16 +93,19 @@ class LatentTexture(nn.Module):
             self.rgb_started.fill_(1)
         self.rgb = True
 
-    def render(self, cameras: Cameras, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image [B, C, size, size] over the background and coverage [B, size, size].
+    def render(self, cameras: Cameras, size: int, mode: str = "latent") -> SceneRender:
+        """Image [B, C, size, size] over the background; `extras` is the coverage [B, size, size].
 
-        Latents, or in the fine-tuning stage shaded RGB, whose background is then the latent background
-        seen through the linear latent→RGB map.
+        Latents (mode "latent"), or RGB from the fine-tuning stage's texture, whose background is then the
+        latent background seen through the linear latent→RGB map. RGB modes other than "albedo" are shaded
+        by the cameras' light, so the texture that fits a lit target is its albedo.
         """
-        color, coverage = render_mesh(self.vertices, self.faces, cameras, size, uvs=self.uvs,
-                                      texture=self._effective(), filtering=self.filtering, lit=self.rgb)
+        rgb = mode != "latent"
+        view = replace(cameras, shading=mode) if rgb else cameras
+        color, coverage = render_mesh(self.vertices, self.faces, view, size, uvs=self.uvs,
+                                      texture=self._effective(rgb), filtering=self.filtering, lit=rgb)
         _, d = cameras.rays(size)
         bg = self.background(d).permute(0, 3, 1, 2)
-        if self.rgb:
+        if rgb:
             bg = latent_to_rgb(bg)
-        return color + (1 - coverage[:, None]) * bg, coverage
+        return SceneRender(color + (1 - coverage[:, None]) * bg, latent=not rgb, extras=coverage)

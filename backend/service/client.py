@@ -78,12 +78,13 @@ class JobResult:
     glb_path: str | None  # where the service keeps the GLB (on its machine)
     glb: bytes | None  # the GLB itself, when fetched with glb=True
     stats: dict[str, Any]
+    normal_png: bytes | None = None  # a refined mesh's tangent-space normal map
 
     @staticmethod
     def from_message(message: Message) -> JobResult:
         a, b, f = message.arrays, message.blobs, message.fields
         return JobResult(f["job"], a["vertices"], a["faces"], a.get("uvs"), a.get("vertex_map"), b["texture"],
-                         f.get("glb_path"), b.get("glb"), f.get("stats", {}))
+                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"))
 
 
 def _error(message: Message) -> ServiceError:

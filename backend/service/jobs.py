@@ -4,7 +4,7 @@
     <jobs>/<id>/inputs/<name>.npy  its arrays (sketch or mesh)
     <jobs>/<id>/state.json         state, attempts, error: replaced atomically on every change
     <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays)
-    <jobs>/<id>/result/            mesh.npz, texture.png, asset.glb
+    <jobs>/<id>/result/            mesh.npz, texture.png, asset.glb (normal.png: a refined mesh's normal map)
 
 A job folder appears only once complete (built under a hidden name, then renamed). Ids are uuid4 hex,
 checked against a strict pattern before any path is built from one. Nothing here uses pickle.
@@ -33,7 +33,7 @@ from backend.service import protocol
 from backend.service.protocol import JOB_ID
 
 SPEC, STATE, INPUTS, CHECKPOINT, RESULT = "spec.json", "state.json", "inputs", "checkpoint.npz", "result"
-MESH_NPZ, TEXTURE_PNG, ASSET_GLB = "mesh.npz", "texture.png", "asset.glb"
+MESH_NPZ, TEXTURE_PNG, ASSET_GLB, NORMAL_PNG = "mesh.npz", "texture.png", "asset.glb", "normal.png"
 _SKELETON = "__state__"  # the checkpoint's JSON skeleton, stored as uint8 inside the .npz
 FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
 
@@ -237,10 +237,13 @@ class JobStore:
 
     # --- results
 
-    def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes) -> Path:
+    def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
+                    normal_png: bytes | None = None) -> Path:
         folder = self.folder(job_id) / RESULT
-        write_atomically({folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png,
-                          folder / ASSET_GLB: glb})
+        files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
+        if normal_png is not None:
+            files[folder / NORMAL_PNG] = normal_png
+        write_atomically(files)
         (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
         return folder / ASSET_GLB
 
@@ -249,6 +252,11 @@ class JobStore:
         with np.load(folder / MESH_NPZ, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return arrays, (folder / TEXTURE_PNG).read_bytes(), folder / ASSET_GLB
+
+    def load_normal_map(self, job_id: str) -> bytes | None:
+        """The result's tangent-space normal map (PNG), when its export baked one."""
+        path = self.folder(job_id) / RESULT / NORMAL_PNG
+        return path.read_bytes() if path.is_file() else None
 
 
 def _fits(value: Any, tp: Any) -> bool:

@@ -396,6 +396,8 @@ class Service:
         try:
             arrays, texture, glb_path = self.store.load_result(record.id)
             blobs = {"texture": texture}
+            if (normal_map := self.store.load_normal_map(record.id)) is not None:
+                blobs["normal_map"] = normal_map
             if message.fields.get("glb"):
                 blobs["glb"] = glb_path.read_bytes()
         except Exception as exc:  # a damaged or deleted result folder: that job's problem, not the service's
@@ -530,11 +532,12 @@ class Service:
             self._end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
         elif message.type == "result":
             glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
-                                              message.blobs["glb"])
+                                              message.blobs["glb"], message.blobs.get("normal_map"))
             record.stats = fields.get("stats") or {}
             self._end(record, "finished")
+            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs}
             self._notify(job, encode("result", {"job": job, "glb_path": str(glb_path), "stats": record.stats},
-                                     message.arrays, {"texture": message.blobs["texture"]}), last=True)
+                                     message.arrays, images), last=True)
         elif fields["code"] == "busy":
             self.broker.enqueue(job, front=True)
             record.state = "queued"

@@ -152,10 +152,15 @@ class JobRun:
         mesh = result.mesh
         stats = {"vertices": len(mesh.vertices), "faces": len(mesh.faces),
                  "seconds": round(time.perf_counter() - start, 3), "worker": worker}
+        if getattr(result, "charts", 0):
+            stats["charts"] = result.charts
+        blobs = {"texture": Path(result.png_path).read_bytes(), "glb": Path(result.glb_path).read_bytes()}
+        if getattr(result, "normal_map_path", None) is not None:  # a refined mesh's tangent-space normal map
+            blobs["normal_map"] = Path(result.normal_map_path).read_bytes()
         arrays = {"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs,
                   "vertex_map": getattr(result, "vertex_map", None)}  # paint results map back to the input
         return encode("result", {"job": self.job, "stats": stats}, {k: v for k, v in arrays.items() if v is not None},
-                      {"texture": Path(result.png_path).read_bytes(), "glb": Path(result.glb_path).read_bytes()})
+                      blobs)
 
 
 class Worker:

@@ -1,25 +1,31 @@
-"""One score-distillation step, shared by every task: sample cameras → render → guidance → loss.
+"""What every score-distillation task shares: its config, one step (sample cameras → render → guidance →
+loss), the job's set-up, run and entry.
 
-A task supplies how its scene renders a batch of cameras and which regularisers apply; everything about
-the prior (encoding, timesteps, the objective) lives here once.
+A task supplies its scenes, the stages that render them and which regularisers apply; everything about
+the prior (encoding, timesteps, the objective) and the job's plumbing lives here once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
-from backend.errors import ConfigError
+from backend.errors import ConfigError, InputError
+from backend.events import EventSink, StageStarted, ignore
 from backend.guidance.base import Guidance, Prompt
-from backend.latent import latent_to_rgb
-from backend.loop import LoopConfig
+from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
+from backend.mesh import Frame
 from backend.objectives import ObjectiveConfig
+from backend.scene.base import SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
+from backend.shading import LightConfig, sample_light, sample_mode
+from backend.speed import SpeedConfig
 
 MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
 MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
@@ -66,13 +72,6 @@ class DistillConfig:
             part.validate()
 
 
-@dataclass
-class SceneRender:
-    image: torch.Tensor  # [B, C, H, W]: latents (C = 4) or RGB in [0, 1] (C = 3)
-    latent: bool
-    extras: Any = None  # what regularisers need (a VolumeRender, coverage, ...)
-
-
 Regulariser = Callable[[SceneRender, int, int], torch.Tensor]  # (render, step, total) → loss
 
 
@@ -87,9 +86,14 @@ class DistillStep:
     generator: torch.Generator
     batch: int = 1
     regularisers: dict[str, tuple[float, Regulariser]] = field(default_factory=dict)
+    lighting: LightConfig | None = None  # shaded stages: a point light and a render mode drawn per step
 
     def __call__(self, step: int, total: int) -> dict[str, torch.Tensor]:
         cams = self.cameras.sample(self.batch)
+        if self.lighting is not None:
+            # on the camera batch, so a prior that renders its own answer shades it the same way
+            cams = replace(cams, light=sample_light(cams.position, self.lighting, self.generator),
+                           shading=sample_mode(self.lighting, self.generator))
         out = self.render(cams)
         images = None if out.latent else out.image
         z = out.image if out.latent else self.guidance.encode(out.image)
@@ -105,7 +109,51 @@ class DistillStep:
         return losses
 
 
-def to_preview(image: torch.Tensor, latent: bool) -> np.ndarray:
-    """First image of a batch as uint8 RGB [H, W, 3] (latents through the linear approximation)."""
-    rgb = latent_to_rgb(image[:1]) if latent else image[:1]
-    return (rgb[0].clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy() * 255).round().astype(np.uint8)
+@dataclass
+class DistillJob:
+    """What every task's job shares: its stages, the state its checkpoints hold, and how it runs and exports."""
+
+    config: DistillConfig
+    stages: list[Stage]
+    generator: torch.Generator
+    speed: SpeedConfig  # resolved for the guidance's device
+
+    def state(self) -> torch.nn.Module:
+        """The parameters a checkpoint saves and a resumed job loads."""
+        raise NotImplementedError
+
+    def export(self, out_path: Path) -> Any:
+        raise NotImplementedError
+
+    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
+            job_dir: str | Path | None = None) -> None:
+        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
+        run_stages(self.stages, self.state(), self.generator, self.config.loop, on_event, cancel, checkpointer,
+                   report_every=self.speed.report_every)
+
+
+def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame: Frame
+           ) -> tuple[torch.Generator, Prompt]:
+    """Seed the job, tell the prior where the asset lands and let it prepare for the prompt."""
+    guidance.accelerate(speed)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    guidance.set_frame(frame)
+    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
+    guidance.prepare(prompt)
+    return generator, prompt
+
+
+def glb_output(out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".glb":
+        raise InputError(f"the output {out_path.name!r} must end in .glb")
+    return out_path
+
+
+def run_job(job: DistillJob, out_path: Path, on_event: EventSink, cancel: threading.Event | None,
+            job_dir: str | Path | None) -> Any:
+    """Run every stage (resuming from `job_dir`'s checkpoint), then export to `out_path`."""
+    job.run(on_event, cancel, job_dir)
+    on_event(StageStarted("export", 1))
+    return job.export(out_path)

@@ -1,34 +1,43 @@
 """Text (and optionally sketch) to a textured mesh: Latent-NeRF + score distillation, then export.
 
 Stages: "latent" renders the NeRF's 4 latent channels at `resolution` straight into the guidance's
-latent space; "rgb_refine" renders RGB through the learnable 4→3 layer at `refine.resolution` and
-distils through the guidance's encoder; then the field is exported as a GLB.
+latent space; "rgb_refine" renders RGB through the learnable 4→3 layer at `refine.resolution`, shaded
+DreamFusion-style (a random point light and one of lit / textureless / albedo per step, normals from the
+density's gradient, the orientation loss), and distils through the guidance's encoder; "mesh" (Magic3D)
+hands the NeRF's density to a DMTet grid and refines the extracted mesh, coloured by the NeRF's colour
+field, at up to 512². The export takes the refined mesh when that stage ran, else meshes the density.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from backend.cameras import Cameras, CameraSampler
+from backend.cameras import CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
-from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.errors import ConfigError
+from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
-from backend.guidance.base import Guidance, Prompt
-from backend.loop import Checkpointer, Stage, run_stages
+from backend.export.from_mesh import export_surface
+from backend.guidance.base import Guidance
+from backend.loop import Stage
 from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES
-from backend.regularisers import ramp, sparsity, z_variance
-from backend.render.volume import VolumeConfig, VolumeRenderer
+from backend.regularisers import orientation, ramp, sparsity, z_variance
+from backend.render.volume import VolumeConfig
+from backend.scene.base import PREVIEW_CAMERA  # noqa: F401 - where paint and older callers find it
+from backend.scene.dmtet import DMTet, DMTetScene, MeshStageConfig, laplacian_smoothness, normal_consistency
 from backend.scene.nerf import LatentNeRF, NeRFConfig
+from backend.scene.nerf_scene import NeRFScene
+from backend.shading import LightConfig
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
-from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, check_render_size, to_preview
+from backend.tasks.distill import DistillConfig, DistillJob, DistillStep, check_render_size, glb_output, run_job, set_up
 
 
 @dataclass
@@ -46,6 +55,7 @@ class RefineConfig:
     iters: int = 1000  # 0 skips RGB refinement
     resolution: int = 256  # RGB render size; the guidance's encoder resizes to its own input size
     lr: float = 1e-3
+    lambda_orient: float = 1e-2  # DreamFusion's orientation loss (normals facing away from the camera)
 
 
 @dataclass
@@ -54,6 +64,8 @@ class GenerateConfig(DistillConfig):
     render: VolumeConfig = field(default_factory=VolumeConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    shading: LightConfig = field(default_factory=LightConfig)  # RGB stages' light and render modes
+    mesh: MeshStageConfig = field(default_factory=MeshStageConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     sketch: SketchConfig = field(default_factory=SketchConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
@@ -70,68 +82,45 @@ class GenerateConfig(DistillConfig):
             raise ConfigError("learning rates must be positive")
         if self.optim.batch < 1 or self.optim.lambda_sparsity < 0 or self.optim.lambda_zvar < 0:
             raise ConfigError("optim.batch must be ≥ 1, optim.lambda_sparsity and optim.lambda_zvar ≥ 0")
-        for part in (self.nerf, self.render, self.export, self.sketch, self.depth, self.speed):
+        if not self.refine.lambda_orient >= 0:
+            raise ConfigError(f"refine.lambda_orient must be ≥ 0, got {self.refine.lambda_orient}")
+        self.shading.validate("shading")
+        for part in (self.nerf, self.render, self.mesh, self.export, self.sketch, self.depth, self.speed):
             part.validate()
 
 
-PREVIEW_CAMERA = {"elevation": 15.0, "azimuth": 30.0, "radius": 1.4, "fov": 50.0}
+class GenerateState(nn.Module):
+    """Everything a generate checkpoint holds: the NeRF and, with a mesh stage, its tetrahedral grid."""
 
-
-class NeRFScene:
-    """The Latent-NeRF with its renderer: renders latents or RGB for a batch of cameras."""
-
-    def __init__(self, config: GenerateConfig, device: torch.device, generator: torch.Generator,
-                 speed: FieldSpeedConfig | None = None) -> None:
-        speed = speed or config.speed.resolve(device)
-        self.nerf = LatentNeRF(config.nerf).to(device)
-        self.renderer = VolumeRenderer(config.render, config.nerf.bound, speed.occupancy)
-        self.generator = generator
-        self.size = config.resolution
-        self._field = self.nerf.field
-        if speed.compile_field != "off":
-            # not static: the sample count differs between stages, previews and importance passes
-            self._field = torch.compile(self.nerf.field, mode=speed.compile_field)
-
-    def field(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, feats = self._field(x)
-        return sigma, self.nerf.color(feats)
-
-    def render(self, cameras: Cameras, train: bool = True) -> SceneRender:
-        o, d = cameras.rays(self.size)
-        out = self.renderer.render(self.field, self.nerf.background, o, d,
-                                   self.generator if train else None)
-        return SceneRender(out.image, latent=not self.nerf.rgb, extras=out)
-
-    def preview(self) -> object:
-        cams = Cameras.orbit(**PREVIEW_CAMERA, device=next(self.nerf.parameters()).device)
-        with torch.no_grad():
-            out = self.render(cams, train=False)
-        return to_preview(out.image, out.latent)
+    def __init__(self, nerf: LatentNeRF, dmtet: DMTet | None) -> None:
+        super().__init__()
+        self.nerf = nerf
+        self.dmtet = dmtet
 
 
 @dataclass
-class GenerateJob:
-    """Everything `generate` wires together: the scene, its stages and where the asset lands."""
+class GenerateJob(DistillJob):
+    """Everything `generate` wires together: the scenes, their stages and where the asset lands."""
 
-    config: GenerateConfig
     scene: NeRFScene
-    stages: list[Stage]
-    generator: torch.Generator
     frame: Frame
-    speed: FieldSpeedConfig  # resolved for the guidance's device
     device: torch.device
+    mesh: DMTetScene | None = None  # the mesh refinement stage's scene, when the job has that stage
 
-    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
-            job_dir: str | Path | None = None) -> None:
-        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.scene.nerf, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+    def state(self) -> nn.Module:
+        return GenerateState(self.scene.nerf, self.mesh.dmtet if self.mesh is not None else None)
 
     def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
                ) -> ExportResult:
-        """Mesh, unwrap and bake the field into `out_path`; `density` replaces the field's own density."""
+        """Write the asset to `out_path`: the refined mesh when the mesh stage ran, else marching cubes of the
+        field's density (`density` replaces the field's own)."""
         nerf = self.scene.nerf
         nerf.eval()
+        if self.mesh is not None and bool(self.mesh.dmtet.initialised) and density is None:
+            with torch.no_grad():
+                vertices, faces = self.mesh.dmtet.surface()
+            return export_surface(vertices, faces, lambda p: self.mesh.color(p).clamp(0, 1), self.frame,
+                                  self.config.export, Path(out_path), device=self.device)
         return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
                             device=self.device)
 
@@ -145,16 +134,11 @@ def prepare_generate(
     """Wire the scene, renderer, guidance, objective and regularisers for `config` (validated)."""
     device = guidance.device
     speed = config.speed.resolve(device)
-    guidance.accelerate(speed)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
     frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
-    guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
-    guidance.prepare(prompt)
+    generator, prompt = set_up(config, guidance, speed, frame)
 
-    scene = NeRFScene(config, device, generator, speed)
+    scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)
     nerf = scene.nerf
     sampler = CameraSampler(config.camera, generator, device)
     regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
@@ -166,8 +150,13 @@ def prepare_generate(
     if config.depth.weight > 0:
         regularisers["depth"] = (config.depth.weight, depth_regulariser(
             MonocularDepth.load(config.depth.model, device), guidance.decode))
-    step = DistillStep(scene.render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
+    objective = OBJECTIVES[config.objective.name](config.objective, guidance)
+    step = DistillStep(lambda cams: scene.render(cams, config.resolution, "latent"), guidance, objective,
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
+    orient = config.refine.lambda_orient
+    refine_step = replace(step, lighting=config.shading, regularisers={**regularisers, "orient": (
+        orient, lambda out, *_: orientation(out.extras.normals, out.extras.directions, out.extras.weights))},
+        render=lambda cams: scene.render(cams, config.refine.resolution, cams.shading, normals=orient > 0))
 
     def enter_latent() -> torch.optim.Optimizer:
         nerf.rgb, scene.size = False, config.resolution
@@ -181,8 +170,35 @@ def prepare_generate(
 
     stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
     if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview))
-    return GenerateJob(config, scene, stages, generator, frame, speed, device)
+        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview))
+    mesh = None
+    if config.mesh.iters:
+        mesh = DMTetScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
+        stages.append(mesh_stage(config, mesh, replace(step, regularisers={}), speed))
+    return GenerateJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, frame=frame,
+                       device=device, mesh=mesh)
+
+
+def mesh_stage(config: GenerateConfig, mesh: DMTetScene, step: DistillStep, speed: FieldSpeedConfig) -> Stage:
+    """Magic3D's refinement: the NeRF's density hands over to the DMTet grid, its colour field stays."""
+    c = config.mesh
+    nerf = mesh.nerf
+
+    def regulariser(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+        return lambda out, *_: fn(out.extras.vertices, out.extras.faces)
+
+    mesh_step = replace(step, lighting=config.shading, regularisers={
+        "normal_consistency": (c.lambda_normal, regulariser(normal_consistency)),
+        "laplacian": (c.lambda_laplacian, regulariser(laplacian_smoothness))},
+        render=lambda cams: mesh.render(cams, c.resolution, cams.shading))
+
+    def enter() -> torch.optim.Optimizer:
+        nerf.rgb = True
+        mesh.dmtet.init_from_density(nerf.density, config.export.density_threshold, c.init_clamp)
+        return speed.adam(mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale),
+                          betas=(0.9, 0.99), eps=1e-15)
+
+    return Stage("mesh", c.iters, enter, mesh_step, mesh.preview)
 
 
 def generate(
@@ -205,10 +221,5 @@ def generate(
     config.validate()
     if config.objective.name not in OBJECTIVES:
         raise ConfigError(f"unknown method {config.objective.name!r}")
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".glb":
-        raise InputError(f"the output {out_path.name!r} must end in .glb")
-    job = prepare_generate(config, guidance, sketch, sketch_frame)
-    job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    out_path = glb_output(out_path)
+    return run_job(prepare_generate(config, guidance, sketch, sketch_frame), out_path, on_event, cancel, job_dir)

@@ -18,25 +18,33 @@ import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.events import EventSink, ignore
 from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.unwrap import unwrap
-from backend.guidance.base import Guidance, Prompt
+from backend.guidance.base import Guidance
 from backend.latent import resize
-from backend.lit_cameras import LitCameraSampler
-from backend.loop import Checkpointer, Stage, run_stages
+from backend.loop import Stage
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives import OBJECTIVES
 from backend.render.mesh_render import FILTERS
 from backend.render.rasterize import rasterize
+from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.shading import LightConfig
 from backend.speed import SpeedConfig
-from backend.tasks.distill import DistillConfig, DistillStep, SceneRender, to_preview
+from backend.tasks.distill import (
+    DistillConfig,
+    DistillJob,
+    DistillStep,
+    SceneRender,
+    glb_output,
+    run_job,
+    set_up,
+    to_preview,
+)
 from backend.tasks.face_selection import Selection, select_faces
-from backend.tasks.generate import PREVIEW_CAMERA
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 
@@ -106,24 +114,17 @@ def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tens
 
 
 @dataclass
-class PaintJob:
+class PaintJob(DistillJob):
     """Everything `paint` wires together: the textured mesh, its stages and the final decode."""
 
-    config: PaintConfig
     scene: LatentTexture
-    stages: list[Stage]
-    generator: torch.Generator
     mapped: Mesh  # the mesh with the UVs it is painted through
     vertex_map: np.ndarray
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
-    speed: SpeedConfig  # resolved for the guidance's device
     selection: Selection | None = None  # partial paint: the faces painted and the texels kept
 
-    def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
-            job_dir: str | Path | None = None) -> None:
-        checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.scene, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+    def state(self) -> torch.nn.Module:
+        return self.scene
 
     def export(self, out_path: str | Path) -> PaintResult:
         """The final texture, filled past the UV islands' edges, written as `out_path` (GLB) and a PNG."""
@@ -154,13 +155,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
     device = guidance.device
     speed = config.speed.resolve(device)
-    guidance.accelerate(speed)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     frame = Frame.fit(mapped.vertices)
-    guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
-    guidance.prepare(prompt)
+    generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
                           torch.as_tensor(mapped.faces, device=device), torch.as_tensor(mapped.uvs, device=device),
@@ -172,8 +168,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     size = {"px": config.resolution}
 
     def render(cams: Cameras) -> SceneRender:
-        image, coverage = scene.render(cams, size["px"])
-        return SceneRender(image, latent=not scene.rgb, extras=coverage)
+        return scene.render(cams, size["px"], cams.shading if scene.rgb else "latent")
 
     def decoded() -> torch.Tensor:
         with torch.no_grad():
@@ -199,9 +194,10 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
-        lit_step = replace(step, cameras=LitCameraSampler(step.cameras, config.light, generator))
+        lit_step = replace(step, lighting=config.light)
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview))
-    return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed, selection)
+    return PaintJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, mapped=mapped,
+                    vertex_map=vertex_map, decoded=decoded, selection=selection)
 
 
 def paint(
@@ -217,10 +213,5 @@ def paint(
     """Paint `mesh` (only `faces` of it, when given) for `config.prompt` under `guidance`; write `out_path`
     (GLB) and the texture (PNG)."""
     config.validate()
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".glb":
-        raise InputError(f"the output {out_path.name!r} must end in .glb")
-    job = prepare_paint(config, guidance, mesh, faces)
-    job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    out_path = glb_output(out_path)
+    return run_job(prepare_paint(config, guidance, mesh, faces), out_path, on_event, cancel, job_dir)
