@@ -17,8 +17,9 @@ import torch
 from backend.cameras import Cameras, CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
 from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
+from backend.export.progress import estimate_export_s
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, Stage, run_stages
 from backend.mesh import Frame, Mesh
@@ -125,15 +126,16 @@ class GenerateJob:
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
         run_stages(self.stages, self.scene.nerf, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+                   report_every=self.speed.report_every,
+                   after_s=estimate_export_s(self.config.export, self.device.type))
 
-    def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> ExportResult:
+    def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               on_event: EventSink | None = None) -> ExportResult:
         """Mesh, unwrap and bake the field into `out_path`; `density` replaces the field's own density."""
         nerf = self.scene.nerf
         nerf.eval()
         return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
-                            device=self.device)
+                            device=self.device, on_event=on_event)
 
 
 def prepare_generate(
@@ -210,5 +212,4 @@ def generate(
         raise InputError(f"the output {out_path.name!r} must end in .glb")
     job = prepare_generate(config, guidance, sketch, sketch_frame)
     job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    return job.export(out_path, on_event=on_event)

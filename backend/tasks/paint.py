@@ -18,10 +18,11 @@ import torch
 
 from backend.cameras import Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.events import EventSink, ignore
 from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
+from backend.export.progress import ExportProgress, estimate_texture_export_s
 from backend.export.unwrap import unwrap
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
@@ -106,7 +107,10 @@ class PaintJob:
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
         run_stages(self.stages, self.scene, self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+                   report_every=self.speed.report_every, after_s=self.export_estimate_s())
+
+    def export_estimate_s(self) -> float:
+        return estimate_texture_export_s(self.config.texture_size, self.scene.texture.device.type)
 
     def export(self, out_path: str | Path) -> PaintResult:
         """The final texture, filled past the UV islands' edges, written as `out_path` (GLB) and a PNG."""
@@ -187,5 +191,8 @@ def paint(
         raise InputError(f"the output {out_path.name!r} must end in .glb")
     job = prepare_paint(config, guidance, mesh)
     job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    progress = ExportProgress(on_event, {"write": job.export_estimate_s()})
+    progress.start("write")
+    result = job.export(out_path)
+    progress.finish()
+    return result
