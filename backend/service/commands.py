@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backend.devices import DEVICES, device_arg
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
 
@@ -35,6 +36,12 @@ def _devices(name: str) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.service.security import check_bind
+
+    keys_dir = Path(args.keys) if args.keys else None
+    check_bind(args.bind, keys_dir)  # a public address without keys is refused before the slow imports
+    if args.broker:
+        check_bind(args.broker_bind, keys_dir)
     from backend.guidance import default_model
     from backend.service.jobs import default_jobs_dir
     from backend.service.server import Service, ServiceConfig
@@ -176,7 +183,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                    "repeat for several; the first is the default")
     s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, or 1 on the CPU; "
                                                "0 with --broker)")
-    s.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    s.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto)")
     s.add_argument("--broker", action="store_true", help="also accept remote workers (`latentforge worker`)")
     s.add_argument("--broker-bind", default=DEFAULT_BROKER, help=f"where remote workers connect ({DEFAULT_BROKER})")
     s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients and remote workers "
@@ -188,7 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="a worker for a service started with --broker (one per GPU)")
     w.add_argument("--connect", default=DEFAULT_BROKER, help=f"the service's worker address ({DEFAULT_BROKER})")
     w.add_argument("--model", action="append", required=True, help="a guidance spec to load; repeat for several")
-    w.add_argument("--device", default="auto")
+    w.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto)")
     w.add_argument("--server-key", help="the service's public key file, for CURVE")
     w.add_argument("--client-key", help="this worker's secret key file, for CURVE")
     w.add_argument("--heartbeat-s", type=float, default=1.0)
