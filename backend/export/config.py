@@ -16,7 +16,7 @@ class ExportConfig:
     max_faces: int = 50_000  # simplify above this budget
     texture_size: int = 1024  # baked texture is texture_size × texture_size
     bound: float = 1.0  # half-extent of the sampled cube in the unit frame
-    atlas_smoothing: int = 10  # Taubin iterations on the copy of the surface that UV charts are cut on
+    atlas_smoothing: int = 30  # Taubin iterations on the copy of the surface that UV charts are cut on
     # working memory of one field evaluation, in GiB: density and colour queries are chunked to stay under it
     memory_gb: float = 1.0
 
