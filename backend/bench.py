@@ -452,6 +452,8 @@ def default_out(device: torch.device, tasks: list[str], config: str | None) -> P
 def cmd_bench(args: argparse.Namespace) -> int:
     from backend.cli import pick_device
 
+    if args.export_breakdown:
+        return cmd_export_breakdown(args)
     device = pick_device(args.device)
     overrides = load_file(args.config) if args.config else {}
     settings = BenchSettings(device, [t.strip() for t in args.tasks.split(",") if t.strip()], args.steps, args.warmup,
@@ -469,10 +471,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `bench` to the `latentforge` parser."""
+    from backend.devices import DEVICES, device_arg
     from backend.guidance.random_sd import ARCHS
 
     b = sub.add_parser("bench", help="time each task's step at production scale against its U-Net calls alone")
-    b.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    b.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto)")
     b.add_argument("--steps", type=int, default=60, help="timed steps per task; the median is reported (default 60)")
     b.add_argument("--warmup", type=int, help="untimed steps first, where compilation happens "
                                               f"(default {CUDA_WARMUP} on CUDA, {CPU_WARMUP} on a CPU)")
@@ -485,6 +488,121 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)} (default all)")
     b.add_argument("--config", help="a JSON or TOML file with [generate] and/or [paint] tables of settings")
     b.add_argument("--no-export", action="store_true", help="skip timing the export (no job time is projected)")
+    b.add_argument("--export-breakdown", action="store_true",
+                   help="time only the export, sub-step by sub-step, for an unconverged and a converged field at "
+                        "the default export settings (or the --config file's [export] table)")
     b.add_argument("--out", help="the JSON results (default benchmarks/bench-<device>.json, with the tasks and the "
                                  "config file's name added when given)")
     b.set_defaults(func=cmd_bench)
+
+
+# --- export breakdown: each export sub-step's time, and the export's peak memory, per kind of field ---------
+
+EXPORT_FIELDS = ("unconverged", "converged")
+
+
+def toadstool_density(density: Callable[[torch.Tensor], torch.Tensor], level: float) -> Callable:
+    """The field's density evaluated (so export pays its cost) but replaced by a crisp cap-on-a-stem shape, as a
+    converged field's surface is: sharp where an unconverged one is a soft, noisy blob."""
+
+    def shape(x: torch.Tensor) -> torch.Tensor:
+        cap = ((x[:, 0] ** 2 + x[:, 1] ** 2) / 0.55**2 + ((x[:, 2] - 0.15) / 0.3) ** 2).sqrt() - 1
+        cap = torch.maximum(cap * 0.3, 0.1 - x[:, 2])  # the cap's underside is flat
+        stem = torch.maximum((x[:, 0] ** 2 + x[:, 1] ** 2).sqrt() - 0.15, x[:, 2].abs() - 0.4 + 0.2 * (x[:, 2] > 0))
+        distance = torch.minimum(cap, stem)
+        return density(x) * 0 + 2 * level * torch.sigmoid(-distance * 80)
+
+    return shape
+
+
+def export_breakdown_case(kind: str, device_name: str, overrides: dict) -> dict:
+    """One export of a `kind` field at the export settings `overrides` (defaults if empty), in this process."""
+    import resource
+
+    from backend.events import Progress, StageStarted
+    from backend.export import ExportConfig, export_asset
+    from backend.mesh import Frame
+    from backend.scene.nerf import LatentNeRF, NeRFConfig
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    nerf = LatentNeRF(NeRFConfig()).to(device).eval()
+    config = merge(ExportConfig(), overrides)
+    density = nerf.density if kind == "unconverged" else toadstool_density(nerf.density, config.density_threshold)
+    times: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def on_event(event: object) -> None:
+        if isinstance(event, StageStarted):
+            started[event.stage] = time.perf_counter()
+        elif isinstance(event, Progress) and event.step == event.total:
+            times[event.stage.removeprefix("export: ")] = time.perf_counter() - started[event.stage]
+
+    counted = {"points": 0}
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        counted["points"] += len(x)
+        return density(x)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    def cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start, cpu_start = time.perf_counter(), cpu_s()
+        result = export_asset(counting, nerf.rgb_at, Frame(), config, Path(tmp) / "bench.glb", device, on_event)
+        total, cpu = time.perf_counter() - start, cpu_s() - cpu_start
+    # CPU seconds beside the wall time: on a shared machine the wall time says more about the neighbours
+    return {"field": kind, "total_s": total, "cpu_s": cpu, "steps_s": times, "density_points": counted["points"],
+            "dense_grid_points": config.grid_resolution**3, "faces": len(result.mesh.faces), "charts": result.charts,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "settings": dataclasses.asdict(config)}
+
+
+def run_export_breakdown(device: torch.device, overrides: dict) -> dict:
+    """Both kinds of field, each in a fresh process so that its peak memory is the export's own."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    cases = {}
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for kind in EXPORT_FIELDS:
+            say(f"export of an {kind} field" if kind[0] == "u" else f"export of a {kind} field")
+            cases[kind] = pool.apply(export_breakdown_case, (kind, str(device), overrides))
+    return {"schema": 1, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device_info(device), "export": cases}
+
+
+def export_breakdown_report(doc: dict) -> str:
+    cases = doc["export"]
+    steps = list(next(iter(cases.values()))["steps_s"])
+    head = f"{'export s':<22}" + "".join(f"{kind:>14}" for kind in cases)
+    lines = [f"export breakdown on {doc['device']['name']} ({doc['device']['type']})", "", head, "-" * len(head)]
+    for step in steps:
+        lines.append(f"{step:<22}" + "".join(f"{c['steps_s'].get(step, 0.0):>14.2f}" for c in cases.values()))
+    rows = [("total", "total_s", ".2f"), ("CPU seconds", "cpu_s", ".1f"), ("peak RSS GB", "peak_rss_gb", ".2f"),
+            ("density points", "density_points", ","), ("dense grid points", "dense_grid_points", ","),
+            ("faces", "faces", ","), ("UV charts", "charts", ",")]
+    for label, key, spec in rows:
+        lines.append(f"{label:<22}" + "".join(f"{format(c[key], spec):>14}" for c in cases.values()))
+    if any(c["peak_gpu_gb"] is not None for c in cases.values()):
+        lines.append(f"{'peak GPU GB':<22}" + "".join(f"{_fmt(c['peak_gpu_gb'], '.2f'):>14}" for c in cases.values()))
+    return "\n".join(lines)
+
+
+def cmd_export_breakdown(args: argparse.Namespace) -> int:
+    from backend.cli import pick_device
+
+    device = pick_device(args.device)
+    overrides = load_file(args.config).get("export", {}) if args.config else {}
+    print(f"latentforge bench --export-breakdown on {device}", file=sys.stderr)
+    doc = run_export_breakdown(device, overrides)
+    out = Path(args.out) if args.out else Path("benchmarks") / f"export-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(export_breakdown_report(doc))
+    print(f"\nwrote {out}")
+    return 0

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import torch
-
+# Only light modules here: `--help`, usage errors and setting checks must not wait for torch or diffusers.
 from backend import __version__
-from backend import bench as bench_commands
 from backend.config import from_dict, load_file, merge
+from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
-from backend.events import Event, Finished, Progress, StageStarted
 from backend.methods import method_overrides
-from backend.service import commands as service_commands
+from backend.notices import quiet_third_party
+from backend.presets import PRESETS, preset_overrides
+from backend.projection import duration, project_cpu_s
 
+__all__ = ["build_parser", "main", "pick_device"]
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise LatentForgeError("--device cuda was asked for but PyTorch sees no CUDA GPU",
-                               "use --device cpu, or install a CUDA build of PyTorch")
-    return torch.device(name)
+# Commands whose modules are heavy are listed here with their one-line help, and their module adds the real
+# parser only when one of them is run (tests check that these lines match the modules' own).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("backend.service.commands", "run the job service (ZeroMQ) for Blender and `latentforge submit`"),
+    "keys": ("backend.service.commands", "create CURVE keys: the server's pair and allow-listed client pairs"),
+    "submit": ("backend.service.commands", "submit a job to a running service"),
+    "status": ("backend.service.commands", "a job's state, or every job's"),
+    "reexport": ("backend.service.commands", "export a failed generate job's trained field again"),
+    "fetch": ("backend.service.commands", "download a finished job's result"),
+    "bench": ("backend.bench", "time each task's step at production scale against its U-Net calls alone"),
+}
 
 
 class TqdmEvents:
-    """Shows the loop's events as one tqdm bar per stage."""
+    """Shows the job's events as one tqdm bar per stage (export's sub-steps each get their own)."""
 
     def __init__(self) -> None:
         from tqdm import tqdm
@@ -37,13 +44,17 @@ class TqdmEvents:
         self._tqdm = tqdm
         self.bar = None
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Any) -> None:
+        from backend.events import Finished, Progress, StageStarted
+
         if isinstance(event, StageStarted):
             self.close()
             self.bar = self._tqdm(total=event.total, desc=event.stage, unit="step", dynamic_ncols=True)
         elif isinstance(event, Progress) and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             shown = {k: f"{v:.3g}" for k, v in event.losses.items() if k != "total"}
+            if event.eta_s > 0:
+                shown["job left"] = duration(event.eta_s)
             self.bar.set_postfix(shown, refresh=False)
         elif isinstance(event, Finished):
             self.close()
@@ -59,6 +70,8 @@ COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "res
 GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
                   "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution", "looseness": "sketch.looseness"}
 PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
+# flags that choose the schedule: with none of them on a CPU, the run's projected time is worth a warning
+SCHEDULE_FLAGS = ("quality", "config", "iters", "refine_iters", "resolution", "finetune_iters", "texture_size")
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
@@ -84,10 +97,15 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
     p.add_argument("--method", help="sds (default) or hifa (BGT+ with √-annealed timesteps, z-variance and "
                                     "kernel-smoothed importance sampling)")
+    p.add_argument("--quality", choices=tuple(PRESETS),
+                   help="a preset schedule, as in the add-on and the service (default standard; draft on a CPU "
+                        "takes a fraction of the time)")
     p.add_argument("--iters", type=int, help="optimisation steps (default 5000)")
-    p.add_argument("--resolution", type=int, help="training render size in pixels (default 64)")
+    p.add_argument("--resolution", type=int,
+                   help="training render size in pixels, a multiple of 8 (default 64: the latent stage renders "
+                        "64×64 latent pixels, Stable Diffusion's latent size for 512×512 images)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto)")
     p.add_argument("--config", help="a JSON or TOML file of settings (flags override it)")
     p.add_argument("--job-dir", help="folder for checkpoints: a rerun with the same folder resumes")
     p.add_argument("--out", required=True, help="output .glb (a .png of the texture is written beside it)")
@@ -114,12 +132,13 @@ def add_paint_args(p: argparse.ArgumentParser) -> None:
                                    "every other texel of the mesh's texture is kept")
 
 
-def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str]):  # noqa: ANN201
-    """Defaults, then the method's defaults, then the --config file, then the flags given."""
+def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str], task: str = "generate"):  # noqa: ANN201
+    """Defaults, the method's defaults, the --quality preset, the --config file, then the flags given."""
     file = load_file(args.config) if args.config else {}
     objective = file.get("objective") if isinstance(file, dict) else None
     method = args.method or (objective.get("name") if isinstance(objective, dict) else None) or "sds"
     config = merge(cls(), method_overrides(str(method), cls))
+    config = merge(config, preset_overrides(getattr(args, "quality", None) or "standard", task))
     config = merge(config, file)
     return merge(config, _overrides(args, flags))
 
@@ -132,37 +151,57 @@ def guidance_spec(args: argparse.Namespace) -> str:
     return args.guidance or "sd:"
 
 
+def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: str, device: Any) -> None:
+    """On a CPU with the default schedule, say how long it would take and how to make it shorter."""
+    if device.type != "cpu" or any(getattr(args, flag, None) is not None for flag in SCHEDULE_FLAGS):
+        return
+    with_unet = not spec.startswith("target:")
+    projected = project_cpu_s(task, config, with_unet)
+    cls = type(config)
+    draft = merge(merge(cls(), method_overrides(str(args.method or "sds"), cls)), preset_overrides("draft", task))
+    print(f"warning: on the CPU these settings take roughly {duration(projected)}; --quality draft takes roughly "
+          f"{duration(project_cpu_s(task, draft, with_unet))} (a GPU is tens of times faster)", file=sys.stderr)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from backend.guidance import build_guidance
-    from backend.mesh import load_mesh
-    from backend.tasks.generate import GenerateConfig, generate
+    from backend.tasks.generate import GenerateConfig
 
     config = build_config(GenerateConfig, args, GENERATE_FLAGS)
     config.validate()
-    sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
+    spec = guidance_spec(args)
     device = pick_device(args.device)
-    guidance = build_guidance(guidance_spec(args), device)
+    from backend.guidance import build_guidance
+    from backend.mesh import load_mesh
+    from backend.tasks.generate import generate
+
+    sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
+    warn_cpu_schedule("generate", config, args, spec, device)
+    guidance = build_guidance(spec, device)
     return _run(lambda events: generate(config, guidance, args.out, sketch=sketch, on_event=events,
                                         job_dir=args.job_dir), guidance.describe(), device)
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
+    from backend.tasks.paint import PaintConfig
+
+    config = build_config(PaintConfig, args, PAINT_FLAGS, task="paint")
+    config.validate()
+    spec = guidance_spec(args)
+    device = pick_device(args.device)
     from backend.guidance import build_guidance
     from backend.mesh import load_mesh
     from backend.tasks.face_selection import check_faces, load_faces
-    from backend.tasks.paint import PaintConfig, paint
+    from backend.tasks.paint import paint
 
-    config = build_config(PaintConfig, args, PAINT_FLAGS)
-    config.validate()
     mesh = load_mesh(args.mesh, "paint mesh")
     faces = check_faces(load_faces(args.faces), len(mesh.faces)) if args.faces else None
-    device = pick_device(args.device)
-    guidance = build_guidance(guidance_spec(args), device)
+    warn_cpu_schedule("paint", config, args, spec, device)
+    guidance = build_guidance(spec, device)
     return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir,
                                      faces=faces), guidance.describe(), device)
 
 
-def _run(job: Callable, what: str, device: torch.device) -> int:
+def _run(job: Callable, what: str, device: Any) -> int:
     print(f"latentforge {__version__}: {what} on {device}", file=sys.stderr)
     events = TqdmEvents()
     start = time.perf_counter()
@@ -173,37 +212,57 @@ def _run(job: Callable, what: str, device: torch.device) -> int:
     charts = getattr(result, "charts", 0)
     normal_map = getattr(result, "normal_map_path", None)
     print(f"wrote {result.glb_path} and {result.png_path}" + (f" and {normal_map}" if normal_map else "")
-          + f" ({len(result.mesh.faces):,} faces" + (f", {charts} UV charts" if charts else "")
+          + f" ({len(result.mesh.faces):,} faces" + (f", {charts:,} UV charts" if charts else "")
           + f", {time.perf_counter() - start:.1f} s)")
     return 0
 
 
+def describe_schedule(config: Any) -> str:
+    """The settings a demo runs with, in the words of the flags and the config file."""
+    refine = f"{config.refine.iters} RGB refinement steps at {config.refine.resolution}²" if config.refine.iters \
+        else "no RGB refinement stage"
+    e = config.export
+    return (f"{config.optim.iters} latent steps at {config.resolution}² render pixels, {refine}, "
+            f"a {e.grid_resolution}³ export grid, a {e.texture_size}² texture, at most {e.max_faces:,} faces")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the shipped example: with Stable Diffusion when it can be had, else with its target."""
+    device = pick_device(args.device)
     from backend.examples import example_config, example_target
     from backend.guidance import build_guidance, default_model
     from backend.guidance.target import TargetGuidance
     from backend.tasks.generate import GenerateConfig, generate
 
-    device = pick_device(args.device)
+    model = args.model or default_model()
     try:
-        guidance = build_guidance(f"sd:{args.model or default_model()}", device)
+        guidance = build_guidance(f"sd:{model}", device)
         config = from_dict(GenerateConfig, example_config("sd"))
     except ModelNotFoundError as exc:
-        print(f"Stable Diffusion is not available here: {exc}\n"
-              "Running the same pipeline with TargetGuidance on the example's reference mesh instead "
-              "(it checks the install end to end; the prompt is not used).", file=sys.stderr)
+        print(f"Stable Diffusion ({model}) is not available here, so the demo checks the install with the same "
+              "pipeline guided by the example's reference mesh (TargetGuidance; the prompt is not used).",
+              file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         guidance = TargetGuidance.from_file(example_target(), device)
         config = from_dict(GenerateConfig, example_config("target"))
     if device.type == "cpu" and not args.full:
         config = merge(config, example_config("cpu"))
-        print("On the CPU: running the example's short CPU schedule (--full for the default one).",
-              file=sys.stderr)
+        print(f"On the CPU the demo runs its short CPU schedule (--full for the default one): "
+              f"{describe_schedule(config)}.", file=sys.stderr)
+    else:
+        print(f"The demo runs {describe_schedule(config)}.", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     return _run(lambda events: generate(config, guidance, args.out, on_event=events), guidance.describe(), device)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(argv: list[str]) -> str | None:
+    """The subcommand `argv` names: its first word that is not an option (top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; the heavy commands' modules are imported only for the command `argv` runs."""
     parser = argparse.ArgumentParser(prog="latentforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"latentforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,17 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_paint)
     d = sub.add_parser("demo", help="generate the shipped example (Stable Diffusion, or its target)")
     d.add_argument("--model", help="Stable Diffusion checkpoint (default: LATENTFORGE_MODEL or SD 1.5)")
-    d.add_argument("--device", default="auto")
+    d.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto)")
     d.add_argument("--full", action="store_true", help="the default schedule even on the CPU")
     d.add_argument("--out", default="out/example.glb")
     d.set_defaults(func=cmd_demo)
-    service_commands.register(sub)  # serve, keys, submit, status, fetch
-    bench_commands.register(sub)  # bench
+    chosen = LAZY_COMMANDS.get(_command(sys.argv[1:] if argv is None else argv) or "", ("", ""))[0]
+    for name, (module, help_text) in LAZY_COMMANDS.items():
+        if module != chosen:
+            sub.add_parser(name, help=help_text, add_help=False)  # a placeholder: never parsed
+        elif name == next(n for n, (m, _) in LAZY_COMMANDS.items() if m == module):
+            importlib.import_module(module).register(sub)  # all that module's commands, with their arguments
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    quiet_third_party()
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except LatentForgeError as exc:

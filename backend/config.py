@@ -101,9 +101,9 @@ def merge(base: T, overrides: dict) -> T:
 
 def load_file(path: str | Path) -> dict:
     """Read a JSON or TOML config file into nested dicts."""
-    path = Path(path)
+    typed, path = str(path), Path(path)  # errors name the path as the user typed it
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {typed!r} does not exist")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
@@ -111,4 +111,4 @@ def load_file(path: str | Path) -> dict:
         # Python's json accepts NaN and Infinity; the coercion above refuses them with the key's name
         return json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot parse config file {path.name!r}: {exc}") from exc
+        raise ConfigError(f"cannot parse config file {typed!r}: {exc}") from exc

@@ -10,7 +10,7 @@ import numpy as np
 
 @dataclass
 class StageStarted:
-    stage: str  # "latent", "rgb_refine", "paint", "export"
+    stage: str  # "latent", "rgb_refine", "paint", or an export sub-step "export: NAME" (see export.progress)
     total: int  # steps in this stage
 
 

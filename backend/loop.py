@@ -79,8 +79,11 @@ def run_stages(
     cancel: threading.Event | None = None,
     checkpointer: Checkpointer | None = None,
     report_every: int = 1,
+    after_s: float = 0.0,
 ) -> dict[str, float]:
     """Run every stage to its end; returns the last step's losses.
+
+    `after_s` is the estimated time of the work that follows the stages (the export): the ETA includes it.
 
     Progress (with the losses) is reported every `report_every` steps, at each stage's end and with each
     preview: reading losses back from a GPU waits for it, so a fast step reports less often.
@@ -116,7 +119,7 @@ def run_stages(
             if preview is not None or at_end or (step + 1) % report_every == 0:
                 losses = {k: float(v.detach()) for k, v in parts.items()}
                 on_event(Progress(stage.name, step + 1, stage.iters, losses,
-                                  eta_s=(now - t0) / steps_timed * remaining, preview=preview))
+                                  eta_s=(now - t0) / steps_timed * remaining + after_s, preview=preview))
             if checkpointer is not None and config.checkpoint_every and (
                     (step + 1) % config.checkpoint_every == 0 or at_end):
                 nxt_stage, nxt_step = (index + 1, 0) if at_end else (index, step + 1)

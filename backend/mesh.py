@@ -103,15 +103,15 @@ def load_mesh(path: str | Path, what: str = "mesh") -> Mesh:
     """Load a GLB/glTF, OBJ or PLY file (all its meshes merged) into the internal z-up frame."""
     import trimesh
 
-    path = Path(path)
+    typed, path = str(path), Path(path)  # errors name the path as the user typed it
     if not path.is_file():
-        raise InputError(f"the {what} file {str(path)!r} does not exist")
+        raise InputError(f"the {what} file {typed!r} does not exist")
     if path.suffix.lower() not in (".glb", ".gltf", ".obj", ".ply"):
-        raise InputError(f"the {what} file {path.name!r} is not a mesh file", "use .glb, .gltf, .obj or .ply")
+        raise InputError(f"the {what} file {typed!r} is not a mesh file", "use .glb, .gltf, .obj or .ply")
     try:
         loaded = trimesh.load(path, process=False)
     except Exception as exc:  # trimesh raises many types for corrupt files
-        raise InputError(f"cannot read the {what} file {path.name!r}: {exc}") from exc
+        raise InputError(f"cannot read the {what} file {typed!r}: {exc}") from exc
     if isinstance(loaded, trimesh.Scene):
         geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
         if len(geoms) > 1:
@@ -119,7 +119,7 @@ def load_mesh(path: str | Path, what: str = "mesh") -> Mesh:
             geoms = [_as_vertex_coloured(g) for g in geoms]
         loaded = trimesh.util.concatenate(geoms) if geoms else None
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
-        raise InputError(f"the {what} file {path.name!r} holds no triangles")
+        raise InputError(f"the {what} file {typed!r} holds no triangles")
     return validate_mesh(_from_trimesh(loaded), what)
 
 

@@ -1,10 +1,10 @@
-"""Quality presets an artist picks instead of step counts: each is a set of config overrides."""
+"""Quality presets an artist picks instead of step counts: each is a set of config overrides per task."""
 
 from __future__ import annotations
 
 from backend.errors import ConfigError
 
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict] = {  # generate's
     "draft": {
         "optim": {"iters": 1500},
         "refine": {"iters": 0},
@@ -20,8 +20,15 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+PAINT_PRESETS: dict[str, dict] = {
+    "draft": {"iters": 1500, "texture_size": 512},
+    "standard": {},  # the defaults: 5000 steps, 1024² texture
+    "high": {"iters": 10_000, "texture_size": 2048},
+}
 
-def preset_overrides(name: str) -> dict:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown quality preset {name!r}", f"choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+
+def preset_overrides(name: str, task: str = "generate") -> dict:
+    presets = PAINT_PRESETS if task == "paint" else PRESETS
+    if name not in presets:
+        raise ConfigError(f"unknown quality preset {name!r}", f"choose one of {', '.join(presets)}")
+    return presets[name]

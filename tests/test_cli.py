@@ -84,6 +84,11 @@ def test_same_seed_same_asset(tmp_path):
         (["--config", "{tmp}/nan.json"], "finite"),
         (["--config", "{tmp}/typo.json"], "unknown setting"),
         (["--method", "magic"], "unknown method"),
+        (["--guidance", "foo:bar"], "unknown guidance scheme 'foo:'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--sketch", "{tmp}/notes.txt"], "{tmp}/notes.txt"),  # the path as typed, not only its name
+        (["--sketch", "{tmp}/nowhere/sketch.glb"], "{tmp}/nowhere/sketch.glb"),
+        (["--quality", "ultra"], "invalid choice: 'ultra'"),
         (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--seed", "x"], ""),
     ],
 )
@@ -106,5 +111,64 @@ def test_bad_input_is_a_clear_error_without_traceback(args, message, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
-    assert message in err
+    assert message.format(tmp=tmp_path) in err
     assert not (tmp_path / "o.glb").exists()
+
+
+def shadowed_torch(folder: Path) -> dict:
+    """An environment whose `import torch` fails, as on a machine where loading it is what is slow."""
+    (folder / "torch").mkdir()
+    (folder / "torch" / "__init__.py").write_text("raise ImportError('torch must not be imported here')\n")
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
+def test_help_and_usage_errors_need_no_torch(tmp_path):
+    env = shadowed_torch(tmp_path)
+    for args in (["--help"], ["generate", "--help"], ["paint", "--help"], ["serve", "--help"]):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "usage: latentforge" in proc.stdout
+    proc = run_cli("generate", "--device", "tpu", "--out", "x.glb", env=env)
+    assert proc.returncode == 2 and "unknown device 'tpu'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("serve", "--bind", "tcp://0.0.0.0:5999", env=env)  # public without keys: refused first
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--keys" in proc.stderr
+
+
+def test_listed_commands_match_their_modules():
+    from backend.cli import LAZY_COMMANDS, build_parser
+
+    def helps(argv: list[str]) -> dict[str, str]:
+        sub = next(a for a in build_parser(argv)._actions if a.dest == "command")
+        return {c.dest: c.help for c in sub._choices_actions}
+
+    for name in LAZY_COMMANDS:
+        assert helps([name])[name] == LAZY_COMMANDS[name][1]
+    assert list(helps(["generate"])) == list(helps(["bench"])) == list(helps(["serve"]))
+
+
+def test_cpu_warning_projects_the_time_and_suggests_draft(capsys):
+    import torch
+
+    from backend.cli import GENERATE_FLAGS, PAINT_FLAGS, build_config, warn_cpu_schedule
+    from backend.tasks.generate import GenerateConfig
+    from backend.tasks.paint import PaintConfig
+
+    cpu = torch.device("cpu")
+    args = parse(["generate", "--prompt", "x", "--out", "o.glb"])
+    warn_cpu_schedule("generate", build_config(GenerateConfig, args, GENERATE_FLAGS), args, "sd:", cpu)
+    err = capsys.readouterr().err
+    assert "warning: on the CPU these settings take roughly" in err and "--quality draft" in err
+    args = parse(["generate", "--prompt", "x", "--quality", "draft", "--out", "o.glb"])
+    config = build_config(GenerateConfig, args, GENERATE_FLAGS)
+    warn_cpu_schedule("generate", config, args, "sd:", cpu)
+    assert capsys.readouterr().err == ""  # explicit settings: no warning
+    assert (config.optim.iters, config.refine.iters, config.export.texture_size) == (1500, 0, 512)
+    args = parse(["paint", "--prompt", "x", "--mesh", "m.glb", "--quality", "draft", "--iters", "20", "--out", "o.glb"])
+    paint = build_config(PaintConfig, args, PAINT_FLAGS, task="paint")
+    assert (paint.iters, paint.texture_size) == (20, 512)  # flags beat the preset
+
+
+def parse(argv: list[str]):  # noqa: ANN201
+    from backend.cli import build_parser
+
+    return build_parser(argv).parse_args(argv)

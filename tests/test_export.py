@@ -55,15 +55,14 @@ def sphere_export(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - t
     center, radius = (0.1, 0.0, -0.05), 0.5
     frame = Frame(center=(2.0, -1.0, 0.5), scale=0.25)
     out = tmp_path_factory.mktemp("export") / "nested" / "asset.glb"
-    stages: list[str] = []
+    events: list = []
     result = export_asset(sphere_density(center, radius), red_above(center[2]), frame, config(), out,
-                          on_progress=stages.append)
-    return result, frame, center, radius, stages
+                          on_event=events.append)
+    return result, frame, center, radius, events
 
 
 def test_glb_loads_with_uvs_and_texture_in_input_frame(sphere_export) -> None:  # noqa: ANN001
-    result, frame, center, radius, stages = sphere_export
-    assert stages == ["marching cubes", "uv unwrap", "bake", "write"]
+    result, frame, center, radius, _ = sphere_export
     loaded = trimesh.load(result.glb_path, force="mesh")
     assert loaded.visual.kind == "texture" and loaded.visual.uv is not None
     assert loaded.visual.material.baseColorTexture is not None
@@ -215,3 +214,58 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
     write_atomically({tmp_path / "a.glb": b"x"})
     assert stat.S_IMODE((tmp_path / "a.glb").stat().st_mode) == 0o644
+
+
+def sphere_and_torus(x: torch.Tensor) -> torch.Tensor:
+    """A ball with a thin ring around it (tube radius 0.06, two fine cells at 64³): a known field with a
+    feature much smaller than the coarse grid's cells."""
+    ball = 0.35 - x.norm(dim=-1)
+    ring = 0.06 - torch.stack([x[:, :2].norm(dim=-1) - 0.7, x[:, 2]], -1).norm(dim=-1)
+    return THRESHOLD + 50.0 * torch.maximum(ball, ring)
+
+
+def test_coarse_to_fine_evaluates_fewer_points_and_matches_the_dense_grid() -> None:
+    from backend.export.isosurface import _marching_cubes, sample_grid, sample_near_surface
+
+    evaluated = [0]
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        evaluated[0] += len(x)
+        return sphere_and_torus(x)
+
+    r = 64
+    dense = sample_grid(sphere_and_torus, r, 1.0, "cpu")
+    near = sample_near_surface(counted, r, 1.0, THRESHOLD, "cpu", chunk=1 << 15)
+    assert evaluated[0] < 0.5 * r**3
+    inside, near_inside = dense > THRESHOLD, near > THRESHOLD
+    assert (inside & near_inside).sum() / (inside | near_inside).sum() >= 0.98
+    # the mesh is the dense grid's: every cell the surface crosses was evaluated exactly
+    a, b = (trimesh.Trimesh(*_marching_cubes(g, THRESHOLD, 1.0)) for g in (dense, near))
+    assert len(a.faces) == len(b.faces) and a.volume == pytest.approx(b.volume, rel=1e-6)
+
+
+def test_export_reports_every_sub_step_ending_at_its_total(sphere_export) -> None:  # noqa: ANN001
+    from backend.events import Progress, StageStarted
+    from backend.export.progress import STAGE_PREFIX, SUBSTEPS
+
+    result, *_, events = sphere_export
+    started = [e.stage for e in events if isinstance(e, StageStarted)]
+    assert started == [STAGE_PREFIX + s for s in SUBSTEPS]
+    for stage in started:
+        steps = [e for e in events if isinstance(e, Progress) and e.stage == stage]
+        assert steps and steps[-1].step == steps[-1].total
+    assert all(e.eta_s > 0 for e in events if isinstance(e, Progress))
+    assert 1 <= result.charts < 30  # a smooth sphere needs few charts
+
+
+def test_chunks_respect_the_memory_budget() -> None:
+    from backend.export.fields import BYTES_PER_POINT, chunk_points
+
+    calls: list[int] = []
+
+    def density(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return sphere_density((0, 0, 0), 0.5)(x)
+
+    extract_mesh(density, config(grid_resolution=48, memory_gb=0.1), "cpu")
+    assert max(calls) <= chunk_points(0.1) and chunk_points(0.1) * BYTES_PER_POINT <= 0.1 * 2**30

@@ -55,7 +55,8 @@ def test_generate_round_trip_streams_progress_and_a_valid_mesh(service, service_
         job = client.submit("a red toadstool", overrides=service_tiny, seed=3)
         result = client.wait(job, timeout_s=120, on_progress=progress.append)
         assert_valid_result(result)
-        assert {p.fields["stage"] for p in progress} >= {"latent", "export"}
+        assert {p.fields["stage"] for p in progress} >= {"latent", "export: surface density", "export: write"}
+        assert all(p.fields["eta_s"] > 0 for p in progress if p.fields["step"] > 0)  # the ETA covers export
         latent = [p.fields for p in progress if p.fields["stage"] == "latent"]
         assert latent[-1]["step"] == latent[-1]["total"] == 30 and "total" in latent[-1]["losses"]
         assert any(p.blobs.get("preview", b"").startswith(b"\x89PNG") for p in progress)

@@ -16,6 +16,9 @@ class ExportConfig:
     max_faces: int = 50_000  # simplify above this budget
     texture_size: int = 1024  # baked texture is texture_size × texture_size
     bound: float = 1.0  # half-extent of the sampled cube in the unit frame
+    atlas_smoothing: int = 30  # Taubin iterations on the copy of the surface that UV charts are cut on
+    # working memory of one field evaluation, in GiB: density and colour queries are chunked to stay under it
+    memory_gb: float = 1.0
 
     def validate(self) -> None:
         """Raise `ConfigError` for a value of the wrong type, non-finite or out of range."""
@@ -26,6 +29,10 @@ class ExportConfig:
         _check_float("bound", self.bound)
         if self.bound <= 0:
             raise ConfigError(f"export.bound must be positive, got {self.bound}")
+        _check_int("atlas_smoothing", self.atlas_smoothing, 0, 1000)
+        _check_float("memory_gb", self.memory_gb)
+        if not 0.05 <= self.memory_gb <= 1024:
+            raise ConfigError(f"export.memory_gb must be between 0.05 and 1024, got {self.memory_gb:g}")
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:

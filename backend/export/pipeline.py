@@ -1,23 +1,27 @@
-"""Field → textured GLB: the whole export, step by step."""
+"""Field → textured GLB: the whole export, step by step, each step reported as progress."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 from backend.errors import InputError
+from backend.events import EventSink
 from backend.export.bake import bake_texture
 from backend.export.config import ExportConfig
-from backend.export.fields import Field
+from backend.export.fields import Field, chunk_points
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.isosurface import extract_mesh
-from backend.export.unwrap import chart_count, unwrap
+from backend.export.progress import ExportProgress, estimate_substeps_s
+from backend.export.unwrap import atlas
 from backend.mesh import Frame, Mesh
+
+COLOR_STENCIL_POINTS = 8  # field points one colour query may evaluate (a stencil): sizes the bake's chunks
 
 
 @dataclass
@@ -31,27 +35,31 @@ class ExportResult:
 
 
 def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: ExportConfig, out_path: Path,
-                 device: torch.device | str = "cpu",
-                 on_progress: Callable[[str], None] | None = None) -> ExportResult:
+                 device: torch.device | str = "cpu", on_event: EventSink | None = None) -> ExportResult:
     """Mesh, unwrap and texture the fields, then write `out_path` (GLB) and its texture beside it (PNG).
 
     Both fields take [N, 3] unit-frame points: `density_fn` returns [N] densities and `color_fn` [N, 3]
-    RGB in [0, 1]. Nothing is written unless every step succeeds.
+    RGB in [0, 1] (given the surface's outward normals too when it takes a `normals` argument). Each
+    sub-step is reported to `on_event` as a stage `export: NAME` that ends at its total. Nothing is
+    written unless every step succeeds.
     """
     config.validate()
     glb_path = Path(out_path)
     if glb_path.suffix.lower() != ".glb":
         raise InputError(f"the output file {glb_path.name!r} must end in .glb")
     png_path = glb_path.with_suffix(".png")
-    report = on_progress or (lambda _stage: None)
+    progress = ExportProgress(on_event, estimate_substeps_s(config, torch.device(device).type))
 
-    report("marching cubes")
-    mesh = extract_mesh(density_fn, config, device)
-    report("uv unwrap")
-    mesh, _ = unwrap(mesh, config.texture_size)
-    report("bake")
-    texture = bake_texture(mesh, color_fn, config.texture_size, device)
-    report("write")
+    mesh = extract_mesh(density_fn, config, device, progress)
+    normals = np.asarray(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals)
+    progress.start("unwrap")
+    unwrapped = atlas(mesh, config.texture_size, config.atlas_smoothing)
+    progress.finish()
+    mesh = unwrapped.mesh
+    texture = bake_texture(mesh, color_fn, config.texture_size, device, normals=normals[unwrapped.vertex_map],
+                           chunk=chunk_points(config.memory_gb, COLOR_STENCIL_POINTS), progress=progress)
+    progress.start("write")
     mesh = mesh.copy_with(vertices=frame.from_unit(mesh.vertices), texture=texture)
     write_atomically({glb_path: glb_bytes(mesh, texture), png_path: png_bytes(texture)})
-    return ExportResult(mesh, texture, glb_path, png_path, chart_count(mesh))
+    progress.finish()
+    return ExportResult(mesh, texture, glb_path, png_path, unwrapped.charts)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import trimesh
 import xatlas
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -10,23 +13,45 @@ from scipy.sparse.csgraph import connected_components
 from backend.mesh import Mesh
 
 
+@dataclass
+class Atlas:
+    mesh: Mesh  # the input's positions split along chart seams, with per-vertex UVs in [0, 1]
+    vertex_map: np.ndarray  # [V] the input vertex each output vertex copies
+    charts: int
+
+
+def atlas(mesh: Mesh, texture_size: int, smooth_iters: int = 0) -> Atlas:
+    """An xatlas atlas of `mesh`; positions and the order of faces are unchanged.
+
+    With `smooth_iters`, charts are cut on a Taubin-smoothed copy of the surface: the small bumps of a
+    field's marching-cubes surface otherwise split it into hundreds of charts. The smoothed copy has the
+    same vertices and faces, so its UVs apply to the exact surface, which is what is returned.
+    """
+    vertices = np.asarray(mesh.vertices, np.float64)
+    if smooth_iters > 0:
+        smoothed = trimesh.Trimesh(vertices.copy(), mesh.faces, process=False)
+        trimesh.smoothing.filter_taubin(smoothed, lamb=0.5, nu=0.53, iterations=smooth_iters)
+        vertices = np.asarray(smoothed.vertices)
+    xa = xatlas.Atlas()
+    xa.add_mesh(np.ascontiguousarray(vertices, np.float32), np.ascontiguousarray(mesh.faces, np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = texture_size
+    # gutters between charts, so bilinear filtering and the first mip levels stay inside a chart's colours
+    pack.padding = max(2, texture_size // 256)
+    xa.generate(pack_options=pack)
+    vmapping, faces, uvs = xa[0]
+    unwrapped = mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
+                               uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)
+    return Atlas(unwrapped, vmapping.astype(np.int64), int(xa.chart_count))
+
+
 def unwrap(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
     """`mesh` with per-vertex UVs in [0, 1], and for each of its vertices the input vertex it copies.
 
     Vertices on chart seams are duplicated; positions and the order of faces are unchanged.
     """
-    atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(mesh.vertices, np.float32),
-                   np.ascontiguousarray(mesh.faces, np.uint32))
-    pack = xatlas.PackOptions()
-    pack.resolution = texture_size
-    # gutters between charts, so bilinear filtering and the first mip levels stay inside a chart's colours
-    pack.padding = max(2, texture_size // 256)
-    atlas.generate(pack_options=pack)
-    vmapping, faces, uvs = atlas[0]
-    unwrapped = mesh.copy_with(vertices=mesh.vertices[vmapping], faces=faces.astype(np.int64),
-                               uvs=uvs.astype(np.float32), vertex_colors=None, texture=None)
-    return unwrapped, vmapping.astype(np.int64)
+    result = atlas(mesh, texture_size)
+    return result.mesh, result.vertex_map
 
 
 def chart_count(mesh: Mesh) -> int:

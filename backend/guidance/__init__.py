@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -20,6 +21,10 @@ def default_model() -> str:
 def build_guidance(spec: str, device: torch.device | str = "cpu") -> Guidance:
     """Build a guidance from `sd:MODEL`, `target:PATH` or a bare model (taken as `sd:`)."""
     kind, sep, arg = spec.partition(":")
+    if sep and kind not in GUIDANCES and re.fullmatch(r"[A-Za-z][A-Za-z0-9_+-]+", kind):
+        # a scheme, not a path: hub ids hold no colon, and a Windows drive is one letter ("C:\\...")
+        raise ConfigError(f"unknown guidance scheme {kind + ':'!r} in {spec!r}",
+                          f"choose one of {', '.join(k + ':' for k in GUIDANCES)}, e.g. sd:MODEL or target:MESH.glb")
     if not sep or kind not in GUIDANCES:
         # a bare hub id or path, e.g. "runwayml/stable-diffusion-v1-5" or "C:\\models\\sd15.safetensors"
         kind, arg = "sd", spec

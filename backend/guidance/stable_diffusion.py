@@ -298,7 +298,12 @@ def _reason(error: BaseException) -> str:
 
     def line(e: BaseException, limit: int) -> str:
         text = (str(e).strip().splitlines() or [""])[0]
-        return text if len(text) <= limit else text[: limit - 1] + "…"
+        if len(text) <= limit:
+            return text
+        text = text[:limit].rsplit(" ", 1)[0]
+        if text.count("(") > text.count(")"):  # never leave a parenthesis open: cut before it
+            text = text[:text.rfind("(")].rstrip()
+        return text.rstrip(" ,;:") + "…"
 
     root = error
     while (root.__cause__ or root.__context__) is not None:

@@ -87,15 +87,21 @@ class LatentNeRF(nn.Module):
         """Features [..., 4] in the current render space: latent, or RGB in [0, 1] after refinement."""
         return self.decoder(features) if self.rgb else features
 
-    def rgb_at(self, x: torch.Tensor, spread: float = 0.02) -> torch.Tensor:
+    def rgb_at(self, x: torch.Tensor, spread: float = 0.02, normals: torch.Tensor | None = None) -> torch.Tensor:
         """RGB [N, 3] in [0, 1] at points [N, 3] (for baking), whichever stage the field is in.
 
         A marching-cubes surface sits where the density crosses a threshold, often in the soft shell
         outside where colour was learnt; so each point takes the density-weighted mean colour of a
-        7-point stencil `spread` × bound around it, which leans towards the opaque side.
+        stencil `spread` × bound around it, which leans towards the opaque side. With the surface's
+        outward `normals` [N, 3] the stencil is the point and the one `spread` inwards (2 field points);
+        without, the point and its 6 axis neighbours (7 field points).
         """
-        offsets = torch.cat([torch.zeros(1, 3), torch.eye(3), -torch.eye(3)]).to(x) * spread * self.config.bound
-        pts = (x[:, None] + offsets).reshape(-1, 3)
+        step = spread * self.config.bound
+        if normals is not None:
+            pts = torch.stack([x, x - step * normals], 1).reshape(-1, 3)
+        else:
+            offsets = torch.cat([torch.zeros(1, 3), torch.eye(3), -torch.eye(3)]).to(x) * step
+            pts = (x[:, None] + offsets).reshape(-1, 3)
         sigma, feats = self.field(pts)
         rgb = self.decoder(feats).clamp(0, 1).view(len(x), -1, 3)
         w = sigma.view(len(x), -1, 1) + 1e-6

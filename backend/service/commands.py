@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from backend.devices import DEVICES, device_arg
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
 from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
@@ -41,6 +42,12 @@ def _devices(name: str) -> list[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.service.security import check_bind
+
+    keys_dir = Path(args.keys) if args.keys else None
+    check_bind(args.bind, keys_dir)  # a public address without keys is refused before the slow imports
+    if args.broker:
+        check_bind(args.broker_bind, keys_dir)
     from backend.guidance import default_model
     from backend.service.jobs import default_jobs_dir
     from backend.service.retention import RetentionPolicy
@@ -197,8 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, or 1 on the CPU); "
                                                "with --ray, Ray actors (default: one per GPU of the cluster, or "
                                                "one per node when it has none)")
-    s.add_argument("--device", default="auto", help="cpu, cuda or auto (default); with --ray, cpu makes CPU actors "
-                                                    "even on a cluster with GPUs")
+    s.add_argument("--device", type=device_arg, default="auto", help=f"{DEVICES} (default auto); with --ray, cpu "
+                                                                     "makes CPU actors even on a cluster with GPUs")
     s.add_argument("--ray", metavar="ADDRESS", help="run jobs on a Ray cluster: auto (the cluster this machine "
                                                     "belongs to), local (start one here) or HOST:PORT; needs the "
                                                     "ray extra (pip install 'latentforge[ray]')")

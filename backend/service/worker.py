@@ -67,14 +67,16 @@ class EventForwarder:
     def __init__(self, job: str, send: Callable[[Frames], None], job_dir: Path, worker: str) -> None:
         self.job, self.send, self.job_dir, self.worker = job, send, job_dir, worker
         self.last_progress = self.last_preview = -math.inf
+        self.last_eta_s: float | None = None
         self.checkpoint_stamp = self._stamp()
 
     def __call__(self, event: Event) -> None:
         self.ship_checkpoint()
         now = time.monotonic()
-        if isinstance(event, StageStarted):
-            self._progress(event.stage, 0, event.total, {}, None, None)
+        if isinstance(event, StageStarted):  # a stage's start keeps the job's last ETA: the work left is the same
+            self._progress(event.stage, 0, event.total, {}, self.last_eta_s, None)
         elif isinstance(event, Progress):
+            self.last_eta_s = event.eta_s
             preview = event.preview if event.preview is not None and now - self.last_preview >= PREVIEW_EVERY_S \
                 else None
             if preview is None and event.step < event.total and now - self.last_progress < PROGRESS_EVERY_S:

@@ -17,7 +17,7 @@ import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
-from backend.events import EventSink, StageStarted, ignore
+from backend.events import EventSink, ignore
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
@@ -122,14 +122,19 @@ class DistillJob:
         """The parameters a checkpoint saves and a resumed job loads."""
         raise NotImplementedError
 
-    def export(self, out_path: Path) -> Any:
+    def export_estimate_s(self) -> float:
+        """Seconds the export after the stages is expected to take: the ETA covers it."""
+        return 0.0
+
+    def export(self, out_path: Path, on_event: EventSink | None = None) -> Any:
+        """Write the asset, reporting each export sub-step to `on_event` as a stage `export: NAME`."""
         raise NotImplementedError
 
     def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
         run_stages(self.stages, self.state(), self.generator, self.config.loop, on_event, cancel, checkpointer,
-                   report_every=self.speed.report_every)
+                   report_every=self.speed.report_every, after_s=self.export_estimate_s())
 
 
 def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame: Frame
@@ -155,5 +160,4 @@ def run_job(job: DistillJob, out_path: Path, on_event: EventSink, cancel: thread
             job_dir: str | Path | None) -> Any:
     """Run every stage (resuming from `job_dir`'s checkpoint), then export to `out_path`."""
     job.run(on_event, cancel, job_dir)
-    on_event(StageStarted("export", 1))
-    return job.export(out_path)
+    return job.export(out_path, on_event=on_event)

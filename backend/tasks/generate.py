@@ -24,6 +24,7 @@ from backend.errors import ConfigError
 from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.export.from_mesh import export_surface
+from backend.export.progress import estimate_export_s
 from backend.guidance.base import Guidance
 from backend.loop import Stage
 from backend.mesh import Frame, Mesh
@@ -110,8 +111,11 @@ class GenerateJob(DistillJob):
     def state(self) -> nn.Module:
         return GenerateState(self.scene.nerf, self.mesh.dmtet if self.mesh is not None else None)
 
-    def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> ExportResult:
+    def export_estimate_s(self) -> float:
+        return estimate_export_s(self.config.export, self.device.type)
+
+    def export(self, out_path: str | Path, density: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               on_event: EventSink | None = None) -> ExportResult:
         """Write the asset to `out_path`: the refined mesh when the mesh stage ran, else marching cubes of the
         field's density (`density` replaces the field's own)."""
         nerf = self.scene.nerf
@@ -120,9 +124,9 @@ class GenerateJob(DistillJob):
             with torch.no_grad():
                 vertices, faces = self.mesh.dmtet.surface()
             return export_surface(vertices, faces, lambda p: self.mesh.color(p).clamp(0, 1), self.frame,
-                                  self.config.export, Path(out_path), device=self.device)
+                                  self.config.export, Path(out_path), device=self.device, on_event=on_event)
         return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
-                            device=self.device)
+                            device=self.device, on_event=on_event)
 
 
 def prepare_generate(

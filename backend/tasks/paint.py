@@ -22,6 +22,7 @@ from backend.events import EventSink, ignore
 from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
+from backend.export.progress import ExportProgress, estimate_texture_export_s
 from backend.export.unwrap import unwrap
 from backend.guidance.base import Guidance
 from backend.latent import resize
@@ -126,8 +127,13 @@ class PaintJob(DistillJob):
     def state(self) -> torch.nn.Module:
         return self.scene
 
-    def export(self, out_path: str | Path) -> PaintResult:
+    def export_estimate_s(self) -> float:
+        return estimate_texture_export_s(self.config.texture_size, self.scene.texture.device.type)
+
+    def export(self, out_path: str | Path, on_event: EventSink | None = None) -> PaintResult:
         """The final texture, filled past the UV islands' edges, written as `out_path` (GLB) and a PNG."""
+        progress = ExportProgress(on_event, {"write": self.export_estimate_s()})
+        progress.start("write")
         out_path, scene, size = Path(out_path), self.scene, self.config.texture_size
         final = scene.rgb_texture.detach().clamp(0, 1) if scene.rgb else self.decoded()
         texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
@@ -138,6 +144,7 @@ class PaintJob(DistillJob):
         result_mesh = self.mapped.copy_with(texture=texture, vertex_colors=None)
         png_path = out_path.with_suffix(".png")
         write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
+        progress.finish()
         return PaintResult(result_mesh, self.vertex_map, texture, out_path, png_path)
 
 
