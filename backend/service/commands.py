@@ -46,8 +46,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     keys_dir = Path(args.keys) if args.keys else None
     check_bind(args.bind, keys_dir)  # a public address without keys is refused before the slow imports
-    if args.broker:
-        check_bind(args.broker_bind, keys_dir)
     from backend.guidance import default_model
     from backend.service.jobs import default_jobs_dir
     from backend.service.retention import RetentionPolicy
