@@ -19,7 +19,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 PRIMES = (1, 2654435761, 805459861)
-CHUNK = 1 << 16  # points per pass: every temporary is a few vectors of this length
+CHUNK = 1 << 15  # points per pass: temporaries stay a few MB (in cache) however large the call
 
 
 @dataclass(frozen=True)
@@ -29,59 +29,56 @@ class Level:
     offset: int  # first row of this level in the table
     size: int  # rows
 
-    def axis_terms(self, base: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per axis, the index term of the voxel's lower and upper corner (int32, [N] each).
+    def corners(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For points x [3, N] (axis-major) in [0, 1]: the voxel corners' row indices [8, N] (int32) and
+        weights [8, N], corners ordered (x, y, z) with z fastest, and each axis' (1 − frac, frac) [3, 2, N].
 
-        A corner's index is the sum (dense) or the XOR (hashed) of its three axis terms.
-        """
-        terms = []
-        if self.dense:
-            stride = 1
-            for axis in range(3):
-                lo = base[:, axis] * stride
-                terms.append((lo, lo + stride))
-                stride *= self.resolution + 1
-            return terms
-        mask = self.size - 1  # hashed levels fill the table, a power of two
-        for axis, prime in enumerate(PRIMES):
-            b = base[:, axis].long()  # the product needs 64 bits before masking
-            terms.append(((b * prime & mask).int(), ((b + 1) * prime & mask).int()))
-        return terms
-
-    def corners(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """For points x [N, 3] in [0, 1]: the 8 corners' row indices and weights (z fastest), and frac [N, 3].
-
-        The lower corner is kept at most res − 1: at pos = res the upper corner then has weight 1, as the
-        lower one would have had with frac 0, so values and table gradients are those of floor(pos).
+        Points run along the last, contiguous axis of every tensor, so each operation is one long
+        vectorised loop. The lower corner is kept at most res − 1: at pos = res the upper corner then has
+        weight 1, as the lower one would have had with frac 0, so values and table gradients are those of
+        floor(pos).
         """
         pos = x * self.resolution
         base = pos.floor().clamp_(max=self.resolution - 1)
         frac = pos - base
-        (x0, x1), (y0, y1), (z0, z1) = self.axis_terms(base.int())
-        combine = torch.add if self.dense else torch.bitwise_xor
-        wx, wy, wz = (1 - frac[:, 0], frac[:, 0]), (1 - frac[:, 1], frac[:, 1]), (1 - frac[:, 2], frac[:, 2])
-        index, weight = [], []
-        for ix, wxi in ((x0, wx[0]), (x1, wx[1])):
-            for iy, wyi in ((y0, wy[0]), (y1, wy[1])):
-                ixy, wxy = combine(ix, iy), wxi * wyi
-                for iz, wzi in ((z0, wz[0]), (z1, wz[1])):
-                    index.append(combine(ixy, iz))
-                    weight.append(wxy * wzi)
-        return index, weight, frac
+        if self.dense:  # index = x + (res+1)·y + (res+1)²·z, each axis' term exact in int32
+            r1 = self.resolution + 1
+            stride = torch.tensor([[1], [r1], [r1 * r1]], dtype=torch.int32, device=x.device)
+            lo = base.int() * stride
+            terms = torch.stack([lo, lo + stride], 1)  # [3, 2, N]
+            index = terms[0, :, None, None] + terms[1, None, :, None] + terms[2, None, None, :]
+        else:  # (x·p₀ ⊕ y·p₁ ⊕ z·p₂) mod 2^k, the mask taken per axis (it distributes over ⊕)
+            primes = torch.tensor(PRIMES, dtype=torch.int64, device=x.device)[:, None]
+            b = base.long()  # the products need 64 bits before masking
+            terms = torch.stack([b * primes, (b + 1) * primes], 1).bitwise_and_(self.size - 1).int()
+            index = terms[0, :, None, None] ^ terms[1, None, :, None] ^ terms[2, None, None, :]
+        factors = torch.stack([1 - frac, frac], 1)  # [3, 2, N]
+        weight = factors[0, :, None, None] * factors[1, None, :, None] * factors[2, None, None, :]
+        return index.view(8, -1), weight.view(8, -1), factors
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[index] as [F, *index.shape] (feature-major) for a contiguous [R, F] table: rows of 8 bytes
+    are moved as single int64s, which CPU index_select does several times faster than short 2-D rows."""
+    flat = index.reshape(-1)
+    if rows.shape[1] * rows.element_size() == 8:
+        out = rows.view(torch.int64).view(-1).index_select(0, flat).view(rows.dtype)
+    else:
+        out = rows.index_select(0, flat)
+    return out.view(*index.shape, rows.shape[1]).movedim(-1, 0)
 
 
 def _encode(x: torch.Tensor, table: torch.Tensor, levels: tuple[Level, ...]) -> torch.Tensor:
-    out = x.new_empty(x.shape[0], len(levels), table.shape[1], dtype=table.dtype)
+    """[N, L·F] as a transposed view of a feature-major [L·F, N] block, which Linear layers take as it is."""
+    features = table.shape[1]
+    out = x.new_empty(len(levels), features, x.shape[0], dtype=table.dtype)
     for lo in range(0, x.shape[0], CHUNK):
-        xs, os = x[lo:lo + CHUNK], out[lo:lo + CHUNK]
+        xs = x[lo:lo + CHUNK].t().contiguous()
         for n, level in enumerate(levels):
-            rows = table[level.offset:level.offset + level.size]
             index, weight, _ = level.corners(xs)
-            acc = os[:, n]
-            torch.mul(rows.index_select(0, index[0]), weight[0][:, None].to(table.dtype), out=acc)
-            for i, w in zip(index[1:], weight[1:], strict=True):
-                acc.addcmul_(rows.index_select(0, i), w[:, None].to(table.dtype))
-    return out.view(x.shape[0], -1)
+            feats = _gather(table[level.offset:level.offset + level.size], index)  # [F, 8, C]
+            torch.sum(feats * weight.to(table.dtype), 1, out=out[n, :, lo:lo + CHUNK])
+    return out.view(-1, x.shape[0]).t()
 
 
 class _Encode(torch.autograd.Function):
@@ -96,35 +93,39 @@ class _Encode(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # noqa: ANN001
         x, table = ctx.saved_tensors
         levels: tuple[Level, ...] = ctx.levels
-        grad = grad.view(x.shape[0], len(levels), table.shape[1])
+        features = table.shape[1]
         grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        within = torch.arange(features, dtype=torch.int32, device=x.device)[:, None, None]
         for lo in range(0, x.shape[0], CHUNK):
-            xs, gs = x[lo:lo + CHUNK].clamp(0, 1), grad[lo:lo + CHUNK]
+            xs = x[lo:lo + CHUNK].clamp(0, 1).t().contiguous()
+            gs = grad[lo:lo + CHUNK].t().contiguous().view(len(levels), features, -1)  # [L, F, C]
             for n, level in enumerate(levels):
                 rows = slice(level.offset, level.offset + level.size)
-                index, weight, frac = level.corners(xs)
-                g = gs[:, n]
+                index, weight, factors = level.corners(xs)
+                g = gs[n]  # [F, C]
                 if grad_table is not None:
-                    for i, w in zip(index, weight, strict=True):
-                        grad_table[rows].index_add_(0, i, g * w[:, None].to(g.dtype))
+                    # one scatter per level into the flat table: CPU index_add_ adds 1-D elements in a
+                    # tight loop, but 2-D rows one tensor operation at a time
+                    flat_index = index * features + within  # [F, 8, C]
+                    grad_table[rows].view(-1).index_add_(0, flat_index.view(-1),
+                                                         (weight.to(g.dtype) * g[:, None]).view(-1))
                 if grad_x is not None:
-                    _add_position_grad(grad_x[lo:lo + CHUNK], g, table[rows], index, frac, level.resolution)
+                    grad_x[lo:lo + CHUNK] += _position_grad(g, _gather(table[rows], index), factors,
+                                                            level.resolution).t()
         if grad_x is not None:
             grad_x *= (x >= 0) & (x <= 1)  # clamp's gradient
         return grad_x, grad_table, None
 
 
-def _add_position_grad(out: torch.Tensor, g: torch.Tensor, rows: torch.Tensor, index: list[torch.Tensor],
-                       frac: torch.Tensor, resolution: int) -> None:
-    """out += ∂(g · encoding)/∂x for one level: each corner's ⟨g, feature⟩ times ∂weight/∂frac, times res."""
-    factors = [(1 - frac[:, a], frac[:, a]) for a in range(3)]
-    for corner, i in enumerate(index):
-        bits = (corner >> 2 & 1, corner >> 1 & 1, corner & 1)
-        s = (rows.index_select(0, i) * g).sum(-1).to(out.dtype) * resolution
-        for a in range(3):
-            b, c = [factors[k][bits[k]] for k in range(3) if k != a]
-            out[:, a] += s * b * c * (1 if bits[a] else -1)
+def _position_grad(g: torch.Tensor, feats: torch.Tensor, factors: torch.Tensor, resolution: int) -> torch.Tensor:
+    """∂⟨g, level encoding⟩/∂x [3, C]: each corner's ⟨g, feature⟩ times ∂weight/∂frac, times res."""
+    s = (feats * g[:, None]).sum(0).view(2, 2, 2, -1).to(factors.dtype)
+    fx, fy, fz = factors[0], factors[1], factors[2]
+    dx = ((s[1] - s[0]) * fy[:, None] * fz[None]).sum((0, 1))
+    dy = ((s[:, 1] - s[:, 0]) * fx[:, None] * fz[None]).sum((0, 1))
+    dz = ((s[:, :, 1] - s[:, :, 0]) * fx[:, None] * fy[None]).sum((0, 1))
+    return torch.stack([dx, dy, dz]) * resolution
 
 
 class HashGrid(nn.Module):
