@@ -17,6 +17,7 @@ import torch
 from tiny_config import TINY
 
 from backend.bench import PARTS, RANDOM_NOTE, uv_sphere
+from backend.bench_field import points_in_ball
 from backend.cameras import VIEWS, CameraConfig, Cameras, CameraSampler
 from backend.cli import main
 from backend.config import from_dict
@@ -25,7 +26,7 @@ from backend.events import Progress
 from backend.guidance.stable_diffusion import StableDiffusionGuidance
 from backend.loop import Stage, run_stages, train_step
 from backend.mesh import validate_mesh
-from backend.render.occupancy import OccupancyConfig
+from backend.render.occupancy import WARMUP, OccupancyConfig
 from backend.render.volume import VolumeConfig, VolumeRenderer
 from backend.speed import FieldSpeedConfig, SpeedConfig
 from backend.tasks.generate import GenerateConfig, prepare_generate
@@ -131,12 +132,14 @@ def test_the_paint_benchmark_mesh_is_valid_and_closed_outwards() -> None:
 def test_auto_is_the_plain_path_on_a_cpu_and_the_fast_one_on_cuda() -> None:
     cpu = FieldSpeedConfig().resolve("cpu")
     assert (cpu.channels_last, cpu.compile_unet, cpu.fused_optimizer, cpu.compile_field) == ("off",) * 4
-    assert cpu.report_every == 1 and cpu.occupancy.enabled == "off"
-    cuda = FieldSpeedConfig(occupancy=OccupancyConfig(enabled="auto")).resolve("cuda")
+    assert cpu.report_every == 1
+    cuda = FieldSpeedConfig().resolve("cuda")
     assert (cuda.channels_last, cuda.compile_unet, cuda.fused_optimizer, cuda.compile_field) == (
         "on", "reduce-overhead", "on", "default")
-    assert cuda.report_every == 10 and cuda.occupancy.enabled == "on"
-    assert FieldSpeedConfig().occupancy.enabled == "off"  # opt-in: it changes what is optimised
+    assert cuda.report_every == 10
+    # empty-space skipping is on for every device, once the field has formed
+    assert cpu.occupancy.enabled == cuda.occupancy.enabled == "on" and cpu.occupancy.warmup == WARMUP > 0
+    assert OccupancyConfig().enabled == "off" and OccupancyConfig().warmup == 0  # a bare grid is the old one
     for bad in ({"compile_unet": "max"}, {"channels_last": "yes"}, {"report_every": -1}):
         with pytest.raises(ConfigError):
             from_dict(SpeedConfig, bad).validate()
@@ -148,7 +151,8 @@ def test_switches_give_the_plain_losses(sd: StableDiffusionGuidance) -> None:
     assert_same_losses(job_losses(sd, {"channels_last": "on"}), plain, rtol=1e-4)
     assert_same_losses(job_losses(sd, {"fused_optimizer": "on"}), plain, rtol=1e-4)
     # every cell of a fresh field is occupied, so skipping changes nothing; the grid updates on its own RNG
-    assert_same_losses(job_losses(sd, {"occupancy": {"enabled": "on", "update_every": 2}}), plain, rtol=0)
+    assert_same_losses(job_losses(sd, {"occupancy": {"enabled": "on", "update_every": 2, "warmup": 0}}), plain,
+                       rtol=0)
     assert_same_losses(job_losses(sd, {}), plain, rtol=0)  # and switching back off restores the plain path
 
 
@@ -259,3 +263,50 @@ def test_occupancy_grid_decays_and_updates_every_n_training_renders() -> None:
         field.scale.fill_(0.0)
     grid.update(field, torch.device("cpu"))
     assert float(grid.density.max()) == pytest.approx(10.0)  # an emptied field fades, it does not vanish
+
+
+def test_occupancy_waits_for_its_warmup_and_the_export_skips_empty_cells() -> None:
+    field = BoxField()
+    renderer = VolumeRenderer(VolumeConfig(samples=8), 1.0, OccupancyConfig(enabled="on", resolution=16,
+                                                                             update_every=2, warmup=3))
+    o, d = Cameras.orbit(0.0, 0.0, 1.4, 50.0).rays(8)
+    grid = renderer.occupancy
+    for renders in range(1, 5):
+        renderer.render(field, lambda dirs: torch.zeros(len(dirs), 4), o, d, torch.Generator().manual_seed(0))
+        assert (grid.density is None) == (renders <= 3)  # the plain path until warm, then updates
+    density = grid.wrap_density(lambda x: field(x)[0])
+    x = points_in_ball(4000, 1.0, torch.device("cpu"))
+    field.points_seen.clear()
+    got = density(x)
+    torch.testing.assert_close(got, field(x)[0])  # the box's cells are occupied, the rest is 0 either way
+    assert field.points_seen[0] < 0.1 * len(x)  # only the box's cells reached the field
+
+
+def test_a_short_job_with_skipping_keeps_its_losses() -> None:
+    """A known-answer job whose grid skips part of space early: its losses stay near the plain job's."""
+    from shapes import two_tone_box
+
+    from backend.guidance.target import TargetGuidance
+
+    guidance = TargetGuidance(two_tone_box())
+
+    def losses(occupancy: dict) -> tuple[np.ndarray, object]:
+        config = from_dict(GenerateConfig, {**TINY, "prompt": "a box", "speed": {**PLAIN, "occupancy": occupancy},
+                                            "optim": {"iters": SKIP_STEPS, "lr": 5e-3}, "refine": {"iters": 0}})
+        job = prepare_generate(config, guidance)
+        stage = job.stages[0]
+        optimizer = stage.enter()
+        got = [float(train_step(stage, optimizer, step)["total"].detach()) for step in range(stage.iters)]
+        return np.array(got), job.scene.renderer.occupancy
+
+    plain, _ = losses({"enabled": "off"})
+    # a threshold high enough that the thin shell around the initial blob empties within these few steps
+    skipping, grid = losses({"enabled": "on", "warmup": 8, "update_every": 4, "threshold": 1.0})
+    assert grid.budget < 1.0  # the grid did skip: the field saw only part of the samples
+    assert (skipping[:8] == plain[:8]).all()  # the plain path until warm
+    deviation = np.abs(skipping[8:] - plain[8:]) / np.abs(plain[8:])
+    print(f"skipping: budget {grid.budget}, loss deviation max {deviation.max():.4f}, mean {deviation.mean():.4f}")
+    assert deviation.max() <= SKIP_RTOL
+
+
+SKIP_STEPS, SKIP_RTOL = 24, 0.05

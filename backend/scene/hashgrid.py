@@ -61,7 +61,7 @@ def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """rows[index] as [F, *index.shape] (feature-major) for a contiguous [R, F] table: rows of 8 bytes
     are moved as single int64s, which CPU index_select does several times faster than short 2-D rows."""
     flat = index.reshape(-1)
-    if rows.shape[1] * rows.element_size() == 8:
+    if rows.shape[1] * rows.element_size() == 8 and not torch.compiler.is_compiling():  # eager only
         out = rows.view(torch.int64).view(-1).index_select(0, flat).view(rows.dtype)
     else:
         out = rows.index_select(0, flat)
@@ -77,7 +77,7 @@ def _encode(x: torch.Tensor, table: torch.Tensor, levels: tuple[Level, ...]) -> 
         for n, level in enumerate(levels):
             index, weight, _ = level.corners(xs)
             feats = _gather(table[level.offset:level.offset + level.size], index)  # [F, 8, C]
-            torch.sum(feats * weight.to(table.dtype), 1, out=out[n, :, lo:lo + CHUNK])
+            out[n, :, lo:lo + CHUNK] = (feats * weight.to(table.dtype)).sum(1)
     return out.view(-1, x.shape[0]).t()
 
 

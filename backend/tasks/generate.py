@@ -132,7 +132,10 @@ class GenerateJob:
         """Mesh, unwrap and bake the field into `out_path`; `density` replaces the field's own density."""
         nerf = self.scene.nerf
         nerf.eval()
-        return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
+        density = density or nerf.density
+        if self.scene.renderer.occupancy is not None:  # empty space stays empty without the field's cost
+            density = self.scene.renderer.occupancy.wrap_density(density)
+        return export_asset(density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
                             device=self.device)
 
 
