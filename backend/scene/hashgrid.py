@@ -161,4 +161,6 @@ class HashGrid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, 3] in [0, 1] (clamped) → [N, levels · features]."""
+        if torch.compiler.is_compiling():  # the same operations, differentiated by autograd: the compiler fuses them
+            return _encode(x.clamp(0, 1), self.embeddings, self.level_specs)
         return _Encode.apply(x, self.embeddings, self.level_specs)
