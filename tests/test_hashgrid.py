@@ -75,3 +75,15 @@ def test_default_grid_equals_the_reference_and_indices_stay_in_each_level() -> N
         index, weight, _ = level.corners(x.clamp(0, 1).t().contiguous())
         assert index.dtype == torch.int32 and int(index.min()) >= 0 and int(index.max()) < level.size
         torch.testing.assert_close(weight.sum(0), torch.ones(len(x)))
+
+
+def test_the_compiled_path_differentiates_the_same_operations() -> None:
+    """Under torch.compile the encoding's operations are differentiated by autograd, not the custom backward."""
+    grid = HashGrid(levels=4, features=2, log2_table_size=8, base_resolution=2, max_resolution=40)
+    torch.nn.init.normal_(grid.embeddings)
+    x = random_inputs(200, 2)
+    plain = hashgrid._encode(x.clamp(0, 1), grid.embeddings, grid.level_specs)
+    upstream = torch.randn_like(plain)
+    (want,) = torch.autograd.grad(reference(grid, x), grid.embeddings, upstream)
+    (got,) = torch.autograd.grad(plain, grid.embeddings, upstream)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -61,7 +61,8 @@ def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """rows[index] as [F, *index.shape] (feature-major) for a contiguous [R, F] table: rows of 8 bytes
     are moved as single int64s, which CPU index_select does several times faster than short 2-D rows."""
     flat = index.reshape(-1)
-    if rows.shape[1] * rows.element_size() == 8 and not torch.compiler.is_compiling():  # eager only
+    differentiable = torch.is_grad_enabled() and rows.requires_grad
+    if rows.shape[1] * rows.element_size() == 8 and not differentiable and not torch.compiler.is_compiling():
         out = rows.view(torch.int64).view(-1).index_select(0, flat).view(rows.dtype)
     else:
         out = rows.index_select(0, flat)
