@@ -326,4 +326,4 @@ def test_a_short_job_with_skipping_keeps_its_losses() -> None:
     assert deviation.max() <= SKIP_RTOL
 
 
-SKIP_STEPS, SKIP_RTOL = 16, 0.05
+SKIP_STEPS, SKIP_RTOL = 16, 0.01  # measured: 0.08 % at most
