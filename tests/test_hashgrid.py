@@ -87,3 +87,4 @@ def test_the_compiled_path_differentiates_the_same_operations() -> None:
     (want,) = torch.autograd.grad(reference(grid, x), grid.embeddings, upstream)
     (got,) = torch.autograd.grad(plain, grid.embeddings, upstream)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert grid(torch.empty(0, 3)).shape == (0, 8)  # an empty batch (an export chunk with nothing occupied)

@@ -79,7 +79,7 @@ def _encode(x: torch.Tensor, table: torch.Tensor, levels: tuple[Level, ...]) -> 
             index, weight, _ = level.corners(xs)
             feats = _gather(table[level.offset:level.offset + level.size], index)  # [F, 8, C]
             out[n, :, lo:lo + CHUNK] = (feats * weight.to(table.dtype)).sum(1)
-    return out.view(-1, x.shape[0]).t()
+    return out.view(len(levels) * features, x.shape[0]).t()
 
 
 class _Encode(torch.autograd.Function):
