@@ -19,7 +19,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 PRIMES = (1, 2654435761, 805459861)
-CHUNK = 1 << 15  # points per pass: temporaries stay a few MB (in cache) however large the call
+CHUNK = 1 << 14  # points per pass on a CPU: temporaries stay a few MB (in cache) however large the call
+CUDA_CHUNK = 1 << 18  # on CUDA fewer, larger passes: each operation is a kernel launch
+
+
+def chunk_size(x: torch.Tensor) -> int:
+    """Points per pass: one pass when compiled (the compiler fuses the operations, not a Python loop)."""
+    if torch.compiler.is_compiling():
+        return max(x.shape[0], 1)
+    return CUDA_CHUNK if x.is_cuda else CHUNK
 
 
 @dataclass(frozen=True)
@@ -73,12 +81,13 @@ def _encode(x: torch.Tensor, table: torch.Tensor, levels: tuple[Level, ...]) -> 
     """[N, L·F] as a transposed view of a feature-major [L·F, N] block, which Linear layers take as it is."""
     features = table.shape[1]
     out = x.new_empty(len(levels), features, x.shape[0], dtype=table.dtype)
-    for lo in range(0, x.shape[0], CHUNK):
-        xs = x[lo:lo + CHUNK].t().contiguous()
+    chunk = chunk_size(x)
+    for lo in range(0, x.shape[0], chunk):
+        xs = x[lo:lo + chunk].t().contiguous()
         for n, level in enumerate(levels):
             index, weight, _ = level.corners(xs)
             feats = _gather(table[level.offset:level.offset + level.size], index)  # [F, 8, C]
-            out[n, :, lo:lo + CHUNK] = (feats * weight.to(table.dtype)).sum(1)
+            out[n, :, lo:lo + chunk] = (feats * weight.to(table.dtype)).sum(1)
     return out.view(len(levels) * features, x.shape[0]).t()
 
 
@@ -98,9 +107,10 @@ class _Encode(torch.autograd.Function):
         grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         within = torch.arange(features, dtype=torch.int32, device=x.device)[:, None, None]
-        for lo in range(0, x.shape[0], CHUNK):
-            xs = x[lo:lo + CHUNK].clamp(0, 1).t().contiguous()
-            gs = grad[lo:lo + CHUNK].t().contiguous().view(len(levels), features, -1)  # [L, F, C]
+        chunk = chunk_size(x)
+        for lo in range(0, x.shape[0], chunk):
+            xs = x[lo:lo + chunk].clamp(0, 1).t().contiguous()
+            gs = grad[lo:lo + chunk].t().contiguous().view(len(levels), features, -1)  # [L, F, C]
             for n, level in enumerate(levels):
                 rows = slice(level.offset, level.offset + level.size)
                 index, weight, factors = level.corners(xs)
@@ -112,7 +122,7 @@ class _Encode(torch.autograd.Function):
                     grad_table[rows].view(-1).index_add_(0, flat_index.view(-1),
                                                          (weight.to(g.dtype) * g[:, None]).view(-1))
                 if grad_x is not None:
-                    grad_x[lo:lo + CHUNK] += _position_grad(g, _gather(table[rows], index), factors,
+                    grad_x[lo:lo + chunk] += _position_grad(g, _gather(table[rows], index), factors,
                                                             level.resolution).t()
         if grad_x is not None:
             grad_x *= (x >= 0) & (x <= 1)  # clamp's gradient
