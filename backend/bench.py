@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from backend import __version__
+from backend.bench_field import field_figures, field_report, hifa_breakdown
 from backend.config import load_file, merge
 from backend.errors import ConfigError, LatentForgeError
 from backend.loop import Stage, train_step
@@ -260,6 +261,9 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
         from backend.render.mesh_render import rasterizer_for
 
         result["rasterizer"] = rasterizer_for(device).__module__.rsplit(".", 1)[-1]
+    if kind == "generate":
+        say(f"{name}: one field call, timed and its memory followed")
+        result["field"] = field_figures(job, config, device)
     result["refine"] = bench_refine(job, settings)
     result["export_s"], result["export_error"] = bench_export(job, kind, config, settings)
     return result, config
@@ -405,6 +409,7 @@ def run_bench(settings: BenchSettings) -> dict:
                      "model": settings.model, "prompt": PROMPT, "overrides": settings.overrides},
         "unet_floor": list(floors.values()),
         "tasks": tasks,
+        "hifa_breakdown": hifa_breakdown(tasks),
     }
 
 
@@ -433,6 +438,7 @@ def report(doc: dict) -> str:
         lines.append(f"{name:<14}" + "".join(f"{r['parts_ms'][p]:>13.2f}" for p in PARTS))
     floors = ", ".join(f"{f['ms']:.2f} ms ({f['method']}, batch {f['batch']}, {f['latent']}²)"
                        for f in doc["unet_floor"])
+    lines += field_report(doc)
     lines += ["", f"U-Net floor per call: {floors}"]
     missing = {m for r in doc["tasks"].values() for m in r["job"]["missing"]}
     if missing:

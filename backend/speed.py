@@ -1,8 +1,9 @@
 """Speed switches: how a step is computed on a device, never what it computes (beyond rounding).
 
 Each switch is "auto" by default, which resolves to the CUDA choice on a GPU and to the plain path
-elsewhere, so the CPU path stays as it was unless a switch is set explicitly. Every switch "off" is the
-plain path exactly. Tasks resolve their config once per job (`resolve`) and hand it to the parts.
+elsewhere, so the CPU path stays as it was unless a switch is set explicitly; the one exception is the
+occupancy grid (empty-space skipping), whose "auto" is on everywhere once the field has formed. Every
+switch "off" is the plain path exactly. Tasks resolve their config once per job (`resolve`) and hand it to the parts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from backend.errors import ConfigError
-from backend.render.occupancy import OccupancyConfig
+from backend.render.occupancy import WARMUP, OccupancyConfig
 
 SWITCH = ("auto", "on", "off")
 COMPILE = ("auto", "off", "default", "reduce-overhead")  # torch.compile modes; "reduce-overhead" adds CUDA graphs
@@ -67,7 +68,8 @@ class FieldSpeedConfig(SpeedConfig):
     CUDA_CHOICE: ClassVar[dict[str, str]] = {**SpeedConfig.CUDA_CHOICE, "compile_field": "default"}
 
     compile_field: str = "auto"  # torch.compile the hash grid + MLP (sample counts differ by stage: not static)
-    occupancy: OccupancyConfig = field(default_factory=OccupancyConfig)  # empty-space skipping, opt-in
+    # empty-space skipping, on every device once the field has formed
+    occupancy: OccupancyConfig = field(default_factory=lambda: OccupancyConfig(enabled="auto", warmup=WARMUP))
 
     def validate(self) -> None:
         super().validate()
@@ -75,7 +77,6 @@ class FieldSpeedConfig(SpeedConfig):
 
     def resolve(self, device: torch.device | str) -> FieldSpeedConfig:
         resolved = super().resolve(device)
-        if self.occupancy.enabled == "auto":
-            on = torch.device(device).type == "cuda"
-            resolved.occupancy = dataclasses.replace(self.occupancy, enabled="on" if on else "off")
+        if self.occupancy.enabled == "auto":  # the same on every device: skipping saves as much on a CPU
+            resolved.occupancy = dataclasses.replace(self.occupancy, enabled="on")
         return resolved

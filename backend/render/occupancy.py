@@ -13,8 +13,10 @@ once per update. Until the first update, and whenever the budget is all samples,
 sample and empty ones are masked, which is the plain render exactly wherever the grid is conservative.
 
 Skipped samples get no gradient, so this changes what is optimised (a cell that empties stays empty
-unless the field grows there through its neighbours): it is opt-in. Its state lives with the renderer, not
-in checkpoints; a resumed job starts with everything occupied, which is always safe.
+unless the field grows there through its neighbours); so the grid first waits `warmup` training renders,
+until the field has taken shape, rendering the plain way meanwhile. It is on by default on every device
+(`speed.occupancy.enabled = "auto"`). Its state lives with the renderer, not in checkpoints; a resumed job
+starts with everything occupied, which is always safe.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from backend.errors import ConfigError
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points → (density, features)
 
 UPDATE_CHUNK = 1 << 18  # cells per field call during an update
+WARMUP = 100  # a field task's default `warmup`: the field has formed around its blob by then
 
 
 @dataclass
 class OccupancyConfig:
-    enabled: str = "off"  # "on", "off", or "auto" (on with CUDA)
+    enabled: str = "off"  # "on", "off", or "auto" (a field task resolves it to "on" on every device)
     resolution: int = 64  # cells per axis over [-bound, bound]³
     update_every: int = 16  # training renders between grid updates
     decay: float = 0.95  # per update, unless the field re-confirms the cell's density
@@ -42,6 +45,7 @@ class OccupancyConfig:
     threshold: float = 0.01
     margin: float = 1.25  # the field's budget: this × the largest occupied fraction of samples seen lately
     buckets: int = 8  # budgets are multiples of 1/buckets of all samples: few shapes to compile
+    warmup: int = 0  # training renders the plain way before the first update (a job's default: WARMUP)
 
     def validate(self) -> None:
         if self.enabled not in ("auto", "on", "off"):
@@ -50,6 +54,8 @@ class OccupancyConfig:
             raise ConfigError(f"speed.occupancy.resolution must be in [8, 256], got {self.resolution}")
         if self.update_every < 1 or self.buckets < 1:
             raise ConfigError("speed.occupancy.update_every and speed.occupancy.buckets must be at least 1")
+        if self.warmup < 0:
+            raise ConfigError(f"speed.occupancy.warmup must be 0 or more, got {self.warmup}")
         if not 0.0 <= self.decay <= 1.0 or not self.threshold >= 0 or not self.margin >= 1.0:
             raise ConfigError("speed.occupancy needs decay in [0, 1], threshold ≥ 0 and margin ≥ 1")
 
@@ -71,8 +77,9 @@ class OccupancyGrid:
         return (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
 
     def train_render(self, field: Field, device: torch.device) -> None:
-        """Count a training render; update the grid on the first and then every `update_every`."""
-        if self.renders % self.config.update_every == 0:
+        """Count a training render; update the grid on the first after `warmup`, then every `update_every`."""
+        since = self.renders - self.config.warmup
+        if since >= 0 and since % self.config.update_every == 0:
             self.update(field, device)
         self.renders += 1
 
@@ -113,5 +120,18 @@ class OccupancyGrid:
             sigma = sigma * occupied[index]
             return (sigma.new_zeros(n).index_put((index,), sigma),
                     feats.new_zeros(n, feats.shape[-1]).index_put((index,), feats))
+
+        return skipping
+
+    def wrap_density(self, density: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`density` (points [N, 3] → [N]) evaluated only in occupied cells, 0 elsewhere: for the export's
+        grid, whose shapes need not stay static."""
+        if self.density is None:
+            return density
+
+        def skipping(points: torch.Tensor) -> torch.Tensor:
+            occupied = (self.density[self.cells(points)] > self.config.threshold).nonzero().flatten()
+            values = density(points[occupied])
+            return values.new_zeros(points.shape[0]).index_put((occupied,), values)
 
         return skipping

@@ -164,11 +164,12 @@ class VolumeRenderer:
             jitter = torch.full((o.shape[0], s), 0.5, device=o.device)
         t_mid = edges[:, :-1] + (edges[:, 1:] - edges[:, :-1]) * jitter
         deltas = edges[:, 1:] - edges[:, :-1]
-        if self.config.importance_samples:
-            t_mid, deltas = self._importance(field, o, d, edges, t_mid, deltas, generator)
         points = o[:, None] + d[:, None] * t_mid[..., None]
         sigma, feats = field(points.reshape(-1, 3))
-        sigma = sigma.view(-1, t_mid.shape[1])
+        sigma, feats = sigma.view(t_mid.shape), feats.view(*t_mid.shape, -1)
+        if self.config.importance_samples:
+            t_mid, deltas, points, sigma, feats = self._importance(field, o, d, edges, t_mid, deltas, points, sigma,
+                                                                   feats, generator)
         weights = composite(sigma, deltas)
         opacity = weights.sum(-1)
         normals = None
@@ -177,9 +178,9 @@ class VolumeRenderer:
             normals = density_normals(shader.density, flat, sigma.reshape(-1), shader.eps)
             if shader.shade is not None:
                 camera = torch.arange(b, device=o.device).repeat_interleave(h * w * t_mid.shape[1])
-                feats = shader.shade(feats, normals, flat, camera)
+                shaded = shader.shade(feats.reshape(-1, feats.shape[-1]), normals, flat, camera)
+                feats = shaded.view(*t_mid.shape, -1)
             normals = normals.view(*t_mid.shape, 3)
-        feats = feats.view(-1, t_mid.shape[1], feats.shape[-1])
         fg = (weights[..., None] * feats).sum(1)
         bg = background(d)
         image = fg + (1 - opacity)[:, None] * bg
@@ -196,16 +197,28 @@ class VolumeRenderer:
             normals=normals,
         )
 
-    def _importance(self, field: Field, o: torch.Tensor, d: torch.Tensor, edges: torch.Tensor,
-                    t_mid: torch.Tensor, deltas: torch.Tensor,
-                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coarse samples merged with importance samples: sorted distances and the length each covers."""
+    def _importance(self, field: Field, o: torch.Tensor, d: torch.Tensor, edges: torch.Tensor, t_mid: torch.Tensor,
+                    deltas: torch.Tensor, points: torch.Tensor, sigma: torch.Tensor, feats: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """Coarse samples merged with importance samples drawn from their weights: sorted distances, the
+        length each covers, and the points, densities and features there.
+
+        The coarse samples' field values (and their graph) are reused as they are, so the field only
+        evaluates the importance samples: the same render as evaluating every merged sample again.
+        """
         with torch.no_grad():
-            sigma, _ = field((o[:, None] + d[:, None] * t_mid[..., None]).reshape(-1, 3))
-            weights = composite(sigma.view(t_mid.shape), deltas)
+            weights = composite(sigma.detach(), deltas)
             extra = sample_pdf(edges, smooth_weights(weights, self.config.kernel),
                                int(self.config.importance_samples), generator)
-        t_all = torch.sort(torch.cat([t_mid, extra], -1), -1).values
+        extra_points = o[:, None] + d[:, None] * extra[..., None]
+        extra_sigma, extra_feats = field(extra_points.reshape(-1, 3))
+        t_all, order = torch.sort(torch.cat([t_mid, extra], -1), -1)
         # each sample stands for the stretch up to half-way to its neighbours, as a stratified one for its bin
         bounds = torch.cat([edges[:, :1], (t_all[:, 1:] + t_all[:, :-1]) / 2, edges[:, -1:]], -1)
-        return t_all, bounds[:, 1:] - bounds[:, :-1]
+
+        def merged(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+            both = torch.cat([coarse, fine.view(*extra.shape, *coarse.shape[2:])], 1)
+            return both.gather(1, order.view(*order.shape, *[1] * (both.dim() - 2)).expand_as(both))
+
+        return (t_all, bounds[:, 1:] - bounds[:, :-1], merged(points, extra_points), merged(sigma, extra_sigma),
+                merged(feats, extra_feats))

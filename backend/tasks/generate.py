@@ -125,7 +125,10 @@ class GenerateJob(DistillJob):
                 vertices, faces = self.mesh.dmtet.surface()
             return export_surface(vertices, faces, lambda p: self.mesh.color(p).clamp(0, 1), self.frame,
                                   self.config.export, Path(out_path), device=self.device, on_event=on_event)
-        return export_asset(density or nerf.density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
+        density = density or nerf.density
+        if self.scene.renderer.occupancy is not None:  # empty space stays empty without the field's cost
+            density = self.scene.renderer.occupancy.wrap_density(density)
+        return export_asset(density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
                             device=self.device, on_event=on_event)
 
 
