@@ -8,7 +8,7 @@ from torch import nn
 from backend.cameras import Cameras
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.render.mesh_render import render_mesh
-from backend.scene.background import DirectionalBackground
+from backend.scene.background import DirectionalBackground, solid_backdrop
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
 
@@ -41,12 +41,15 @@ class LatentTexture(nn.Module):
         """Image [B, C, size, size] over the background and coverage [B, size, size].
 
         Latents, or in the fine-tuning stage RGB, whose background is then the latent background seen
-        through the linear latent→RGB map.
+        through the linear latent→RGB map; on steps whose cameras carry a random background, that colour.
         """
         tex = self.rgb_texture if self.rgb else self.texture
         color, coverage = render_mesh(self.vertices, self.faces, cameras, size, uvs=self.uvs, texture=tex)
-        _, d = cameras.rays(size)
-        bg = self.background(d).permute(0, 3, 1, 2)
-        if self.rgb:
-            bg = latent_to_rgb(bg)
+        if cameras.background is not None:  # this step's random solid colours, one per camera
+            bg = solid_backdrop(cameras.background, latent=not self.rgb)[:, :, None, None]
+        else:
+            _, d = cameras.rays(size)
+            bg = self.background(d).permute(0, 3, 1, 2)
+            if self.rgb:
+                bg = latent_to_rgb(bg)
         return color + (1 - coverage[:, None]) * bg, coverage

@@ -64,7 +64,8 @@ class SceneRender:
     extras: Any = None  # what regularisers need (a VolumeRender, coverage, ...)
 
 
-Regulariser = Callable[[SceneRender, int, int], torch.Tensor]  # (render, step, total) → loss
+# (render, step, total) → loss; step and total are the job's progress (see `backend.loop.Stage.step`)
+Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 
 
 @dataclass

@@ -25,6 +25,7 @@ from backend.mesh import Frame, Mesh
 from backend.objectives import OBJECTIVES
 from backend.regularisers import ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer
+from backend.scene.background import solid_backdrop
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
@@ -38,7 +39,7 @@ class OptimConfig:
     grid_lr_scale: float = 10.0  # Latent-NeRF trains the hash table 10× faster than the MLPs
     batch: int = 1
     lambda_sparsity: float = 5e-4
-    lambda_zvar: float = 0.0  # HiFA's z-variance along rays, ramped in over the first half of the steps
+    lambda_zvar: float = 0.0  # HiFA's z-variance along rays, ramped in over the first half of the job's steps
 
 
 @dataclass
@@ -46,6 +47,9 @@ class RefineConfig:
     iters: int = 1000  # 0 skips RGB refinement
     resolution: int = 256  # RGB render size; the guidance's encoder resizes to its own input size
     lr: float = 1e-3
+    # timesteps and ramps continue the job's schedule (HiFA is one schedule over the whole job); true
+    # starts them over for this stage, as a second run of the method would
+    restart_schedules: bool = False
 
 
 @dataclass
@@ -98,8 +102,11 @@ class NeRFScene:
 
     def render(self, cameras: Cameras, train: bool = True) -> SceneRender:
         o, d = cameras.rays(self.size)
-        out = self.renderer.render(self.field, self.nerf.background, o, d,
-                                   self.generator if train else None)
+        background = self.nerf.background
+        if cameras.background is not None:  # this step's random solid colours, one per camera
+            solid = solid_backdrop(cameras.background, latent=not self.nerf.rgb).repeat_interleave(self.size**2, 0)
+            background = lambda _directions: solid  # noqa: E731 - rays are flattened camera by camera
+        out = self.renderer.render(self.field, background, o, d, self.generator if train else None)
         return SceneRender(out.image, latent=not self.nerf.rgb, extras=out)
 
     def preview(self) -> object:
@@ -156,7 +163,7 @@ def prepare_generate(
 
     scene = NeRFScene(config, device, generator, speed)
     nerf = scene.nerf
-    sampler = CameraSampler(config.camera, generator, device)
+    sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
     if shape is not None:
         regularisers["sketch"] = (config.sketch.weight,
@@ -181,7 +188,8 @@ def prepare_generate(
 
     stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
     if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview))
+        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, step, scene.preview,
+                            restart_schedules=config.refine.restart_schedules))
     return GenerateJob(config, scene, stages, generator, frame, speed, device)
 
 

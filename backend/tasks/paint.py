@@ -44,6 +44,7 @@ class PaintConfig(DistillConfig):
     lr: float = 1e-2  # Latent-Paint's
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
+    finetune_restart_schedules: bool = False  # true: fine-tuning starts timesteps over instead of continuing them
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def validate(self) -> None:
@@ -154,8 +155,9 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
             out = render(Cameras.orbit(**PREVIEW_CAMERA, device=device))
         return to_preview(out.image, out.latent)
 
+    sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     step = DistillStep(render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
-                       config.timesteps, CameraSampler(config.camera, generator, device), prompt, generator)
+                       config.timesteps, sampler, prompt, generator)
 
     def enter_latent() -> torch.optim.Optimizer:
         return speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
@@ -167,7 +169,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh) -> PaintJ
 
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
-        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, step, preview))
+        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, step, preview,
+                            restart_schedules=config.finetune_restart_schedules))
     return PaintJob(config, scene, stages, generator, mapped, vertex_map, decoded, speed)
 
 
