@@ -9,15 +9,16 @@ from backend.mesh import Mesh
 
 RED = np.array([0.85, 0.12, 0.10], np.float32)
 BLUE = np.array([0.12, 0.25, 0.85], np.float32)
+WHITE = np.array([1.0, 1.0, 1.0], np.float32)  # TargetGuidance's fixed background
 
 
-def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5)) -> Mesh:
-    """A box off the origin: red above its middle, blue below (faces split so colours stay crisp)."""
+def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5), lower=BLUE) -> Mesh:
+    """A box off the origin: red above its middle, `lower` (blue) below (faces split so colours stay crisp)."""
     box = trimesh.creation.box(extents).subdivide().subdivide()
     v = np.asarray(box.vertices, np.float32)[np.asarray(box.faces)].reshape(-1, 3)
     faces = np.arange(len(v)).reshape(-1, 3)
     upper = v.reshape(-1, 3, 3).mean(1)[:, 2] > 0
-    colors = np.repeat(np.where(upper[:, None], RED, BLUE), 3, axis=0).astype(np.float32)
+    colors = np.repeat(np.where(upper[:, None], RED, np.asarray(lower, np.float32)), 3, axis=0).astype(np.float32)
     return Mesh(v + np.asarray(center, np.float32), faces, vertex_colors=colors)
 
 
