@@ -22,10 +22,10 @@ def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5), lower=BLUE) -
     return Mesh(v + np.asarray(center, np.float32), faces, vertex_colors=colors)
 
 
-def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
-    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
-    lo = np.minimum(a.vertices.min(0), b.vertices.min(0))
-    hi = np.maximum(a.vertices.max(0), b.vertices.max(0))
+def voxel_sets(meshes: list[Mesh], resolution: int = 64) -> list[np.ndarray]:
+    """Filled voxelisations of closed meshes, sampled on one grid over all of them."""
+    lo = np.min([m.vertices.min(0) for m in meshes], axis=0)
+    hi = np.max([m.vertices.max(0) for m in meshes], axis=0)
     pitch = float((hi - lo).max()) / resolution
     axes = [np.arange(lo[k], hi[k] + pitch, pitch) for k in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
@@ -34,8 +34,16 @@ def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
         vox = trimesh.Trimesh(m.vertices, m.faces, process=False).voxelized(pitch / 2).fill()
         return vox.is_filled(grid)
 
-    in_a, in_b = filled(a), filled(b)
-    return float((in_a & in_b).sum()) / max(float((in_a | in_b).sum()), 1.0)
+    return [filled(m) for m in meshes]
+
+
+def set_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
+def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
+    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
+    return set_iou(*voxel_sets([a, b], resolution))
 
 
 def two_tone_colour_rmse(mesh: Mesh, texture: np.ndarray, seam_z: float = 0.5, margin: float = 0.15) -> float:
