@@ -30,6 +30,9 @@ class CameraConfig:
     azimuth_range: tuple[float, float] = (-180.0, 180.0)  # degrees
     front_angle: float = 70.0  # width of the "front" and "back" sectors, degrees
     overhead_angle: float = 30.0  # elevations above 90° − this are "overhead"
+    # probability per step that the render and the prior's answer are both composited over a random solid
+    # colour (one per camera) instead of the learned background; unset: the prior's own default
+    random_background: float | None = None
 
     def validate(self) -> None:
         for name in ("radius_range", "fov_range", "elevation_range", "azimuth_range"):
@@ -42,6 +45,8 @@ class CameraConfig:
             raise ConfigError("camera.fov_range must lie inside (0, 180) degrees")
         if not (self.elevation_range[0] >= -90 and self.elevation_range[1] <= 90):
             raise ConfigError("camera.elevation_range must lie inside [-90, 90] degrees")
+        if self.random_background is not None and not 0.0 <= self.random_background <= 1.0:
+            raise ConfigError(f"camera.random_background is a probability in [0, 1], got {self.random_background}")
 
 
 @dataclass
@@ -160,13 +165,29 @@ VIEWS = ("front", "side", "back", "overhead", "bottom")  # in `Cameras.view_indi
 
 
 class CameraSampler:
-    """Draws random orbit cameras from a `CameraConfig` with a seeded generator."""
+    """Draws random orbit cameras from a `CameraConfig` with a seeded generator.
 
-    def __init__(self, config: CameraConfig, generator: torch.Generator, device: torch.device | str) -> None:
+    With probability `config.random_background` (else `default_background`) a batch also carries random
+    solid background colours, one per camera, uniform in RGB (background augmentation).
+    """
+
+    def __init__(self, config: CameraConfig, generator: torch.Generator, device: torch.device | str,
+                 default_background: float = 0.0) -> None:
         config.validate()
         self.config = config
         self.generator = generator
         self.device = device
+        self.background_probability = (default_background if config.random_background is None
+                                       else config.random_background)
+
+    def _background(self, batch: int) -> torch.Tensor | None:
+        # no draw at all when off, so a run without augmentation keeps its random stream
+        if self.background_probability <= 0:
+            return None
+        colors = torch.rand(batch, 3, generator=self.generator)
+        if float(torch.rand((), generator=self.generator)) >= self.background_probability:
+            return None
+        return to_device(colors, self.device)
 
     def _uniform(self, lo: float, hi: float, n: int) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=self.generator)
@@ -176,10 +197,11 @@ class CameraSampler:
         # elevation uniform on the sphere's area, not in angle, so overhead views are not oversampled
         s_lo, s_hi = (math.sin(math.radians(v)) for v in c.elevation_range)
         elevation = torch.rad2deg(torch.asin(self._uniform(s_lo, s_hi, batch)))
-        return Cameras.orbit(
+        cameras = Cameras.orbit(
             elevation=elevation,
             azimuth=self._uniform(*c.azimuth_range, batch),
             radius=self._uniform(*c.radius_range, batch),
             fov=self._uniform(*c.fov_range, batch),
             device=self.device,
         )
+        return replace(cameras, background=self._background(batch))

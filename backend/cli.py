@@ -92,8 +92,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to make, e.g. 'a red toadstool'")
     p.add_argument("--negative", help="what to avoid (classifier-free guidance's negative prompt)")
     p.add_argument("--guidance", default=None,
-                   help="sd:MODEL (hub id, diffusers folder or .safetensors) or target:MESH.glb "
-                        "(default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
+                   help="sd:MODEL (hub id, diffusers folder or .safetensors), target:MESH.glb or "
+                        "mixture:FILE.toml (default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
     p.add_argument("--method", help="sds (default) or hifa (BGT+ with √-annealed timesteps, z-variance and "
                                     "kernel-smoothed importance sampling)")

@@ -30,8 +30,11 @@ class Stage:
     name: str
     iters: int
     enter: Callable[[], torch.optim.Optimizer]  # switch the scene into this stage, return its optimiser
-    step: Callable[[int, int], dict[str, torch.Tensor]]  # (step, total) → losses, "total" is minimised
+    # (step, total) → losses, "total" is minimised; step and total are the job's progress over all stages
+    # (what timestep schedules and ramps follow), or this stage's own with `restart_schedules`
+    step: Callable[[int, int], dict[str, torch.Tensor]]
     preview: Callable[[], np.ndarray] | None = None  # a small RGB uint8 image of the current state
+    restart_schedules: bool = False  # this stage's schedules start over instead of continuing the job's
 
 
 @dataclass
@@ -58,11 +61,23 @@ class Checkpointer:
         return torch.load(self.path, map_location="cpu", weights_only=True)
 
 
+def schedule_position(stages: list[Stage], index: int, step: int) -> tuple[int, int]:
+    """(step, total) that step `step` of stage `index` hands its step function: the job's progress over
+    all stages, so a schedule runs once over the whole job, unless the stage restarts its schedules.
+    Derived from the stage lengths alone, so a resumed job continues where it stopped."""
+    if stages[index].restart_schedules:
+        return step, stages[index].iters
+    return sum(s.iters for s in stages[:index]) + step, sum(s.iters for s in stages)
+
+
 def train_step(stage: Stage, optimizer: torch.optim.Optimizer, step: int,
-               timer: Timer = untimed) -> dict[str, torch.Tensor]:
-    """One optimisation step of `stage`: its losses, their gradient, the optimiser's update."""
+               timer: Timer = untimed, position: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """One optimisation step of `stage`: its losses, their gradient, the optimiser's update.
+
+    `position` is the (step, total) its schedules see (`schedule_position`); by default the stage's own.
+    """
     optimizer.zero_grad(set_to_none=True)
-    parts = stage.step(step, stage.iters)
+    parts = stage.step(*(position or (step, stage.iters)))
     with timer("backward"):
         parts["total"].backward()
     with timer("optimiser"):
@@ -108,7 +123,7 @@ def run_stages(
         for step in range(first, stage.iters):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled during {stage.name} at step {step} of {stage.iters}")
-            parts = train_step(stage, optimizer, step)
+            parts = train_step(stage, optimizer, step, position=schedule_position(stages, index, step))
             steps_timed += 1
             now = time.perf_counter()
             remaining = total_steps - (done_before + steps_timed)

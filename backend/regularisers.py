@@ -28,7 +28,7 @@ def z_variance(distances: torch.Tensor, weights: torch.Tensor, min_opacity: floa
 
 
 def ramp(step: int, total: int, fraction: float = 0.5) -> float:
-    """0 → 1 linearly over the first `fraction` of training, then 1 (HiFA's z-variance weight)."""
+    """0 → 1 linearly over the first `fraction` of the job, then 1 (HiFA's z-variance weight)."""
     return min(1.0, step / max(fraction * total, 1e-9))
 
 

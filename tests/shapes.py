@@ -9,22 +9,23 @@ from backend.mesh import Mesh
 
 RED = np.array([0.85, 0.12, 0.10], np.float32)
 BLUE = np.array([0.12, 0.25, 0.85], np.float32)
+WHITE = np.array([1.0, 1.0, 1.0], np.float32)  # TargetGuidance's fixed background
 
 
-def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5)) -> Mesh:
-    """A box off the origin: red above its middle, blue below (faces split so colours stay crisp)."""
+def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5), lower=BLUE) -> Mesh:
+    """A box off the origin: red above its middle, `lower` (blue) below (faces split so colours stay crisp)."""
     box = trimesh.creation.box(extents).subdivide().subdivide()
     v = np.asarray(box.vertices, np.float32)[np.asarray(box.faces)].reshape(-1, 3)
     faces = np.arange(len(v)).reshape(-1, 3)
     upper = v.reshape(-1, 3, 3).mean(1)[:, 2] > 0
-    colors = np.repeat(np.where(upper[:, None], RED, BLUE), 3, axis=0).astype(np.float32)
+    colors = np.repeat(np.where(upper[:, None], RED, np.asarray(lower, np.float32)), 3, axis=0).astype(np.float32)
     return Mesh(v + np.asarray(center, np.float32), faces, vertex_colors=colors)
 
 
-def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
-    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
-    lo = np.minimum(a.vertices.min(0), b.vertices.min(0))
-    hi = np.maximum(a.vertices.max(0), b.vertices.max(0))
+def voxel_sets(meshes: list[Mesh], resolution: int = 64) -> list[np.ndarray]:
+    """Filled voxelisations of closed meshes, sampled on one grid over all of them."""
+    lo = np.min([m.vertices.min(0) for m in meshes], axis=0)
+    hi = np.max([m.vertices.max(0) for m in meshes], axis=0)
     pitch = float((hi - lo).max()) / resolution
     axes = [np.arange(lo[k], hi[k] + pitch, pitch) for k in range(3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
@@ -33,8 +34,16 @@ def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
         vox = trimesh.Trimesh(m.vertices, m.faces, process=False).voxelized(pitch / 2).fill()
         return vox.is_filled(grid)
 
-    in_a, in_b = filled(a), filled(b)
-    return float((in_a & in_b).sum()) / max(float((in_a | in_b).sum()), 1.0)
+    return [filled(m) for m in meshes]
+
+
+def set_iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+
+def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
+    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
+    return set_iou(*voxel_sets([a, b], resolution))
 
 
 def two_tone_colour_rmse(mesh: Mesh, texture: np.ndarray, seam_z: float = 0.5, margin: float = 0.15) -> float:

@@ -1,4 +1,5 @@
-"""Guidance registry: `sd:MODEL` (Stable Diffusion) or `target:MESH` (the analytic known-answer prior)."""
+"""Guidance registry: `sd:MODEL` (Stable Diffusion), `target:MESH` (the analytic known-answer prior) or
+`mixture:FILE.toml` (the analytic prior of several captioned meshes)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def default_model() -> str:
 
 
 def build_guidance(spec: str, device: torch.device | str = "cpu") -> Guidance:
-    """Build a guidance from `sd:MODEL`, `target:PATH` or a bare model (taken as `sd:`)."""
+    """Build a guidance from `sd:MODEL`, `target:PATH`, `mixture:FILE.toml` or a bare model (taken as `sd:`)."""
     kind, sep, arg = spec.partition(":")
     if sep and kind not in GUIDANCES and re.fullmatch(r"[A-Za-z][A-Za-z0-9_+-]+", kind):
         # a scheme, not a path: hub ids hold no colon, and a Windows drive is one letter ("C:\\...")
@@ -32,7 +33,8 @@ def build_guidance(spec: str, device: torch.device | str = "cpu") -> Guidance:
         if kind == "sd":
             arg = default_model()
         else:
-            raise ConfigError(f"guidance {spec!r} names no file", "write target:PATH/TO/MESH.glb")
+            example = "mixture:PATH/TO/MIXTURE.toml" if kind == "mixture" else "target:PATH/TO/MESH.glb"
+            raise ConfigError(f"guidance {spec!r} names no file", f"write {example}")
     return GUIDANCES[kind](arg, torch.device(device))
 
 
@@ -48,6 +50,12 @@ def _target(arg: str, device: torch.device) -> Guidance:
     return TargetGuidance.from_file(arg, device=device)
 
 
-GUIDANCES = {"sd": _sd, "target": _target}
+def _mixture(arg: str, device: torch.device) -> Guidance:
+    from backend.guidance.mixture import MixtureGuidance
+
+    return MixtureGuidance.from_file(arg, device=device)
+
+
+GUIDANCES = {"sd": _sd, "target": _target, "mixture": _mixture}
 
 __all__ = ["DEFAULT_MODEL", "GUIDANCES", "Guidance", "Prompt", "build_guidance", "default_model"]

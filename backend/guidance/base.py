@@ -35,6 +35,11 @@ class Guidance(ABC):
     #: size in pixels of the images `encode` expects (SD 1.x: 512) and of the latent it returns
     image_size: int = 512
     latent_size: int = 64
+    #: probability per step of compositing over a random solid colour when the camera config leaves it unset.
+    #: Stable Diffusion: 0. Its latent stage would see the colour only through the linear RGB→latent
+    #: approximation (not what its VAE makes of a flat colour), and it needs no contrast to see a white
+    #: object on white (Latent-NeRF trains the learned background on every step). Analytic priors: 0.5.
+    random_background: float = 0.0
 
     @property
     def num_train_timesteps(self) -> int:

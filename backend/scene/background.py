@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backend.latent import rgb_to_latent
+
 
 def mlp(dim_in: int, dim_out: int, hidden: int, layers: int) -> nn.Sequential:
     mods: list[nn.Module] = []
@@ -30,3 +32,12 @@ class DirectionalBackground(nn.Module):
         angles = directions[..., None, :] * freqs[:, None]
         enc = torch.cat([directions, torch.sin(angles).flatten(-2), torch.cos(angles).flatten(-2)], -1)
         return self.net(enc)
+
+
+def solid_backdrop(colors: torch.Tensor, latent: bool) -> torch.Tensor:
+    """A step's random background colours [B, 3] (RGB) in the render's space: [B, 4] latents or [B, 3] RGB.
+
+    Through the same RGB→latent map the analytic priors encode their answers with, so a latent render and
+    the prior's answer sit on the same colour.
+    """
+    return rgb_to_latent(colors, dim=-1) if latent else colors

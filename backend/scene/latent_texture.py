@@ -13,7 +13,7 @@ from backend.cameras import Cameras
 from backend.export.bake import fill_empty
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.render.mesh_render import render_mesh
-from backend.scene.background import DirectionalBackground
+from backend.scene.background import DirectionalBackground, solid_backdrop
 from backend.scene.base import SceneRender
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
@@ -97,15 +97,19 @@ class LatentTexture(nn.Module):
         """Image [B, C, size, size] over the background; `extras` is the coverage [B, size, size].
 
         Latents (mode "latent"), or RGB from the fine-tuning stage's texture, whose background is then the
-        latent background seen through the linear latent→RGB map. RGB modes other than "albedo" are shaded
-        by the cameras' light, so the texture that fits a lit target is its albedo.
+        latent background seen through the linear latent→RGB map, or on steps whose cameras carry a random
+        background, that colour. RGB modes other than "albedo" are shaded by the cameras' light, so the
+        texture that fits a lit target is its albedo.
         """
         rgb = mode != "latent"
         view = replace(cameras, shading=mode) if rgb else cameras
         color, coverage = render_mesh(self.vertices, self.faces, view, size, uvs=self.uvs,
                                       texture=self._effective(rgb), filtering=self.filtering, lit=rgb)
-        _, d = cameras.rays(size)
-        bg = self.background(d).permute(0, 3, 1, 2)
-        if rgb:
-            bg = latent_to_rgb(bg)
+        if cameras.background is not None:  # this step's random solid colours, one per camera
+            bg = solid_backdrop(cameras.background, latent=not rgb)[:, :, None, None]
+        else:
+            _, d = cameras.rays(size)
+            bg = self.background(d).permute(0, 3, 1, 2)
+            if rgb:
+                bg = latent_to_rgb(bg)
         return SceneRender(color + (1 - coverage[:, None]) * bg, latent=not rgb, extras=coverage)

@@ -12,6 +12,7 @@ import torch
 
 from backend.cameras import Cameras
 from backend.render.volume import Shader, VolumeConfig, VolumeRenderer
+from backend.scene.background import solid_backdrop
 from backend.scene.base import PREVIEW_CAMERA, SceneRender, to_preview
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.shading import shade
@@ -46,8 +47,11 @@ class NeRFScene:
             lit = None if mode in ("albedo", "latent") else (
                 lambda c, n, p, cam: shade(c, n, p, cameras.light, mode, cam))
             shader = Shader(self.nerf.density, lit)
-        out = self.renderer.render(self.field, self.nerf.background, o, d,
-                                   self.generator if train else None, shader)
+        background = self.nerf.background
+        if cameras.background is not None:  # this step's random solid colours, one per camera
+            solid = solid_backdrop(cameras.background, latent=mode == "latent").repeat_interleave(size**2, 0)
+            background = lambda _directions: solid  # noqa: E731 - rays are flattened camera by camera
+        out = self.renderer.render(self.field, background, o, d, self.generator if train else None, shader)
         return SceneRender(out.image, latent=mode == "latent", extras=out)
 
     def preview(self) -> np.ndarray:

@@ -197,8 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the job service (ZeroMQ) for Blender and `latentforge submit`")
     s.add_argument("--bind", default="tcp://127.0.0.1:5555", help="where clients connect (default loopback only)")
     s.add_argument("--jobs", help="job folder (default: the per-user data folder)")
-    s.add_argument("--model", action="append", help="a guidance spec to serve (sd:MODEL or target:MESH.glb); "
-                                                   "repeat for several; the first is the default")
+    s.add_argument("--model", action="append", help="a guidance spec to serve (sd:MODEL, target:MESH.glb or "
+                                                   "mixture:FILE.toml); repeat for several; the first is the default")
     s.add_argument("--workers", type=int, help="local worker processes (default: one per GPU, or 1 on the CPU); "
                                                "with --ray, Ray actors (default: one per GPU of the cluster, or "
                                                "one per node when it has none)")

@@ -72,7 +72,8 @@ class DistillConfig:
             part.validate()
 
 
-Regulariser = Callable[[SceneRender, int, int], torch.Tensor]  # (render, step, total) → loss
+# (render, step, total) → loss; step and total are the job's progress (see `backend.loop.Stage.step`)
+Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 
 
 @dataclass

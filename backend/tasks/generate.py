@@ -48,7 +48,7 @@ class OptimConfig:
     grid_lr_scale: float = 10.0  # Latent-NeRF trains the hash table 10× faster than the MLPs
     batch: int = 1
     lambda_sparsity: float = 5e-4
-    lambda_zvar: float = 0.0  # HiFA's z-variance along rays, ramped in over the first half of the steps
+    lambda_zvar: float = 0.0  # HiFA's z-variance along rays, ramped in over the first half of the job's steps
 
 
 @dataclass
@@ -57,6 +57,9 @@ class RefineConfig:
     resolution: int = 256  # RGB render size; the guidance's encoder resizes to its own input size
     lr: float = 1e-3
     lambda_orient: float = 1e-2  # DreamFusion's orientation loss (normals facing away from the camera)
+    # timesteps and ramps continue the job's schedule (HiFA is one schedule over the whole job); true
+    # starts them over for this stage, as a second run of the method would
+    restart_schedules: bool = False
 
 
 @dataclass
@@ -147,7 +150,7 @@ def prepare_generate(
 
     scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)
     nerf = scene.nerf
-    sampler = CameraSampler(config.camera, generator, device)
+    sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
     if shape is not None:
         regularisers["sketch"] = (config.sketch.weight,
@@ -177,7 +180,8 @@ def prepare_generate(
 
     stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
     if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview))
+        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview,
+                            restart_schedules=config.refine.restart_schedules))
     mesh = None
     if config.mesh.iters:
         mesh = DMTetScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)

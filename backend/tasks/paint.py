@@ -57,6 +57,7 @@ class PaintConfig(DistillConfig):
     lr: float = 1e-2  # Latent-Paint's
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
+    finetune_restart_schedules: bool = False  # true: fine-tuning starts timesteps over instead of continuing them
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     # the whole sphere of elevations, so undersides are painted too ("bottom view" prompts below −60°)
     camera: CameraConfig = field(default_factory=lambda: CameraConfig(elevation_range=(-90.0, 90.0)))
@@ -187,8 +188,9 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
             out = render(Cameras.orbit(**PREVIEW_CAMERA, device=device))
         return to_preview(out.image, out.latent)
 
+    sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     step = DistillStep(render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
-                       config.timesteps, CameraSampler(config.camera, generator, device), prompt, generator)
+                       config.timesteps, sampler, prompt, generator)
 
     def enter_latent() -> torch.optim.Optimizer:
         return speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
@@ -202,7 +204,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
         lit_step = replace(step, lighting=config.light)
-        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview))
+        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview,
+                            restart_schedules=config.finetune_restart_schedules))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, mapped=mapped,
                     vertex_map=vertex_map, decoded=decoded, selection=selection)
 

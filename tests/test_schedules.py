@@ -1,0 +1,89 @@
+"""Timestep schedules and ramps follow the whole job's progress, across stages and across a resume."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import pytest
+from shapes import two_tone_box
+from tiny_config import TINY
+
+from backend.config import merge
+from backend.errors import Cancelled
+from backend.guidance.target import TargetGuidance
+from backend.loop import Stage, schedule_position
+from backend.methods import method_overrides
+from backend.tasks.generate import GenerateConfig, prepare_generate
+
+
+class Recording(TargetGuidance):
+    """TargetGuidance that records the timesteps it is asked about."""
+
+    seen: list[int]
+
+    def predict_noise(self, z_t, t, prompt, cameras, guidance_scale):
+        self.seen.append(int(t[0]))
+        return super().predict_noise(z_t, t, prompt, cameras, guidance_scale)
+
+
+def stage(name: str, iters: int, restart: bool = False) -> Stage:
+    return Stage(name, iters, enter=None, step=None, restart_schedules=restart)
+
+
+def test_schedule_position_is_global_unless_a_stage_restarts():
+    stages = [stage("a", 10), stage("b", 5), stage("c", 4, restart=True), stage("d", 6)]
+    assert schedule_position(stages, 0, 3) == (3, 25)
+    assert schedule_position(stages, 1, 0) == (10, 25)
+    assert schedule_position(stages, 2, 1) == (1, 4)  # its own schedule
+    assert schedule_position(stages, 3, 5) == (24, 25)
+
+
+def hifa_timesteps(tmp_path, cancel_at: int | None = None, **changes) -> list[int]:
+    """The timestep of every guidance call of a tiny HiFA job with RGB refinement (one call per step)."""
+    config = merge(merge(GenerateConfig(prompt="a box"), method_overrides("hifa", GenerateConfig)),
+                   {**TINY, "optim": {"iters": 10}, "refine": {"iters": 5, "resolution": 16},
+                    "objective": {"name": "hifa", "hifa": {"denoise_steps": 1}}, **changes})
+    guidance = Recording(two_tone_box())
+    guidance.seen = []
+    cancel = threading.Event()
+
+    def stop(event):
+        if cancel_at is not None and getattr(event, "stage", "") == "latent" and getattr(event, "step", 0) == cancel_at:
+            cancel.set()
+
+    with contextlib.suppress(Cancelled):  # the loop as `generate` runs it, without the export
+        prepare_generate(config, guidance).run(on_event=stop, cancel=cancel, job_dir=tmp_path)
+    return guidance.seen
+
+
+def test_hifa_timesteps_fall_over_the_whole_job_and_resume_where_they_stopped(tmp_path):
+    (tmp_path / "straight").mkdir()
+    straight = hifa_timesteps(tmp_path / "straight")
+    assert len(straight) == 15 and straight[0] == 980
+    assert straight == sorted(straight, reverse=True), straight  # no jump back at the refinement stage
+    # the last step is 14/15 of the way from 980 to 300
+    assert straight[-1] == round(1000 * (0.98 - 0.68 * (14 / 15) ** 0.5))
+    # cancelled at a checkpoint (every 5 steps), then resumed: the schedule continues where it stopped
+    (tmp_path / "resumed").mkdir()
+    first = hifa_timesteps(tmp_path / "resumed", cancel_at=5)
+    second = hifa_timesteps(tmp_path / "resumed")
+    assert first + second == straight
+    # a stage that opts into its own schedule starts it over
+    (tmp_path / "restart").mkdir()
+    restarted = hifa_timesteps(tmp_path / "restart", refine={"iters": 5, "resolution": 16, "restart_schedules": True})
+    assert restarted[:10] == [round(1000 * (0.98 - 0.68 * (s / 15) ** 0.5)) for s in range(10)]
+    assert restarted[10] == 980 and restarted[10:] == sorted(restarted[10:], reverse=True)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_the_z_variance_ramp_follows_the_same_position(restart):
+    from backend.regularisers import ramp
+
+    stages = [stage("latent", 10), stage("rgb_refine", 10, restart)]
+    weights = [ramp(*schedule_position(stages, i, s)) for i in range(2) for s in range(10)]
+    assert weights[:10] == [s / 10 for s in range(10)]  # over the first half of the job's 20 steps
+    if restart:
+        assert weights[10:] == [min(1.0, s / 5) for s in range(10)]  # over the first half of its own 10
+    else:
+        assert weights[10:] == [1.0] * 10
