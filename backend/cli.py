@@ -29,7 +29,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "keys": ("backend.service.commands", "create CURVE keys: the server's pair and allow-listed client pairs"),
     "submit": ("backend.service.commands", "submit a job to a running service"),
     "status": ("backend.service.commands", "a job's state, or every job's"),
-    "reexport": ("backend.service.commands", "export a failed generate job's trained field again"),
+    "reexport": ("backend.service.commands", "export a job whose export failed again, with other export settings, "
+                                             "without training again"),
     "fetch": ("backend.service.commands", "download a finished job's result"),
     "bench": ("backend.bench", "time each task's step at production scale against its U-Net calls alone"),
 }

@@ -235,7 +235,7 @@ def test_coarse_to_fine_evaluates_fewer_points_and_matches_the_dense_grid() -> N
 
     r = 64
     dense = sample_grid(sphere_and_torus, r, 1.0, "cpu")
-    near = sample_near_surface(counted, r, 1.0, THRESHOLD, "cpu", chunk=1 << 15)
+    near, _ = sample_near_surface(counted, r, 1.0, THRESHOLD, "cpu", chunk=1 << 15)
     assert evaluated[0] < 0.5 * r**3
     inside, near_inside = dense > THRESHOLD, near > THRESHOLD
     assert (inside & near_inside).sum() / (inside | near_inside).sum() >= 0.98

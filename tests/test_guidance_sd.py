@@ -211,7 +211,9 @@ def test_cfg_matches_a_hand_computation(sd: StableDiffusionGuidance, scale: floa
     z, t = latents(4), torch.tensor([100, 400, 700, 900])
     eps_u, eps_c = uncond_cond_by_hand(sd, z, t, views)
     eps = sd.predict_noise(z, t, PROMPT, cameras, scale)
-    torch.testing.assert_close(eps, eps_u + scale * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
+    # the guidance runs both halves in one U-Net batch, the hand computation in two: float32 rounding of
+    # about 2e-6 per half, which the combination multiplies by the scale
+    torch.testing.assert_close(eps, eps_u + scale * (eps_c - eps_u), rtol=1e-4, atol=1e-5 * max(1.0, scale))
     if scale == 1.0:
         torch.testing.assert_close(eps, eps_c, rtol=1e-4, atol=1e-5)
 
@@ -251,13 +253,13 @@ def test_prompt_embeddings_are_encoded_once(
     monkeypatch.setattr(sd.text_encoder, "forward", counting_forward)
     prompt = Prompt("a wooden chair", negative="ugly")
     sd.prepare(prompt)
-    assert calls == [5]  # negative + one per view, in one batch
+    assert calls == [6]  # negative + one per view (front, side, back, overhead, bottom), in one batch
     sd.prepare(prompt)
     cameras, _ = four_views()
     sd.predict_noise(latents(4), torch.tensor(500), prompt, cameras, 7.5)
-    assert calls == [5]
+    assert calls == [6]
     sd.prepare(Prompt("a wooden chair", negative="ugly", view_dependent=False))
-    assert calls == [5, 1]  # only the plain text was new
+    assert calls == [6, 1]  # only the plain text was new
 
 
 # -- image ↔ latent ------------------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ def extract_mesh(density_fn: Field, config: ExportConfig, device: torch.device |
     config.validate()
     progress = progress or ExportProgress(None, {})
     level = float(config.density_threshold)
-    grid = sample_near_surface(density_fn, config.grid_resolution, config.bound, level, device,
-                               chunk_points(config.memory_gb), progress)
+    grid, coarse = sample_near_surface(density_fn, config.grid_resolution, config.bound, level, device,
+                                       chunk_points(config.memory_gb), progress)
     progress.start("marching cubes")
-    verts, faces = _marching_cubes(grid, level, config.bound)
+    verts, faces = _marching_cubes(grid, level, config.bound, measured=coarse)
     del grid
     progress.finish()
     progress.start("cleanup")
@@ -48,10 +48,13 @@ def extract_mesh(density_fn: Field, config: ExportConfig, device: torch.device |
     return Mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
 
 
-def _marching_cubes(grid: np.ndarray, level: float, bound: float) -> tuple[np.ndarray, np.ndarray]:
+def _marching_cubes(grid: np.ndarray, level: float, bound: float, measured: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """`measured`: the densities really evaluated, for the error when there is no surface (a coarse-to-fine
+    grid holds stand-in values away from the surface)."""
     dense = grid > level  # NaN compares False: a diverged field counts as empty
     if not dense.any() or dense.all():
-        raise no_surface(grid, level)
+        raise no_surface(grid if measured is None else measured, level)
     del dense
     # a layer of empty samples around the grid closes surfaces that reach the volume's faces
     empty = _empty_value(level)
@@ -119,8 +122,9 @@ def _axis_nodes(resolution: int) -> np.ndarray:
 
 def sample_near_surface(density_fn: Field, resolution: int, bound: float, level: float,
                         device: torch.device | str, chunk: int, progress: ExportProgress | None = None
-                        ) -> np.ndarray:
-    """Densities [R, R, R] at the grid nodes, exact near the level set, a same-side stand-in elsewhere."""
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Densities [R, R, R] at the grid nodes, exact near the level set, a same-side stand-in elsewhere;
+    and the coarse pass's densities, all exact."""
     progress = progress or ExportProgress(None, {})
     axis = torch.linspace(-bound, bound, resolution, device=device)
     nodes = _axis_nodes(resolution)
@@ -164,7 +168,7 @@ def sample_near_surface(density_fn: Field, resolution: int, bound: float, level:
         grid.reshape(-1)[part] = values.cpu().numpy()
         progress.advance()
     progress.finish()
-    return grid
+    return grid, coarse
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:

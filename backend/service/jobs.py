@@ -30,12 +30,11 @@ import numpy as np
 
 from backend.export.files import write_atomically
 from backend.service import protocol
-from backend.service.protocol import JOB_ID
+from backend.service.protocol import FINAL_STATES, JOB_ID
 
 SPEC, STATE, INPUTS, CHECKPOINT, RESULT = "spec.json", "state.json", "inputs", "checkpoint.npz", "result"
 MESH_NPZ, TEXTURE_PNG, ASSET_GLB, NORMAL_PNG = "mesh.npz", "texture.png", "asset.glb", "normal.png"
 _SKELETON = "__state__"  # the checkpoint's JSON skeleton, stored as uint8 inside the .npz
-FINAL_STATES = frozenset({"finished", "failed", "cancelled"})
 
 
 def default_jobs_dir() -> Path:

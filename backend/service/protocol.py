@@ -33,6 +33,7 @@ MESSAGE_TYPES = CLIENT_REQUESTS | SERVER_REPLIES | WORKER_TO_BROKER | BROKER_TO_
 
 TASK_NAMES = frozenset({"generate", "paint"})
 JOB_STATES = frozenset({"queued", "running", "finished", "failed", "cancelled"})
+FINAL_STATES = frozenset({"finished", "failed", "cancelled"})  # a job in one of these never runs again
 DTYPES = frozenset({"uint8", "int32", "int64", "float16", "float32", "float64"})
 
 ERROR_CODES: dict[str, str] = {

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from backend.service.jobs import FINAL_STATES, JobRecord, JobStore
+from backend.service.protocol import FINAL_STATES
+
+if TYPE_CHECKING:  # the job store pulls in the export code (torch): the CLI reads the defaults without it
+    from backend.service.jobs import JobRecord, JobStore
 
 DEFAULT_MAX_AGE_DAYS = 30.0
 DEFAULT_MAX_DISK_GB = 50.0
