@@ -154,17 +154,19 @@ def test_scenes_composite_over_the_random_background():
     cams = replace(CAMS, background=purple)
     config = merge(GenerateConfig(prompt="x"), {"resolution": 8, "render": {"samples": 8},
                                                 "nerf": {"levels": 2, "log2_table_size": 10, "max_resolution": 32}})
-    scene = NeRFScene(config, torch.device("cpu"), torch.Generator().manual_seed(0))
+    cpu = torch.device("cpu")
+    scene = NeRFScene(config.nerf, config.render, config.resolution, cpu, torch.Generator().manual_seed(0),
+                      config.speed.resolve(cpu))
     with torch.no_grad():
         scene.nerf.sigma_net[-1].bias[0] = -30.0  # empty space: every pixel is background
-        latent = scene.render(cams, train=False).image
+        latent = scene.render(cams, 8, "latent", train=False).image
         scene.nerf.rgb = True
-        rgb = scene.render(cams, train=False).image
+        rgb = scene.render(cams, 8, "albedo", train=False).image
     assert torch.allclose(latent, rgb_to_latent(purple)[:, :, None, None].expand_as(latent), atol=1e-4)
     assert torch.allclose(rgb, purple[:, :, None, None].expand_as(rgb), atol=1e-4)
     far = torch.tensor([[5.0, 5.0, 5.0], [6.0, 5.0, 5.0], [5.0, 6.0, 5.0]])  # a triangle no camera sees
     texture = LatentTexture(far, torch.tensor([[0, 1, 2]]), torch.rand(3, 2), 8, torch.Generator().manual_seed(0))
-    image, _ = texture.render(cams, 8)
+    image = texture.render(cams, 8).image
     assert torch.allclose(image, rgb_to_latent(purple)[:, :, None, None].expand_as(image), atol=1e-5)
 
 

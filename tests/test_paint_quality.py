@@ -38,9 +38,10 @@ def known_answer_render_std(guidance: TargetGuidance, faces: np.ndarray, size: i
     """Per-channel std (8-bit levels) of the target's own renders over the pixels that only `faces` cover."""
     cams = Cameras.orbit([30.0, 30.0, 60.0], [0.0, 120.0, 240.0], 1.3, 50.0)
     render = (guidance.render_rgb(cams, size).permute(0, 2, 3, 1) * 255).round().numpy()
-    verts = guidance._vertices
+    target = guidance._targets[0]
+    verts = target.vertices
     clip = torch.einsum("bij,vj->bvi", cams.mvp(), torch.cat([verts, torch.ones_like(verts[:, :1])], -1))
-    ids = rasterize(clip, guidance._faces, (size * 2, size * 2))[..., 3].long().numpy() - 1
+    ids = rasterize(clip, target.faces, (size * 2, size * 2))[..., 3].long().numpy() - 1
     inside = np.isin(ids, faces).reshape(3, size, 2, size, 2).all((2, 4))  # pixels whose samples all hit them
     inside = np.stack([binary_erosion(m) for m in inside])  # and away from their edges
     return float(render[inside].std(0).mean())
@@ -80,10 +81,10 @@ def test_default_sizes_paint_every_face_without_noise(tmp_path):
 class LitTarget(TargetGuidance):
     """The known answer always lit when the cameras carry a light, whatever the painter's shading mode."""
 
-    def render_rgb(self, cameras: Cameras, size: int, supersample: int = 2) -> torch.Tensor:
+    def render_target(self, index: int, cameras: Cameras, size: int, supersample: int = 2) -> torch.Tensor:
         if cameras.light is not None:
             cameras = replace(cameras, shading="lit")
-        return super().render_rgb(cameras, size, supersample)
+        return super().render_target(index, cameras, size, supersample)
 
 
 # the latent stage paints the albedo (its renders are unlit); the lit RGB stage must keep it, not bake light in
