@@ -152,3 +152,9 @@ def service_tiny() -> dict:
     import copy
 
     return copy.deepcopy(SERVICE_TINY)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # files with slow optimisations first, so that with several workers none of them starts last and runs alone
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)

@@ -54,7 +54,12 @@ def job_losses(guidance: StableDiffusionGuidance, speed: dict, latent_steps: int
     """Every step's losses of a tiny generate job (latent stage, then RGB refine through the VAE)."""
     config = from_dict(GenerateConfig, {**TINY, "prompt": "a chair", "speed": {**PLAIN, **speed},
                                         "optim": {"iters": latent_steps},
-                                        "refine": {"iters": refine_steps, "resolution": 32}})
+                                        "refine": {"iters": refine_steps, "resolution": 32,
+                                                   # the orientation term's finite-difference probes touch hash
+                                                   # entries the render barely does; their rounding-level
+                                                   # gradients flip sign between switches, and Adam's ε = 1e-15
+                                                   # turns a flip into a whole step (2e-4 apart a step later)
+                                                   "lambda_orient": 0.0}})
     job = prepare_generate(config, guidance)
     losses = []
     for stage in job.stages:
@@ -163,10 +168,7 @@ def test_auto_is_the_plain_path_on_a_cpu_and_the_fast_one_on_cuda() -> None:
 def test_switches_give_the_plain_losses(sd: StableDiffusionGuidance) -> None:
     plain = job_losses(sd, {})
     assert plain[0].keys() >= {"guidance", "sparsity", "total"}
-    # channels_last reorders the convolutions' sums, so the first steps agree to ~3e-6; after an RGB step,
-    # Adam's ε = 1e-15 turns that rounding into sign flips of barely-touched hash entries (the next step's
-    # orientation term moved by 2e-4), so this comparison ends after the first RGB step
-    assert_same_losses(job_losses(sd, {"channels_last": "on"}, refine_steps=1), plain[:4], rtol=1e-4)
+    assert_same_losses(job_losses(sd, {"channels_last": "on"}), plain, rtol=1e-4)
     assert_same_losses(job_losses(sd, {"fused_optimizer": "on"}), plain, rtol=1e-4)
     # every cell of a fresh field is occupied, so skipping changes nothing; the grid updates on its own RNG
     assert_same_losses(job_losses(sd, {"occupancy": {"enabled": "on", "update_every": 2, "warmup": 0}}), plain,
