@@ -109,8 +109,6 @@ def run_stages(
         start_stage, start_step = int(saved["stage"]), int(saved["step"])
         scene.load_state_dict(saved["scene"])
         generator.set_state(saved["generator"])
-    total_steps = sum(s.iters for s in stages)
-    done_before = sum(s.iters for s in stages[:start_stage]) + start_step
     t0, steps_timed, last_preview = time.perf_counter(), 0, -float("inf")
     losses: dict[str, float] = {}
     for index in range(start_stage, len(stages)):
@@ -120,13 +118,17 @@ def run_stages(
         if saved is not None and index == start_stage and "optimizer" in saved:
             optimizer.load_state_dict(saved["optimizer"])
         on_event(StageStarted(stage.name, stage.iters))
+        stage_t0, stage_timed = time.perf_counter(), 0
+        later_steps = sum(s.iters for s in stages[index + 1:])
         for step in range(first, stage.iters):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"cancelled during {stage.name} at step {step} of {stage.iters}")
             parts = train_step(stage, optimizer, step, position=schedule_position(stages, index, step))
-            steps_timed += 1
+            steps_timed, stage_timed = steps_timed + 1, stage_timed + 1
             now = time.perf_counter()
-            remaining = total_steps - (done_before + steps_timed)
+            # this stage's rest at its own pace (a mesh step can cost ten latent steps), later stages at the job's
+            eta_s = ((now - stage_t0) / stage_timed * (stage.iters - step - 1)
+                     + (now - t0) / steps_timed * later_steps + after_s)
             preview = None
             if stage.preview is not None and now - last_preview >= config.preview_every_s:
                 preview, last_preview = stage.preview(), now
@@ -134,7 +136,7 @@ def run_stages(
             if preview is not None or at_end or (step + 1) % report_every == 0:
                 losses = {k: float(v.detach()) for k, v in parts.items()}
                 on_event(Progress(stage.name, step + 1, stage.iters, losses,
-                                  eta_s=(now - t0) / steps_timed * remaining + after_s, preview=preview))
+                                  eta_s=eta_s, preview=preview))
             if checkpointer is not None and config.checkpoint_every and (
                     (step + 1) % config.checkpoint_every == 0 or at_end):
                 nxt_stage, nxt_step = (index + 1, 0) if at_end else (index, step + 1)

@@ -18,7 +18,6 @@ from backend.cameras import Cameras
 from backend.config import merge
 from backend.guidance.target import TargetGuidance
 from backend.render.rasterize import rasterize
-from backend.scene.latent_texture import LatentTexture
 from backend.tasks.paint import PaintConfig, paint
 
 DEFAULT_SIZES = {"iters": 300, "lr": 5e-2, "loop": {"checkpoint_every": 0}}  # resolution 64, texture 1024
@@ -62,20 +61,18 @@ def test_default_sizes_paint_every_face_without_noise(tmp_path):
     psnr_under = surface_psnr(result.mesh, result.texture, face_colours(target), under)
     # the flat red region: std inside it in the texture vs in the known answer's own renders of it
     flat = flat_faces(target)
-    texel_std = float(result.texture[face_texels(result.mesh, 1024, flat)].astype(np.float32).std(0).mean())
+    # one latent texel (8 texels) in from the charts' edges, as the render's pixels are one pixel in from theirs:
+    # the decoder's upsampling blends a chart's edge with its gutter
+    inner = face_texels(result.mesh, 1024, flat, erode=8)
+    texel_std = float(result.texture[inner].astype(np.float32).std(0).mean())
     render_std = known_answer_render_std(guidance, flat)
-    init = LatentTexture(torch.zeros(1, 3), torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 2), 128,
-                         torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        start = (guidance.decode(init.texture[None])[0].permute(1, 2, 0).numpy() * 255).round()
-    init_std = float(start[face_texels(result.mesh, 1024, flat)].std(0).mean())
     print(f"paint at 1024²/64²: PSNR {psnr:.1f} dB over all {len(target.faces)} faces, {psnr_under:.1f} dB over "
           f"the {len(under)} underside faces; flat-region std {texel_std:.2f} levels (known answer's render "
-          f"{render_std:.2f}, the init noise {init_std:.1f})")
+          f"{render_std:.2f})")
     assert psnr >= 25 and psnr_under >= 25
-    # the init noise is mostly gone (measured: 24 → 3.1 levels); the known answer's own render (≈ 0.1
-    # levels) is not reached at these settings
-    assert texel_std <= init_std / 5
+    # measured 2.7 levels from the flat init (3.1 from the noisy one, whose own std was 24): twice the known
+    # answer's render (0.26 levels) is not reached at these settings
+    assert texel_std <= 4.0, "the flat region is noisy"
 
 
 class LitTarget(TargetGuidance):

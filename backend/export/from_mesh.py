@@ -55,7 +55,7 @@ def export_surface(vertices: torch.Tensor, faces: torch.Tensor, color_fn: Field,
     progress.finish()
     progress.start("unwrap")
     unwrapped = atlas(Mesh(np.asarray(simple.vertices, np.float32), np.asarray(simple.faces, np.int64)),
-                      config.texture_size)
+                      config.texture_size, config.atlas_smoothing)
     progress.finish()
     progress.start("bake")
     mesh = unwrapped.mesh

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from backend.cameras import Cameras
@@ -16,8 +15,7 @@ from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground, solid_backdrop
 from backend.scene.base import SceneRender
 
-INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a noisy, faint red in latent space
-NOISE_CELL = 8  # latent texels per cell of the init noise
+INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a faint red in latent space
 
 
 class LatentTexture(nn.Module):
@@ -25,23 +23,20 @@ class LatentTexture(nn.Module):
 
     Renders sample the texture with trilinear mip-mapping (`filtering`), so every texel under a pixel's
     footprint gets gradient; texels that none ever reached are filled from their seen neighbours
-    (`filled_texture`) instead of keeping the init noise, which has no detail finer than views resolve.
+    (`filled_texture`) instead of keeping the flat init colour.
     RGB renders are shaded by the cameras' light (DreamFusion), so the fine-tuned texture is albedo.
     """
 
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, size: int,
-                 generator: torch.Generator, rgb_size: int = 0, filtering: str = "mipmap") -> None:
+                 rgb_size: int = 0, filtering: str = "mipmap") -> None:
         super().__init__()
         self.register_buffer("vertices", vertices, persistent=False)
         self.register_buffer("faces", faces, persistent=False)
         self.register_buffer("uvs", uvs, persistent=False)
-        init = rgb_to_latent(torch.tensor(INIT_RGB).view(1, 3, 1, 1))[0]
-        # Latent-Paint's noise, drawn at 1/8 of the texture and upsampled: views see (and so correct) the
-        # texture only at their own pixel scale, and noise finer than that would survive every step
-        coarse = torch.randn(1, 4, max(1, size // NOISE_CELL), max(1, size // NOISE_CELL), generator=generator)
-        noise = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0]
-        noise = noise / noise.std().clamp(min=1e-6) if noise.numel() > 4 else noise
-        self.texture = nn.Parameter((init * 0.3 + 0.4 * noise).to(vertices.device))
+        # one flat colour, no noise: views see (and so correct) the texture only at their own pixel scale,
+        # so any init detail finer than that would survive every step as noise in flat regions
+        init = rgb_to_latent(torch.tensor(INIT_RGB).view(1, 3, 1, 1))[0] * 0.3
+        self.texture = nn.Parameter(init.expand(4, size, size).clone().to(vertices.device))
         self.background = DirectionalBackground(4).to(vertices.device)
         # the RGB texture of the optional fine-tuning stage; part of the state so a resumed job keeps it
         self.rgb_texture = nn.Parameter(torch.zeros(3, rgb_size, rgb_size, device=vertices.device))

@@ -168,7 +168,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
 
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
                           torch.as_tensor(mapped.faces, device=device), torch.as_tensor(mapped.uvs, device=device),
-                          config.texture_size // VAE_FACTOR, generator,
+                          config.texture_size // VAE_FACTOR,
                           rgb_size=config.texture_size if config.finetune_iters else 0,
                           filtering=config.texture_filter)
     if selection is not None:
