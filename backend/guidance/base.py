@@ -82,6 +82,15 @@ class Guidance(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
+    def trainable_denoiser(self, rank: int) -> torch.nn.Module:
+        """A trainable ε_φ(z_t, t, c, y) that starts as this prior's conditional prediction (VSD's model of
+        the scene's renders), called as `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w].
+
+        By default the prior plus a small U-Net's zero-initialised residual (`rank` is for LoRAs only)."""
+        from backend.guidance.trainable import ResidualDenoiser
+
+        return ResidualDenoiser(self)
+
     def set_frame(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """Where the task placed the asset (its unit volume in world space); a prior that renders a known
         answer (an analytic target) places that answer the same way. Called once per job, before `prepare`."""

@@ -193,6 +193,19 @@ class StableDiffusionGuidance(Guidance):
                                     self._embeddings_for([prompt.for_view(v) for v in views]))
         return self._tables[prompt]
 
+    def conditional_embeddings(self, prompt: Prompt, cameras: Cameras) -> torch.Tensor:
+        """The prompt's embedding per camera [B, L, D]: its view's when the prompt is view-dependent."""
+        table = self._prompt_table(prompt)[1]
+        if not prompt.view_dependent:
+            return table.expand(cameras.batch, -1, -1)
+        return table[cameras.view_indices().to(table.device)]
+
+    def trainable_denoiser(self, rank: int) -> torch.nn.Module:
+        """A LoRA of this U-Net, conditioned on the camera (see `backend.guidance.lora`)."""
+        from backend.guidance.lora import LoRADenoiser
+
+        return LoRADenoiser(self, rank)
+
     # -- the prior -------------------------------------------------------------------------------------
 
     def predict_noise(
@@ -206,10 +219,8 @@ class StableDiffusionGuidance(Guidance):
         batch = z_t.shape[0]
         if cameras.batch != batch:
             raise ValueError(f"{cameras.batch} cameras for {batch} latents")
-        negative, table = self._prompt_table(prompt)
-        views = cameras.view_indices().to(table.device) if prompt.view_dependent else None
-        cond = table[views] if views is not None else table.expand(batch, -1, -1)
-        uncond = negative.expand_as(cond)
+        cond = self.conditional_embeddings(prompt, cameras)
+        uncond = self._prompt_table(prompt)[0].expand_as(cond)
         t = to_device(torch.as_tensor(t), self.device).reshape(-1).expand(batch)
         with torch.no_grad():
             z_in = z_t.detach().to(self.device, self.unet.dtype)

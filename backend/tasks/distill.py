@@ -21,7 +21,7 @@ from backend.events import EventSink, ignore
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
-from backend.objectives import ObjectiveConfig
+from backend.objectives import Objective, ObjectiveConfig, checkpointed
 from backend.scene.base import SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode
@@ -80,7 +80,7 @@ Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 class DistillStep:
     render: Callable[[Cameras], SceneRender]
     guidance: Guidance
-    objective: Any  # has .loss(z, images, t, prompt, cameras, generator); t on the host, where it is drawn
+    objective: Objective  # t is handed over on the host, where it is drawn
     timesteps: TimestepConfig
     cameras: CameraSampler
     prompt: Prompt
@@ -100,8 +100,8 @@ class DistillStep:
         z = out.image if out.latent else self.guidance.encode(out.image)
         t = sample_timesteps(self.timesteps, step, total, self.batch, self.guidance.num_train_timesteps,
                              self.generator)
-        losses = {"guidance": self.objective.loss(z, images, t, self.prompt, cams, self.generator)}
-        total_loss = losses["guidance"]
+        losses = self.objective.losses(z, images, t, self.prompt, cams, self.generator)
+        total_loss = sum(losses.values())
         for name, (weight, fn) in self.regularisers.items():
             if weight > 0:
                 losses[name] = fn(out, step, total)
@@ -118,10 +118,15 @@ class DistillJob:
     stages: list[Stage]
     generator: torch.Generator
     speed: SpeedConfig  # resolved for the guidance's device
+    objective: Objective  # the stages' objective: its own trainable state is checkpointed with the scene's
 
     def state(self) -> torch.nn.Module:
-        """The parameters a checkpoint saves and a resumed job loads."""
+        """The scene's parameters a checkpoint saves and a resumed job loads."""
         raise NotImplementedError
+
+    def checkpointed(self) -> torch.nn.Module:
+        """Everything a checkpoint holds: the scene's state and the objective's own, if it trains one."""
+        return checkpointed(self.state(), self.objective)
 
     def export_estimate_s(self) -> float:
         """Seconds the export after the stages is expected to take: the ETA covers it."""
@@ -134,7 +139,7 @@ class DistillJob:
     def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.state(), self.generator, self.config.loop, on_event, cancel, checkpointer,
+        run_stages(self.stages, self.checkpointed(), self.generator, self.config.loop, on_event, cancel, checkpointer,
                    report_every=self.speed.report_every, after_s=self.export_estimate_s())
 
 
