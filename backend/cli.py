@@ -67,7 +67,7 @@ class TqdmEvents:
 
 
 COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
-                "method": "objective.name"}
+                "method": "objective.name", "perp_neg": "perp_neg"}
 GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
                   "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution", "looseness": "sketch.looseness"}
 PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
@@ -96,8 +96,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="sd:MODEL (hub id, diffusers folder or .safetensors), target:MESH.glb or "
                         "mixture:FILE.toml (default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
-    p.add_argument("--method", help="sds (default) or hifa (BGT+ with √-annealed timesteps, z-variance and "
-                                    "kernel-smoothed importance sampling)")
+    p.add_argument("--method", help="sds (default), hifa (BGT+ with √-annealed timesteps, z-variance and "
+                                    "kernel-smoothed importance sampling) or vsd (ProlificDreamer: a camera-"
+                                    "conditioned LoRA of the prior, guidance scale 7.5)")
+    p.add_argument("--perp-neg", dest="perp_neg", action="store_const", const="on",
+                   help="Perp-Neg: the other views as negatives perpendicular to the view prompt, against a face on "
+                        "the back (default: on for Stable Diffusion, off for target:/mixture: priors)")
+    p.add_argument("--no-perp-neg", dest="perp_neg", action="store_const", const="off", help="plain view prompts")
     p.add_argument("--quality", choices=tuple(PRESETS),
                    help="a preset schedule, as in the add-on and the service (default standard; draft on a CPU "
                         "takes a fraction of the time)")

@@ -28,6 +28,7 @@ from backend.shading import LightConfig, sample_light, sample_mode
 from backend.speed import SpeedConfig
 
 MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
+PERP_NEG = ("auto", "on", "off")
 MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 
 
@@ -59,6 +60,9 @@ class DistillConfig:
     seed: int = 0
     resolution: int = 64  # training render size (latent pixels)
     view_dependent_prompt: bool = True
+    # Perp-Neg for the view prompts: "auto" follows the prior (on for Stable Diffusion, off for analytic
+    # priors), "on" or "off"
+    perp_neg: str = "auto"
     camera: CameraConfig = field(default_factory=CameraConfig)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -68,6 +72,11 @@ class DistillConfig:
         check_prompt(self.prompt, self.negative)
         check_seed(self.seed)
         check_render_size("resolution", self.resolution)
+        if self.perp_neg not in PERP_NEG:
+            raise ConfigError(f"perp_neg must be one of {', '.join(PERP_NEG)}, got {self.perp_neg!r}")
+        if self.perp_neg == "on" and not self.view_dependent_prompt:
+            raise ConfigError("Perp-Neg needs view-dependent prompts: its negatives are the other views",
+                              "drop --perp-neg or turn view_dependent_prompt back on")
         for part in (self.camera, self.timesteps, self.objective):
             part.validate()
 
@@ -150,7 +159,9 @@ def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
+    perp_neg = config.perp_neg == "on" or (config.perp_neg == "auto" and guidance.perp_neg_by_default)
+    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt,
+                    perp_neg=perp_neg and config.view_dependent_prompt)
     guidance.prepare(prompt)
     return generator, prompt
 
