@@ -87,13 +87,12 @@ class Guidance(ABC):
         return type(self).__name__
 
     def trainable_denoiser(self, rank: int) -> torch.nn.Module:
-        """A trainable ε_φ(z_t, t, c, y) that starts as this prior's conditional prediction (VSD's model of
-        the scene's renders), called as `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w].
+        """A trainable ε_φ(z_t, t, c, y) of the scene's renders (VSD's second model), called as
+        `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w]. `rank` is a LoRA's, where the prior
+        has a U-Net to adapt; by default a small U-Net built in code (see `backend.guidance.trainable`)."""
+        from backend.guidance.trainable import SmallDenoiser
 
-        By default the prior plus a small U-Net's zero-initialised residual (`rank` is for LoRAs only)."""
-        from backend.guidance.trainable import ResidualDenoiser
-
-        return ResidualDenoiser(self)
+        return SmallDenoiser(self.device)
 
     def set_frame(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """Where the task placed the asset (its unit volume in world space); a prior that renders a known

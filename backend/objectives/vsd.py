@@ -1,8 +1,8 @@
 """Variational score distillation (ProlificDreamer).
 
 The scene's renders are treated as samples of a distribution that a second noise predictor ε_φ models: a
-LoRA of the prior's own U-Net (an analytic prior: a small trainable U-Net on top of its own prediction),
-conditioned on the camera c. The scene moves by
+LoRA of the prior's own U-Net (an analytic prior: a small U-Net trained from zero), conditioned on the
+camera c. The scene moves by
 
     ∇θ = w(t)·(ε̂_pretrain(z_t; y, t) − ε_φ(z_t; y, t, c))·∂z/∂θ,   w(t) = 1 − ᾱ_t,
 
