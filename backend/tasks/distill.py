@@ -152,6 +152,12 @@ class DistillJob:
                    report_every=self.speed.report_every, after_s=self.export_estimate_s())
 
 
+def perp_neg_on(config: DistillConfig, guidance: Guidance) -> bool:
+    """Whether the job's view prompts use Perp-Neg: as asked, or by the prior's default for "auto"."""
+    wanted = config.perp_neg == "on" or (config.perp_neg == "auto" and guidance.perp_neg_by_default)
+    return wanted and config.view_dependent_prompt
+
+
 def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame: Frame
            ) -> tuple[torch.Generator, Prompt]:
     """Seed the job, tell the prior where the asset lands and let it prepare for the prompt."""
@@ -159,9 +165,8 @@ def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     guidance.set_frame(frame)
-    perp_neg = config.perp_neg == "on" or (config.perp_neg == "auto" and guidance.perp_neg_by_default)
     prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt,
-                    perp_neg=perp_neg and config.view_dependent_prompt)
+                    perp_neg=perp_neg_on(config, guidance))
     guidance.prepare(prompt)
     return generator, prompt
 
