@@ -7,6 +7,7 @@ the prior (encoding, timesteps, the objective) and the job's plumbing lives here
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,9 @@ class DistillConfig:
     # Perp-Neg for the view prompts: "auto" follows the prior (on for Stable Diffusion, off for analytic
     # priors), "on" or "off"
     perp_neg: str = "auto"
+    # where the asset's front faces in the scene, degrees counter-clockwise about +Z from −Y (Blender's front
+    # view; 90 is +X): "front/side/back view" prompts follow it, and so does a sketch turned by the artist
+    front_yaw: float = 0.0
     camera: CameraConfig = field(default_factory=CameraConfig)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -77,6 +81,9 @@ class DistillConfig:
         if self.perp_neg == "on" and not self.view_dependent_prompt:
             raise ConfigError("Perp-Neg needs view-dependent prompts: its negatives are the other views",
                               "drop --perp-neg or turn view_dependent_prompt back on")
+        if not (isinstance(self.front_yaw, (int, float)) and math.isfinite(self.front_yaw)):
+            raise ConfigError(f"front_yaw must be a finite angle in degrees, got {self.front_yaw!r}",
+                              "0 faces −Y (Blender's front view), 90 faces +X")
         for part in (self.camera, self.timesteps, self.objective):
             part.validate()
 

@@ -144,8 +144,10 @@ def prepare_generate(
     """Wire the scene, renderer, guidance, objective and regularisers for `config` (validated)."""
     device = guidance.device
     speed = config.speed.resolve(device)
-    shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
-    frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
+    shape = (SketchShape(sketch, config.sketch, config.nerf.bound, device, front_yaw=config.front_yaw)
+             if sketch is not None else None)
+    frame = shape.frame if shape is not None else (
+        sketch_frame or guidance.suggested_frame() or Frame()).turned(config.front_yaw)
     generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)

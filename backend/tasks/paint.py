@@ -163,7 +163,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
     device = guidance.device
     speed = config.speed.resolve(device)
-    frame = Frame.fit(mapped.vertices)
+    frame = Frame.fit(mapped.vertices, yaw=config.front_yaw)
     generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
