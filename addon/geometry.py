@@ -38,6 +38,33 @@ class TriangleMesh:
         return (lo + hi) / 2
 
 
+def front_yaw(obj: bpy.types.Object | None) -> float:
+    """Where an object's front (its local −Y, as in Blender's front view) faces in the scene: degrees
+    counter-clockwise about +Z from −Y. 0 for none, or for an object lying on its front."""
+    if obj is None:
+        return 0.0
+    front = -np.array(obj.matrix_world, dtype=np.float64)[:3, 1]
+    if np.hypot(front[0], front[1]) < 1e-6:
+        return 0.0
+    return round(float(np.degrees(np.arctan2(front[0], -front[1]))), 2)
+
+
+def front_of(context: bpy.types.Context) -> float:
+    """The job's front: the active (else the first selected) object's, or the world's for Text Only."""
+    if context.scene.latentforge.mode == "TEXT":
+        return 0.0
+    selected = list(context.selected_objects)
+    active = context.active_object
+    return front_yaw(active if active in selected else (selected[0] if selected else None))
+
+
+def front_label(yaw: float) -> str:
+    """The panel's line about which way is front."""
+    axes = {0.0: "−Y", 90.0: "+X", 180.0: "+Y", -180.0: "+Y", -90.0: "−X"}
+    where = axes.get(yaw, f"{yaw:.0f}° from −Y")
+    return f"Front faces {where}" + (" (Blender's front view)" if yaw == 0.0 else "")
+
+
 def selection_problem(objects: Sequence[bpy.types.Object], single: bool = False) -> str | None:
     """Why these objects cannot be sent (a sentence for the user), or None when they can."""
     if not objects:

@@ -16,6 +16,7 @@ from . import geometry, preferences, results, timers
 from .addresses import parse_address
 from .jobs import Job
 from .local_backend import serve_command
+from .properties import merge
 
 JOB_ID_CHARS = 32
 
@@ -70,6 +71,8 @@ class _SubmitJob(bpy.types.Operator):
             fields = settings.submit_fields(self.task)
             job.extra = settings.extra_overrides()  # an error about one of these points back to them
             arrays = self.arrays(context, job)
+            # view prompts follow the front the artist gave the sketch or mesh; Extra Settings still win
+            fields["overrides"] = merge({"front_yaw": geometry.front_of(context)}, fields["overrides"])
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

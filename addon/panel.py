@@ -60,6 +60,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         if settings.mode == "GENERATE":
             col.prop(settings, "looseness")
         col.prop(settings, "texture_size")
+        layout.label(text=geometry.front_label(geometry.front_of(context)), icon="ORIENTATION_VIEW")
         row = layout.row()
         row.scale_y = 1.5
         if settings.mode == "PAINT":

@@ -38,6 +38,8 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
         items=(
             ("sds", "SDS", "Score distillation (DreamFusion / Latent-NeRF)"),
             ("hifa", "HiFA", "HiFA's multi-step denoising losses and annealed timesteps: sharper, slower"),
+            ("vsd", "VSD", "ProlificDreamer's variational score distillation: trains a LoRA of the model on the "
+                           "object's own views, at a normal guidance scale (7.5): less over-saturated, slower"),
         ),
         default="sds",
     )

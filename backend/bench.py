@@ -43,10 +43,19 @@ from backend.mesh import Mesh
 from backend.methods import method_overrides
 from backend.timing import PartTimer, Timer, untimed
 
-TASKS = {"generate-sds": ("generate", "sds"), "generate-hifa": ("generate", "hifa"), "paint": ("paint", "sds")}
+# name → (task, method, settings): plain CFG unless the name says Perp-Neg, so each method's cost and
+# Perp-Neg's own show apart
+TASKS: dict[str, tuple[str, str, dict]] = {
+    "generate-sds": ("generate", "sds", {"perp_neg": "off"}),
+    "generate-sds-perpneg": ("generate", "sds", {"perp_neg": "on"}),
+    "generate-hifa": ("generate", "hifa", {"perp_neg": "off"}),
+    "generate-vsd": ("generate", "vsd", {"perp_neg": "off"}),
+    "paint": ("paint", "sds", {"perp_neg": "off"}),
+}
 PROMPT = "a wooden rocking chair"
 RANDOM_NOTE = "random weights: compute is the same, quality is not"
-PARTS = ("render", "unet", "vae", "objective", "regularisers", "backward", "optimiser", "other")
+# "vsd_model": VSD's own noise model (a LoRA of the U-Net, or a small U-Net), its forward calls
+PARTS = ("render", "unet", "vae", "vsd_model", "objective", "regularisers", "backward", "optimiser", "other")
 GUIDANCE_PARTS = {"predict_noise": "unet", "encode": "vae", "decode": "vae"}
 CUDA_WARMUP, CPU_WARMUP = 10, 1
 CUDA_REFINE_STEPS = 10
@@ -110,10 +119,15 @@ class Probed:
 
 
 def instrument(stage: Stage, probe: Probe) -> None:
-    """Time the stage's render, objective and regularisers as parts (its guidance is already probed)."""
+    """Time the stage's render, objective (and its own model) and regularisers as parts (its guidance is
+    already probed)."""
     step = stage.step
     step.render = probe.wrap("render", step.render)
-    step.objective = Probed(step.objective, probe, {"loss": "objective"})
+    model = step.objective.trainable
+    if model is not None and not hasattr(model.forward, "probed"):
+        model.forward = probe.wrap("vsd_model", model.forward)
+        model.forward.probed = True
+    step.objective = Probed(step.objective, probe, {"losses": "objective"})
     step.regularisers = {k: (w, probe.wrap("regularisers", fn)) for k, (w, fn) in step.regularisers.items()}
 
 
@@ -224,9 +238,9 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
     from backend.tasks.generate import prepare_generate
     from backend.tasks.paint import prepare_paint
 
-    kind, method = TASKS[name]
+    kind, method, preset = TASKS[name]
     device, steps, warmup = settings.device, settings.steps, settings.warmup
-    config = task_config(kind, method, settings.overrides.get(kind, {}))
+    config = task_config(kind, method, {**preset, **settings.overrides.get(kind, {})})
     probe = Probe(device)
     probed = Probed(guidance, probe, GUIDANCE_PARTS)
     peak_gb(device, reset=True)
@@ -256,6 +270,8 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
         "parts_ms": {p: parts.get(p, 0.0) / part_steps for p in PARTS},
         "peak_memory_gb": peak_gb(device), "host_syncs_per_step": syncs, "host_sync_sites": sync_sites,
         "warmup_s": warmup_s, "speed": dataclasses.asdict(job.speed),
+        # what the objective trains beside the scene (VSD's LoRA and camera MLP)
+        "objective_parameters": sum(p.numel() for g in job.objective.param_groups() for p in g["params"]),
     }
     if kind == "paint":
         from backend.render.mesh_render import rasterizer_for
@@ -269,9 +285,13 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
     return result, config
 
 
-def unet_batch(kind: str, config: Any) -> tuple[int, int]:
-    """(batch, latent size) of the task's U-Net calls: CFG puts each camera's latent in twice."""
-    return 2 * (config.optim.batch if kind == "generate" else 1), config.resolution
+def unet_batch(kind: str, config: Any, guidance: Any) -> tuple[int, int]:
+    """(batch, latent size) of the task's U-Net calls: CFG puts each camera's latent in twice, Perp-Neg
+    (its two negatives) four times."""
+    from backend.tasks.distill import perp_neg_on
+
+    per_camera = 4 if perp_neg_on(config, guidance) else 2
+    return per_camera * (config.optim.batch if kind == "generate" else 1), config.resolution
 
 
 def bench_refine(job: Any, settings: BenchSettings) -> dict | None:
@@ -390,7 +410,7 @@ def run_bench(settings: BenchSettings) -> dict:
     tasks, configs = {}, {}
     for name in settings.tasks:
         tasks[name], configs[name] = bench_task(name, guidance, settings)
-    batches = {name: unet_batch(TASKS[name][0], configs[name]) for name in tasks}
+    batches = {name: unet_batch(TASKS[name][0], configs[name], guidance) for name in tasks}
     # measured after the tasks, so a U-Net the steps compiled is reused rather than compiled again
     floors = {key: unet_floor(guidance, *key, settings) for key in dict.fromkeys(batches.values())}
     for name, result in tasks.items():
@@ -410,7 +430,23 @@ def run_bench(settings: BenchSettings) -> dict:
         "unet_floor": list(floors.values()),
         "tasks": tasks,
         "hifa_breakdown": hifa_breakdown(tasks),
+        "extra_over_sds": extra_over_sds(tasks),
     }
+
+
+def extra_over_sds(tasks: dict[str, dict]) -> dict | None:
+    """Each other generate task's step as generate-sds's (plain CFG) plus each part's extra, same run."""
+    if "generate-sds" not in tasks:
+        return None
+    sds = tasks["generate-sds"]
+    out = {}
+    for name, r in tasks.items():
+        if r["kind"] != "generate" or name == "generate-sds":
+            continue
+        out[name] = {"step_ms": r["ms_per_step"], "ratio_to_sds": r["ms_per_step"] / sds["ms_per_step"],
+                     "extra_ms": {p: r["parts_ms"][p] - sds["parts_ms"][p] for p in PARTS},
+                     "objective_parameters": r["objective_parameters"]}
+    return out or None
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
@@ -424,21 +460,28 @@ def report(doc: dict) -> str:
              f"{doc['model']['source']} in {doc['model']['dtype']}"]
     if doc["note"]:
         lines.append(f"{doc['note']}")
-    head = f"{'task':<14}{'ms/step':>9}{'floor':>8}{'ratio':>7}{'steps/s':>9}{'peak GB':>9}{'refine ms':>11}" \
+    head = f"{'task':<22}{'ms/step':>9}{'floor':>8}{'ratio':>7}{'steps/s':>9}{'peak GB':>9}{'refine ms':>11}" \
            f"{'export s':>10}{'job s':>9}"
     lines += ["", head, "-" * len(head)]
     for name, r in doc["tasks"].items():
         refine = r["refine"]["ms_per_step"] if r["refine"] else None
-        lines.append(f"{name:<14}{r['ms_per_step']:>9.1f}{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}{r['steps_per_s']:>9.2f}"
+        lines.append(f"{name:<22}{r['ms_per_step']:>9.1f}{r['floor_ms']:>8.1f}{r['ratio']:>7.2f}{r['steps_per_s']:>9.2f}"
                      f"{_fmt(r['peak_memory_gb'], '.2f'):>9}{_fmt(refine):>11}{_fmt(r['export_s']):>10}"
                      f"{_fmt(r['job']['total_s'], '.0f'):>9}")
-    head = f"{'ms per part':<14}" + "".join(f"{p:>13}" for p in PARTS)
+    head = f"{'ms per part':<22}" + "".join(f"{p:>13}" for p in PARTS)
     lines += ["", head, "-" * len(head)]
     for name, r in doc["tasks"].items():
-        lines.append(f"{name:<14}" + "".join(f"{r['parts_ms'][p]:>13.2f}" for p in PARTS))
+        lines.append(f"{name:<22}" + "".join(f"{r['parts_ms'][p]:>13.2f}" for p in PARTS))
     floors = ", ".join(f"{f['ms']:.2f} ms ({f['method']}, batch {f['batch']}, {f['latent']}²)"
                        for f in doc["unet_floor"])
     lines += field_report(doc)
+    for name, extra in (doc.get("extra_over_sds") or {}).items():
+        parts = ", ".join(f"{p} {ms:+.1f}" for p, ms in extra["extra_ms"].items() if abs(ms) >= 0.05) or "nothing"
+        count = extra["objective_parameters"]
+        trained = f", training {count:,} more parameters" if count else ""
+        sds_ms = doc["tasks"]["generate-sds"]["ms_per_step"]
+        lines.append(f"{name} = generate-sds {sds_ms:.1f} ms + {parts} ms = {extra['step_ms']:.1f} ms, "
+                     f"{extra['ratio_to_sds']:.2f}× SDS{trained}")
     lines += ["", f"U-Net floor per call: {floors}"]
     missing = {m for r in doc["tasks"].values() for m in r["job"]["missing"]}
     if missing:

@@ -161,10 +161,10 @@ def field_report(doc: dict) -> list[str]:
     lines = []
     rows = {k: r["field"] for k, r in doc["tasks"].items() if r.get("field")}
     if rows:
-        head = f"{'field call':<14}{'points':>9}{'µs/pt f+b':>11}{'call B/pt':>11}{'enc tmp B/pt':>14}{'ratio':>7}"
+        head = f"{'field call':<22}{'points':>9}{'µs/pt f+b':>11}{'call B/pt':>11}{'enc tmp B/pt':>14}{'ratio':>7}"
         lines += ["", head, "-" * len(head)]
         for name, f in rows.items():
-            lines.append(f"{name:<14}{f['points']:>9}{f['field_us_per_point']:>11.3f}"
+            lines.append(f"{name:<22}{f['points']:>9}{f['field_us_per_point']:>11.3f}"
                          f"{f['field_call_bytes_per_point']:>11.0f}{f['encoding_temp_bytes_per_point']:>14.0f}"
                          f"{doc['tasks'][name]['ratio']:>7.2f}")
     hifa = doc.get("hifa_breakdown")

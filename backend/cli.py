@@ -67,7 +67,7 @@ class TqdmEvents:
 
 
 COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
-                "method": "objective.name"}
+                "method": "objective.name", "perp_neg": "perp_neg", "front": "front_yaw"}
 GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
                   "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution", "looseness": "sketch.looseness"}
 PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
@@ -89,6 +89,20 @@ def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     return o
 
 
+FRONTS = {"-y": 0.0, "+x": 90.0, "+y": 180.0, "-x": -90.0}
+
+
+def front_arg(text: str) -> float:
+    """--front: an axis (-y, +x, +y, -x) or degrees counter-clockwise about +Z from -y."""
+    text = text.strip().lower()
+    if text in FRONTS or (len(text) == 1 and f"+{text}" in FRONTS):
+        return FRONTS.get(text, FRONTS.get(f"+{text}", 0.0))
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an axis ({', '.join(FRONTS)}) or an angle") from None
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to make, e.g. 'a red toadstool'")
     p.add_argument("--negative", help="what to avoid (classifier-free guidance's negative prompt)")
@@ -96,8 +110,16 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="sd:MODEL (hub id, diffusers folder or .safetensors), target:MESH.glb or "
                         "mixture:FILE.toml (default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
-    p.add_argument("--method", help="sds (default) or hifa (BGT+ with √-annealed timesteps, z-variance and "
-                                    "kernel-smoothed importance sampling)")
+    p.add_argument("--method", help="sds (default), hifa (BGT+ with √-annealed timesteps, z-variance and "
+                                    "kernel-smoothed importance sampling) or vsd (ProlificDreamer: a camera-"
+                                    "conditioned LoRA of the prior, guidance scale 7.5)")
+    p.add_argument("--perp-neg", dest="perp_neg", action="store_const", const="on",
+                   help="Perp-Neg: the other views as negatives perpendicular to the view prompt, against a face on "
+                        "the back (default: on for Stable Diffusion, off for target:/mixture: priors)")
+    p.add_argument("--no-perp-neg", dest="perp_neg", action="store_const", const="off", help="plain view prompts")
+    p.add_argument("--front", type=front_arg, metavar="-y|+x|+y|-x|DEGREES",
+                   help="which way the asset's front faces in the scene, for the view prompts (default -y, "
+                        "Blender's front view; or degrees counter-clockwise about +Z from -y)")
     p.add_argument("--quality", choices=tuple(PRESETS),
                    help="a preset schedule, as in the add-on and the service (default standard; draft on a CPU "
                         "takes a fraction of the time)")

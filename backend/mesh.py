@@ -32,26 +32,44 @@ class Mesh:
 
 @dataclass(frozen=True)
 class Frame:
-    """Maps an input's coordinates into the optimisation's unit volume and back."""
+    """Maps an input's coordinates into the optimisation's unit volume and back.
+
+    The unit volume's front faces −Y (Blender's front view, where azimuth 0° cameras look from): `yaw` is
+    where the asset's front faces in the world, in degrees counter-clockwise about +Z from −Y (90: +X), so
+    view prompts follow the asset's own front and not the world's.
+    """
 
     center: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    scale: float = 1.0  # unit = (world − center) · scale
+    scale: float = 1.0  # unit = R(−yaw)·(world − center) · scale
+    yaw: float = 0.0
 
     @staticmethod
-    def fit(vertices: np.ndarray, radius: float = 0.5) -> Frame:
+    def fit(vertices: np.ndarray, radius: float = 0.5, yaw: float = 0.0) -> Frame:
         """The frame that centres the bounding box and fits the vertices in a sphere of `radius`."""
         lo, hi = vertices.min(0), vertices.max(0)
         center = (lo + hi) / 2
         extent = float(np.linalg.norm(vertices - center, axis=1).max())
         if not np.isfinite(extent) or extent <= 0:
             raise InputError("the mesh has no extent (all vertices coincide)", "check the selection")
-        return Frame(tuple(float(c) for c in center), radius / extent)
+        return Frame(tuple(float(c) for c in center), radius / extent, yaw)
+
+    def turned(self, yaw: float) -> Frame:
+        """The same placement with the asset's front facing `yaw`."""
+        return replace(self, yaw=float(yaw))
+
+    def _rotation(self) -> np.ndarray:
+        """R(−yaw) about +Z: world directions → unit-volume directions."""
+        a = np.deg2rad(-self.yaw)
+        return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
 
     def to_unit(self, points: np.ndarray) -> np.ndarray:
-        return ((points - np.asarray(self.center)) * self.scale).astype(np.float32)
+        shifted = (np.asarray(points, np.float64) - np.asarray(self.center)) * self.scale
+        return (shifted @ self._rotation().T).astype(np.float32) if self.yaw else shifted.astype(np.float32)
 
     def from_unit(self, points: np.ndarray) -> np.ndarray:
-        return (points / self.scale + np.asarray(self.center)).astype(np.float32)
+        points = np.asarray(points, np.float64)
+        turned = points @ self._rotation() if self.yaw else points
+        return (turned / self.scale + np.asarray(self.center)).astype(np.float32)
 
 
 def validate_mesh(mesh: Mesh, what: str = "mesh", max_faces: int = MAX_FACES) -> Mesh:

@@ -23,6 +23,12 @@ METHODS: dict[str, dict] = {
         # box, 0 loses about 0.06 IoU and 2e4 costs colour accuracy
         "optim": {"lambda_zvar": 2000.0},
     },
+    "vsd": {
+        # ProlificDreamer: the LoRA's model of the renders replaces SDS's huge guidance scale
+        "objective": {"guidance_scale": 7.5,
+                      "vsd": {"lora_rank": 4, "lora_lr": 1e-4, "lora_timesteps": {"t_min": 0.0, "t_max": 1.0}}},
+        "timesteps": {"schedule": "uniform", "t_min": 0.02, "t_max": 0.98},
+    },
 }
 
 

@@ -49,12 +49,12 @@ class SketchShape:
     """A sketch mesh placed in the unit volume, with its precomputed occupancy and distance grids."""
 
     def __init__(self, sketch: Mesh, config: SketchConfig, bound: float = 1.0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", front_yaw: float = 0.0) -> None:
         config.validate()
         sketch = validate_mesh(sketch, "sketch")
         self.config = config
         self.bound = bound
-        self.frame = Frame.fit(sketch.vertices, config.radius)
+        self.frame = Frame.fit(sketch.vertices, config.radius, front_yaw)  # the front the artist gave it
         self.vertices, self.faces = self.frame.to_unit(sketch.vertices), sketch.faces
         n = config.grid_resolution
         axis = np.linspace(-bound, bound, n)

@@ -324,3 +324,19 @@ def test_text_only_results_move_to_the_cursor_and_fetched_ones_stay_put() -> Non
     world, anchor = operators.placement(jobs.Job(scene=0, task="fetch"), vertices)
     np.testing.assert_array_equal(world, vertices)
     assert anchor == (0.0, 0.0, 1.0)
+
+
+def test_the_front_follows_the_turned_sketch_and_the_panel_says_where(bpy: ModuleType) -> None:
+    geometry, panel = support.submodule("geometry"), support.submodule("panel")
+    _, timers, _ = support.modules()
+    timers.runtime()
+    cube = add(bpy, "cube", (1.0, 0.0, 0.0), size=1.0)
+    bpy.context.view_layer.update()
+    assert geometry.front_of(bpy.context) == 0.0
+    assert ("label", "Front faces −Y (Blender's front view)") in draw(bpy, panel.VIEW3D_PT_latentforge)
+    cube.rotation_euler = (0.0, 0.0, math.radians(90))  # the artist turns the blockout to face +X
+    bpy.context.view_layer.update()
+    assert geometry.front_of(bpy.context) == pytest.approx(90.0)
+    assert ("label", "Front faces +X") in draw(bpy, panel.VIEW3D_PT_latentforge)
+    bpy.context.scene.latentforge.mode = "TEXT"  # text only lands at the cursor, facing the world's front
+    assert geometry.front_of(bpy.context) == 0.0

@@ -52,7 +52,8 @@ def sd() -> StableDiffusionGuidance:
 def job_losses(guidance: StableDiffusionGuidance, speed: dict, latent_steps: int = 3,
                refine_steps: int = 2) -> list[dict[str, float]]:
     """Every step's losses of a tiny generate job (latent stage, then RGB refine through the VAE)."""
-    config = from_dict(GenerateConfig, {**TINY, "prompt": "a chair", "speed": {**PLAIN, **speed},
+    # plain CFG: Perp-Neg's projections scale the switches' float rounding up past these tolerances
+    config = from_dict(GenerateConfig, {**TINY, "prompt": "a chair", "perp_neg": "off", "speed": {**PLAIN, **speed},
                                         "optim": {"iters": latent_steps},
                                         "refine": {"iters": refine_steps, "resolution": 32,
                                                    # the orientation term's finite-difference probes touch hash
@@ -135,8 +136,8 @@ def test_storage_tracker_follows_allocations_until_they_are_freed() -> None:
 
 
 def test_bench_refuses_an_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--device", "cpu", "--arch", "tiny", "--tasks", "generate-vsd"]) == 2
-    assert "generate-vsd" in capsys.readouterr().err
+    assert main(["bench", "--device", "cpu", "--arch", "tiny", "--tasks", "generate-nope"]) == 2
+    assert "generate-nope" in capsys.readouterr().err
 
 
 def test_the_paint_benchmark_mesh_is_valid_and_closed_outwards() -> None:
@@ -333,3 +334,21 @@ def test_a_short_job_with_skipping_keeps_its_losses() -> None:
 
 
 SKIP_STEPS, SKIP_RTOL = 16, 0.01  # measured: 0.08 % at most
+
+
+def test_bench_reports_vsd_and_perp_neg_over_sds(tmp_path: Path) -> None:
+    small = {"generate": {key: TINY[key] for key in ("resolution", "nerf", "render")}}
+    (tmp_path / "small.json").write_text(json.dumps(small))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--steps", "2", "--arch", "tiny", "--no-export", "--refine-steps", "0",
+                 "--tasks", "generate-sds,generate-sds-perpneg,generate-vsd", "--config", str(tmp_path / "small.json"),
+                 "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert sorted(f["batch"] for f in doc["unet_floor"]) == [2, 4]  # Perp-Neg's call holds its two negatives
+    tasks, extra = doc["tasks"], doc["extra_over_sds"]
+    assert tasks["generate-sds"]["objective_parameters"] == 0 and tasks["generate-sds"]["parts_ms"]["vsd_model"] == 0
+    assert tasks["generate-vsd"]["objective_parameters"] > 0 and tasks["generate-vsd"]["parts_ms"]["vsd_model"] > 0
+    assert tasks["generate-vsd"]["parts_ms"]["objective"] > 0
+    assert extra.keys() == {"generate-sds-perpneg", "generate-vsd"}
+    assert extra["generate-sds-perpneg"]["extra_ms"]["unet"] > 0
+    assert all(task["unet_calls_per_step"] == 1 for task in tasks.values())

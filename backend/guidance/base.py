@@ -21,6 +21,7 @@ class Prompt:
     text: str
     negative: str = ""
     view_dependent: bool = True  # append "front view" / "side view" / ... by camera
+    perp_neg: bool = False  # the other views as Perp-Neg negatives (see `backend.guidance.perp_neg`)
 
     def for_view(self, view: str) -> str:
         return f"{self.text}, {view} view" if self.view_dependent else self.text
@@ -40,6 +41,9 @@ class Guidance(ABC):
     #: approximation (not what its VAE makes of a flat colour), and it needs no contrast to see a white
     #: object on white (Latent-NeRF trains the learned background on every step). Analytic priors: 0.5.
     random_background: float = 0.0
+    #: whether Perp-Neg is on for view-dependent prompts unless a job says otherwise. Stable Diffusion: yes.
+    #: Analytic priors: no (their captions carry no views, so it would reduce to plain CFG at twice the cost).
+    perp_neg_by_default: bool = False
 
     @property
     def num_train_timesteps(self) -> int:
@@ -81,6 +85,14 @@ class Guidance(ABC):
 
     def describe(self) -> str:
         return type(self).__name__
+
+    def trainable_denoiser(self, rank: int) -> torch.nn.Module:
+        """A trainable ε_φ(z_t, t, c, y) of the scene's renders (VSD's second model), called as
+        `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w]. `rank` is a LoRA's, where the prior
+        has a U-Net to adapt; by default a small U-Net built in code (see `backend.guidance.trainable`)."""
+        from backend.guidance.trainable import SmallDenoiser
+
+        return SmallDenoiser(self.device)
 
     def set_frame(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """Where the task placed the asset (its unit volume in world space); a prior that renders a known

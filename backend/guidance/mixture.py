@@ -12,6 +12,10 @@ Captions match by words: a caption matches a prompt when every word of the capti
 view-dependent suffix such as ", front view" is not part of the prompt). A prompt no caption matches is
 an error that lists the captions.
 
+A caption may end in a view suffix itself ("a mug, front view"): with view-dependent prompts, a camera's
+conditional distribution is then the matching captions that name its view, else those that name no view,
+else every matching caption, so the prior's front can differ from its back as a text-to-image model's does.
+
 A mixture file is TOML with one `[[target]]` table per mesh:
 
     [[target]]
@@ -44,11 +48,22 @@ def words(text: str) -> frozenset[str]:
     return frozenset(re.findall(r"[a-z0-9]+", text.lower())) - IGNORED_WORDS
 
 
-def mixture_denoise(z_t: torch.Tensor, alpha_bar: torch.Tensor, z_star: torch.Tensor) -> torch.Tensor:
-    """x̂ [B, C, H, W]: the posterior mean of z_0 under a uniform mixture of point masses z_star [K, B, C, H, W]."""
+def caption_view(caption: str) -> int | None:
+    """The index into `VIEWS` of a caption's own view suffix, or None."""
+    found = _VIEW_SUFFIX.search(caption)
+    return None if found is None else VIEWS.index(found.group(0).split()[-2].lower())
+
+
+def mixture_denoise(z_t: torch.Tensor, alpha_bar: torch.Tensor, z_star: torch.Tensor,
+                    members: torch.Tensor | None = None) -> torch.Tensor:
+    """x̂ [B, C, H, W]: the posterior mean of z_0 under a uniform mixture of point masses z_star [K, B, C, H, W]
+    (per latent, only the masses where `members` [K, B] is true)."""
     a = alpha_bar.view(1, -1, 1, 1, 1).to(z_t)
     d2 = ((z_t[None] - a.sqrt() * z_star) ** 2).flatten(2).sum(-1)  # [K, B]
-    pi = torch.softmax(-d2 / (2 * (1 - a.view(1, -1))), dim=0)
+    logits = -d2 / (2 * (1 - a.view(1, -1)))
+    if members is not None:
+        logits = logits.masked_fill(~members, float("-inf"))
+    pi = torch.softmax(logits, dim=0)
     return (pi[..., None, None, None] * z_star).sum(0)
 
 
@@ -62,12 +77,13 @@ class MixtureGuidance(AnalyticGuidance):
         for caption, w in zip(captions, self._words, strict=True):
             if not w:
                 raise InputError(f"the mixture caption {caption!r} has no words to match a prompt by")
-        seen: dict[frozenset[str], str] = {}
-        for caption, w in zip(captions, self._words, strict=True):
-            if w in seen:
-                raise InputError(f"the mixture captions {seen[w]!r} and {caption!r} are the same words",
+        self._views = [caption_view(c) for c in captions]
+        seen: dict[tuple[frozenset[str], int | None], str] = {}
+        for caption, key in zip(captions, zip(self._words, self._views, strict=True), strict=True):
+            if key in seen:
+                raise InputError(f"the mixture captions {seen[key]!r} and {caption!r} are the same words",
                                  "give every target its own caption")
-            seen[w] = caption
+            seen[key] = caption
         super().__init__(meshes, device, background, names=[f"mixture target {c!r}'s mesh" for c in captions])
         self.meshes = meshes
 
@@ -87,6 +103,18 @@ class MixtureGuidance(AnalyticGuidance):
                              "use every word of one caption in the prompt")
         return found
 
+    def members(self, prompt: Prompt, cameras: Cameras) -> torch.Tensor:
+        """[K, B]: which targets the conditional distribution of each camera's prompt holds."""
+        matched = torch.zeros(len(self.captions), dtype=torch.bool, device=self.device)
+        matched[self.matching(prompt)] = True
+        members = matched[:, None].expand(-1, cameras.batch)
+        if not prompt.view_dependent or all(v is None for v in self._views):
+            return members
+        views = torch.tensor([-1 if v is None else v for v in self._views], device=self.device)[:, None]
+        named = members & (views == cameras.view_indices().to(self.device)[None])  # captions naming the view
+        plain = members & (views == -1)  # else the captions that name none, else every match
+        return torch.where(named.any(0), named, torch.where(plain.any(0), plain, members))
+
     def prepare(self, prompt: Prompt) -> None:
         self.matching(prompt)  # an unmatched prompt fails before the first step
 
@@ -95,9 +123,8 @@ class MixtureGuidance(AnalyticGuidance):
         with torch.no_grad():
             z_star = self.all_target_latents(cameras, z_t.shape[-1]).to(z_t)
             a = self.alphas_cumprod[t]
-            members = torch.as_tensor(self.matching(prompt), device=z_star.device)
             eps_uncond = epsilon_of(z_t, a, mixture_denoise(z_t, a, z_star))
-            eps_cond = epsilon_of(z_t, a, mixture_denoise(z_t, a, z_star[members]))
+            eps_cond = epsilon_of(z_t, a, mixture_denoise(z_t, a, z_star, self.members(prompt, cameras)))
             return (eps_uncond + guidance_scale * (eps_cond - eps_uncond)).float()
 
     def describe(self) -> str:

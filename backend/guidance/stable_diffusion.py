@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from backend.cameras import VIEWS, Cameras
 from backend.errors import InputError, LatentForgeError, ModelNotFoundError
 from backend.guidance.base import Guidance, Prompt, v_to_epsilon
+from backend.guidance.perp_neg import combine, view_mix
 from backend.speed import SpeedConfig
 from backend.transfer import to_device
 
@@ -47,10 +48,13 @@ _LOAD_ERRORS = (OSError, ValueError)
 
 
 class StableDiffusionGuidance(Guidance):
-    """ε̂(z_t; y, t) from a Stable Diffusion U-Net with classifier-free guidance.
+    """ε̂(z_t; y, t) from a Stable Diffusion U-Net with classifier-free guidance (and Perp-Neg when the prompt
+    asks for it).
 
     Build it with `StableDiffusionGuidance.load(model)`; the constructor takes loaded components.
     """
+
+    perp_neg_by_default = True
 
     def __init__(self, pipe: StableDiffusionPipeline, device: torch.device | str, name: str) -> None:
         self.device = torch.device(device)
@@ -193,6 +197,19 @@ class StableDiffusionGuidance(Guidance):
                                     self._embeddings_for([prompt.for_view(v) for v in views]))
         return self._tables[prompt]
 
+    def conditional_embeddings(self, prompt: Prompt, cameras: Cameras) -> torch.Tensor:
+        """The prompt's embedding per camera [B, L, D]: its view's when the prompt is view-dependent."""
+        table = self._prompt_table(prompt)[1]
+        if not prompt.view_dependent:
+            return table.expand(cameras.batch, -1, -1)
+        return table[cameras.view_indices().to(table.device)]
+
+    def trainable_denoiser(self, rank: int) -> torch.nn.Module:
+        """A LoRA of this U-Net, conditioned on the camera (see `backend.guidance.lora`)."""
+        from backend.guidance.lora import LoRADenoiser
+
+        return LoRADenoiser(self, rank)
+
     # -- the prior -------------------------------------------------------------------------------------
 
     def predict_noise(
@@ -207,19 +224,28 @@ class StableDiffusionGuidance(Guidance):
         if cameras.batch != batch:
             raise ValueError(f"{cameras.batch} cameras for {batch} latents")
         negative, table = self._prompt_table(prompt)
-        views = cameras.view_indices().to(table.device) if prompt.view_dependent else None
-        cond = table[views] if views is not None else table.expand(batch, -1, -1)
-        uncond = negative.expand_as(cond)
+        perp_neg = prompt.perp_neg and prompt.view_dependent
+        if perp_neg:  # [positive blend, negative 1, negative 2], each [B, L, D]
+            pos_idx, pos_w, neg_idx, neg_w = (v.to(table.device) for v in view_mix(cameras))
+            cond = torch.cat([(pos_w[..., None, None] * table[pos_idx]).sum(1), *table[neg_idx].unbind(1)])
+        else:
+            cond = self.conditional_embeddings(prompt, cameras)
+        parts = 1 + cond.shape[0] // batch
         t = to_device(torch.as_tensor(t), self.device).reshape(-1).expand(batch)
         with torch.no_grad():
             z_in = z_t.detach().to(self.device, self.unet.dtype)
-            raw = self.run_unet(torch.cat([z_in, z_in]), torch.cat([t, t]),
-                                torch.cat([uncond, cond]).to(self.unet.dtype))
+            # one U-Net call for the unconditional and every conditional prediction
+            raw = self.run_unet(z_in.repeat(parts, 1, 1, 1), t.repeat(parts),
+                                torch.cat([negative.expand(batch, -1, -1), cond]).to(self.unet.dtype))
             out = raw.float()
             if out is raw and self._speed[1] == "reduce-overhead":
                 out = out.clone()  # the graph's own output buffer: the next replay overwrites it
-            out_uncond, out_cond = out.chunk(2)
-            guided = out_uncond + guidance_scale * (out_cond - out_uncond)
+            out_uncond, out_cond, *out_neg = out.chunk(parts)
+            if perp_neg:
+                # scale-invariant in the model's output, so v-predictions combine as ε's would
+                guided = combine(out_uncond, out_cond, torch.stack(out_neg), neg_w.to(out), guidance_scale)
+            else:
+                guided = out_uncond + guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
                 # linear in the model output, so converting after the guidance equals converting each
                 guided = v_to_epsilon(guided, z_t.detach().float(), self.alphas_cumprod[t.long()])

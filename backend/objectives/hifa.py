@@ -28,6 +28,7 @@ from backend.cameras import Cameras
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
 from backend.latent import resize
+from backend.objectives.base import Objective
 from backend.transfer import to_device
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class BGTConfig:
             raise ConfigError(f"objective.hifa.eta must be in [0, 1], got {self.eta}")
 
 
-class BGT:
+class BGT(Objective):
     """BGT+ (BGT when λ_rgb = 0). Built from the objective config's `hifa` table and a guidance."""
 
     def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:

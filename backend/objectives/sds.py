@@ -14,6 +14,7 @@ import torch
 from backend.cameras import Cameras
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
+from backend.objectives.base import Objective
 from backend.transfer import to_device
 
 
@@ -31,7 +32,7 @@ class ObjectiveConfig:
             raise ConfigError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
 
 
-class SDS:
+class SDS(Objective):
     def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
         self.config = config
         self.guidance = guidance

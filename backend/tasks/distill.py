@@ -7,6 +7,7 @@ the prior (encoding, timesteps, the objective) and the job's plumbing lives here
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,13 +22,14 @@ from backend.events import EventSink, ignore
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
-from backend.objectives import ObjectiveConfig
+from backend.objectives import Objective, ObjectiveConfig, checkpointed
 from backend.scene.base import SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode
 from backend.speed import SpeedConfig
 
 MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
+PERP_NEG = ("auto", "on", "off")
 MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 
 
@@ -59,6 +61,12 @@ class DistillConfig:
     seed: int = 0
     resolution: int = 64  # training render size (latent pixels)
     view_dependent_prompt: bool = True
+    # Perp-Neg for the view prompts: "auto" follows the prior (on for Stable Diffusion, off for analytic
+    # priors), "on" or "off"
+    perp_neg: str = "auto"
+    # where the asset's front faces in the scene, degrees counter-clockwise about +Z from −Y (Blender's front
+    # view; 90 is +X): "front/side/back view" prompts follow it, and so does a sketch turned by the artist
+    front_yaw: float = 0.0
     camera: CameraConfig = field(default_factory=CameraConfig)
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -68,6 +76,14 @@ class DistillConfig:
         check_prompt(self.prompt, self.negative)
         check_seed(self.seed)
         check_render_size("resolution", self.resolution)
+        if self.perp_neg not in PERP_NEG:
+            raise ConfigError(f"perp_neg must be one of {', '.join(PERP_NEG)}, got {self.perp_neg!r}")
+        if self.perp_neg == "on" and not self.view_dependent_prompt:
+            raise ConfigError("Perp-Neg needs view-dependent prompts: its negatives are the other views",
+                              "drop --perp-neg or turn view_dependent_prompt back on")
+        if not (isinstance(self.front_yaw, (int, float)) and math.isfinite(self.front_yaw)):
+            raise ConfigError(f"front_yaw must be a finite angle in degrees, got {self.front_yaw!r}",
+                              "0 faces −Y (Blender's front view), 90 faces +X")
         for part in (self.camera, self.timesteps, self.objective):
             part.validate()
 
@@ -80,7 +96,7 @@ Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 class DistillStep:
     render: Callable[[Cameras], SceneRender]
     guidance: Guidance
-    objective: Any  # has .loss(z, images, t, prompt, cameras, generator); t on the host, where it is drawn
+    objective: Objective  # t is handed over on the host, where it is drawn
     timesteps: TimestepConfig
     cameras: CameraSampler
     prompt: Prompt
@@ -100,8 +116,8 @@ class DistillStep:
         z = out.image if out.latent else self.guidance.encode(out.image)
         t = sample_timesteps(self.timesteps, step, total, self.batch, self.guidance.num_train_timesteps,
                              self.generator)
-        losses = {"guidance": self.objective.loss(z, images, t, self.prompt, cams, self.generator)}
-        total_loss = losses["guidance"]
+        losses = self.objective.losses(z, images, t, self.prompt, cams, self.generator)
+        total_loss = sum(losses.values())
         for name, (weight, fn) in self.regularisers.items():
             if weight > 0:
                 losses[name] = fn(out, step, total)
@@ -118,10 +134,15 @@ class DistillJob:
     stages: list[Stage]
     generator: torch.Generator
     speed: SpeedConfig  # resolved for the guidance's device
+    objective: Objective  # the stages' objective: its own trainable state is checkpointed with the scene's
 
     def state(self) -> torch.nn.Module:
-        """The parameters a checkpoint saves and a resumed job loads."""
+        """The scene's parameters a checkpoint saves and a resumed job loads."""
         raise NotImplementedError
+
+    def checkpointed(self) -> torch.nn.Module:
+        """Everything a checkpoint holds: the scene's state and the objective's own, if it trains one."""
+        return checkpointed(self.state(), self.objective)
 
     def export_estimate_s(self) -> float:
         """Seconds the export after the stages is expected to take: the ETA covers it."""
@@ -134,8 +155,14 @@ class DistillJob:
     def run(self, on_event: EventSink = ignore, cancel: threading.Event | None = None,
             job_dir: str | Path | None = None) -> None:
         checkpointer = Checkpointer(Path(job_dir)) if job_dir is not None else None
-        run_stages(self.stages, self.state(), self.generator, self.config.loop, on_event, cancel, checkpointer,
+        run_stages(self.stages, self.checkpointed(), self.generator, self.config.loop, on_event, cancel, checkpointer,
                    report_every=self.speed.report_every, after_s=self.export_estimate_s())
+
+
+def perp_neg_on(config: DistillConfig, guidance: Guidance) -> bool:
+    """Whether the job's view prompts use Perp-Neg: as asked, or by the prior's default for "auto"."""
+    wanted = config.perp_neg == "on" or (config.perp_neg == "auto" and guidance.perp_neg_by_default)
+    return wanted and config.view_dependent_prompt
 
 
 def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame: Frame
@@ -145,7 +172,8 @@ def set_up(config: DistillConfig, guidance: Guidance, speed: SpeedConfig, frame:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     guidance.set_frame(frame)
-    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt)
+    prompt = Prompt(config.prompt, config.negative, config.view_dependent_prompt,
+                    perp_neg=perp_neg_on(config, guidance))
     guidance.prepare(prompt)
     return generator, prompt
 

@@ -144,8 +144,10 @@ def prepare_generate(
     """Wire the scene, renderer, guidance, objective and regularisers for `config` (validated)."""
     device = guidance.device
     speed = config.speed.resolve(device)
-    shape = SketchShape(sketch, config.sketch, config.nerf.bound, device) if sketch is not None else None
-    frame = shape.frame if shape is not None else (sketch_frame or guidance.suggested_frame() or Frame())
+    shape = (SketchShape(sketch, config.sketch, config.nerf.bound, device, front_yaw=config.front_yaw)
+             if sketch is not None else None)
+    frame = shape.frame if shape is not None else (
+        sketch_frame or guidance.suggested_frame() or Frame()).turned(config.front_yaw)
     generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)
@@ -170,13 +172,13 @@ def prepare_generate(
 
     def enter_latent() -> torch.optim.Optimizer:
         nerf.rgb, scene.size = False, config.resolution
-        return speed.adam(nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale), betas=(0.9, 0.99),
-                          eps=1e-15)
+        return speed.adam(nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale) + objective.param_groups(),
+                          betas=(0.9, 0.99), eps=1e-15)
 
     def enter_refine() -> torch.optim.Optimizer:
         nerf.rgb, scene.size = True, config.refine.resolution
-        return speed.adam(nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale), betas=(0.9, 0.99),
-                          eps=1e-15)
+        return speed.adam(nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale) + objective.param_groups(),
+                          betas=(0.9, 0.99), eps=1e-15)
 
     stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
     if config.refine.iters:
@@ -186,8 +188,8 @@ def prepare_generate(
     if config.mesh.iters:
         mesh = DMTetScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
         stages.append(mesh_stage(config, mesh, replace(step, regularisers={}), speed))
-    return GenerateJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, frame=frame,
-                       device=device, mesh=mesh)
+    return GenerateJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
+                       scene=scene, frame=frame, device=device, mesh=mesh)
 
 
 def mesh_stage(config: GenerateConfig, mesh: DMTetScene, step: DistillStep, speed: FieldSpeedConfig) -> Stage:
@@ -206,8 +208,8 @@ def mesh_stage(config: GenerateConfig, mesh: DMTetScene, step: DistillStep, spee
     def enter() -> torch.optim.Optimizer:
         nerf.rgb = True
         mesh.dmtet.init_from_density(nerf.density, config.export.density_threshold, c.init_clamp)
-        return speed.adam(mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale),
-                          betas=(0.9, 0.99), eps=1e-15)
+        return speed.adam(mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale)
+                          + step.objective.param_groups(), betas=(0.9, 0.99), eps=1e-15)
 
     return Stage("mesh", c.iters, enter, mesh_step, mesh.preview)
 

@@ -163,7 +163,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
     device = guidance.device
     speed = config.speed.resolve(device)
-    frame = Frame.fit(mapped.vertices)
+    frame = Frame.fit(mapped.vertices, yaw=config.front_yaw)
     generator, prompt = set_up(config, guidance, speed, frame)
 
     scene = LatentTexture(torch.as_tensor(frame.to_unit(mapped.vertices), device=device),
@@ -189,16 +189,18 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         return to_preview(out.image, out.latent)
 
     sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
-    step = DistillStep(render, guidance, OBJECTIVES[config.objective.name](config.objective, guidance),
-                       config.timesteps, sampler, prompt, generator)
+    objective = OBJECTIVES[config.objective.name](config.objective, guidance)
+    step = DistillStep(render, guidance, objective, config.timesteps, sampler, prompt, generator)
 
     def enter_latent() -> torch.optim.Optimizer:
-        return speed.adam([scene.texture, *scene.background.parameters()], lr=config.lr)
+        return speed.adam([{"params": [scene.texture, *scene.background.parameters()]}, *objective.param_groups()],
+                          lr=config.lr)
 
     def enter_finetune() -> torch.optim.Optimizer:
         scene.start_rgb(decoded())
         size["px"] = config.finetune_resolution
-        return speed.adam([scene.rgb_texture, *scene.background.parameters()], lr=config.lr)
+        return speed.adam([{"params": [scene.rgb_texture, *scene.background.parameters()]},
+                           *objective.param_groups()], lr=config.lr)
 
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
@@ -206,8 +208,8 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         lit_step = replace(step, lighting=config.light)
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview,
                             restart_schedules=config.finetune_restart_schedules))
-    return PaintJob(config=config, stages=stages, generator=generator, speed=speed, scene=scene, mapped=mapped,
-                    vertex_map=vertex_map, decoded=decoded, selection=selection)
+    return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
+                    scene=scene, mapped=mapped, vertex_map=vertex_map, decoded=decoded, selection=selection)
 
 
 def paint(
