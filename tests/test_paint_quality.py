@@ -99,6 +99,6 @@ def test_lit_fine_tuning_returns_the_albedo(tmp_path):
         result = paint(config, LitTarget(target), bare, tmp_path / f"box-{shading}.glb")
         scores[shading] = surface_psnr(result.mesh, result.texture, face_colours(target))
     print(f"albedo PSNR with shading on {scores['on']:.1f} dB, off {scores['off']:.1f} dB")
-    # measured: on 15.2 dB, off 12.2 dB. The RGB stage at these CPU settings (8² latents) loses detail
-    # with or without light (15.8 dB unlit, 28.1 dB before it), so 25 dB is not reached here.
+    # measured: on 28.9 dB, off 25.5 dB (27.9 before the RGB stage; at the latent stage's rate, 25.9 and 15.4)
+    assert scores["on"] >= 25
     assert scores["off"] < scores["on"] - 2

@@ -57,6 +57,7 @@ class PaintConfig(DistillConfig):
     lr: float = 1e-2  # Latent-Paint's
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
+    finetune_lr: float = 1e-3  # RGB texels in [0, 1]: the latent rate would jitter them by levels a step
     finetune_restart_schedules: bool = False  # true: fine-tuning starts timesteps over instead of continuing them
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     # the whole sphere of elevations, so undersides are painted too ("bottom view" prompts below −60°)
@@ -75,8 +76,8 @@ class PaintConfig(DistillConfig):
             raise ConfigError(f"texture_size must be a multiple of 8 in [64, 4096], got {self.texture_size}")
         if not 8 <= self.finetune_resolution <= 2048:
             raise ConfigError("finetune_resolution must be in [8, 2048]")
-        if not self.lr > 0:
-            raise ConfigError("lr must be positive")
+        if not (self.lr > 0 and self.finetune_lr > 0):
+            raise ConfigError("lr and finetune_lr must be positive")
         self.speed.validate()
 
 
@@ -200,7 +201,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         scene.start_rgb(decoded())
         size["px"] = config.finetune_resolution
         return speed.adam([{"params": [scene.rgb_texture, *scene.background.parameters()]},
-                           *objective.param_groups()], lr=config.lr)
+                           *objective.param_groups()], lr=config.finetune_lr)
 
     stages = [Stage("paint", config.iters, enter_latent, step, preview)]
     if config.finetune_iters:
