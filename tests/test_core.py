@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 
 import numpy as np
 import pytest
 import torch
+from job_runs import generate_losses
 from shapes import two_tone_box
 from tiny_config import TINY
 
@@ -176,16 +176,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     config = tiny_generate_config(refine={"iters": 0})
 
     def losses(job_dir, cancel_at=None):
-        cancel, out = threading.Event(), []
-
-        def sink(e):
-            if hasattr(e, "losses") and not e.stage.startswith("export"):  # export sub-steps have no losses
-                out.append(e.losses["guidance"])
-                if e.step == cancel_at:
-                    cancel.set()
-        with contextlib.suppress(Cancelled):
-            generate(config, guidance, job_dir / "x.glb", on_event=sink, cancel=cancel, job_dir=job_dir)
-        return out
+        return generate_losses(config, guidance, job_dir, lambda losses: losses["guidance"], cancel_at)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

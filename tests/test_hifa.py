@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from job_runs import paint_a_ball
 from shapes import two_tone_box, two_tone_colour_rmse, voxel_iou
 from test_generate_quality import FAST
 from tiny_config import TINY
@@ -33,7 +34,7 @@ from backend.regularisers import ramp, scale_invariant_disparity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer, composite, smooth_weights
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.tasks.generate import GenerateConfig, generate
-from backend.tasks.paint import PaintConfig, paint
+from backend.tasks.paint import PaintConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "backend" / "examples" / "toadstool" / "target.glb"
@@ -340,15 +341,7 @@ def test_hifa_with_a_sketch_and_the_depth_regulariser(tiny_depth_dir, tmp_path):
 def test_paint_with_hifa_on_a_tiny_sd(tiny_sd_dir, tmp_path):
     from backend.guidance.stable_diffusion import StableDiffusionGuidance
 
-    guidance = StableDiffusionGuidance.load(tiny_sd_dir)
-    config = merge(merge(PaintConfig(prompt="a ball"), method_overrides("hifa", PaintConfig)),
-                   {"resolution": 16, "iters": 4, "texture_size": 64, "finetune_iters": 2, "finetune_resolution": 32,
-                    "loop": {"checkpoint_every": 0}})
-    ball = trimesh.creation.icosphere(1)
-    seen = []
-    result = paint(config, guidance, Mesh(np.asarray(ball.vertices, np.float32), np.asarray(ball.faces)),
-                   tmp_path / "ball.glb", on_event=seen.append)
-    training = [e for e in seen if hasattr(e, "losses") and not e.stage.startswith("export")]
+    result, training = paint_a_ball(StableDiffusionGuidance.load(tiny_sd_dir), "hifa", 4, tmp_path / "ball.glb")
     assert {e.stage for e in training} == {"paint", "rgb_finetune"}
     assert all(np.isfinite(e.losses["guidance"]) for e in training)
     assert result.texture.shape == (64, 64, 3)

@@ -3,19 +3,17 @@ parameters (optimiser groups, checkpoints, resume), bad settings."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 import pytest
 import torch
+from job_runs import generate_losses, paint_a_ball
 from shapes import two_tone_box
 from test_mixture import CAMS, tall_and_flat
 from tiny_config import TINY
 
 from backend.cli import main
 from backend.config import merge
-from backend.errors import Cancelled, ConfigError
+from backend.errors import ConfigError
 from backend.guidance.base import Prompt
 from backend.guidance.stable_diffusion import StableDiffusionGuidance
 from backend.guidance.target import TargetGuidance
@@ -134,16 +132,8 @@ def test_killed_and_resumed_vsd_job_gives_the_same_losses(tmp_path):
     config = tiny_vsd_config()
 
     def losses(job_dir, cancel_at=None):
-        cancel, out = threading.Event(), []
-
-        def sink(e):
-            if hasattr(e, "losses") and not e.stage.startswith("export"):
-                out.append((e.losses["guidance"], e.losses["lora"]))
-                if e.step == cancel_at:
-                    cancel.set()
-        with contextlib.suppress(Cancelled):
-            generate(config, guidance, job_dir / "x.glb", on_event=sink, cancel=cancel, job_dir=job_dir)
-        return out
+        return generate_losses(config, guidance, job_dir, lambda losses: (losses["guidance"], losses["lora"]),
+                               cancel_at)
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -194,20 +184,7 @@ def test_vsd_generates_through_the_latent_and_rgb_stages_of_a_tiny_sd(tiny_sd_di
 
 
 def test_vsd_paints_on_a_tiny_sd(tiny_sd_dir, tmp_path):
-    import trimesh
-
-    from backend.mesh import Mesh
-    from backend.tasks.paint import PaintConfig, paint
-
-    guidance = StableDiffusionGuidance.load(tiny_sd_dir)
-    config = merge(merge(PaintConfig(prompt="a ball"), method_overrides("vsd", PaintConfig)),
-                   {"resolution": 16, "iters": 3, "texture_size": 64, "finetune_iters": 2, "finetune_resolution": 32,
-                    "loop": {"checkpoint_every": 0}})
-    ball = trimesh.creation.icosphere(1)
-    seen = []
-    result = paint(config, guidance, Mesh(np.asarray(ball.vertices, np.float32), np.asarray(ball.faces)),
-                   tmp_path / "ball.glb", on_event=seen.append)
-    training = [e for e in seen if hasattr(e, "losses") and not e.stage.startswith("export")]
+    result, training = paint_a_ball(StableDiffusionGuidance.load(tiny_sd_dir), "vsd", 3, tmp_path / "ball.glb")
     assert {e.stage for e in training} == {"paint", "rgb_finetune"}
     assert all(np.isfinite(e.losses["lora"]) for e in training)
     assert result.texture.shape == (64, 64, 3)

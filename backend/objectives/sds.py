@@ -40,13 +40,17 @@ class SDS(Objective):
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return 1 - self.guidance.alphas_cumprod[t]
 
+    def prior_noise(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
+                    cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_t, ε̂): latents z [B, 4, h, w] noised to timesteps t, and the prior's guided noise estimate."""
+        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
+        return z_t, self.guidance.predict_noise(z_t, t, prompt, cameras, self.config.guidance_scale)
+
     def gradient(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
                  cameras: Cameras) -> torch.Tensor:
         """w(t)·(ε̂ − ε) for latents z [B, 4, h, w], as a detached tensor."""
-        z = z.detach()
-        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
-        eps = self.guidance.predict_noise(z_t, t, prompt, cameras, self.config.guidance_scale)
+        _, eps = self.prior_noise(z, t, noise, prompt, cameras)
         grad = self.weight(t).view(-1, 1, 1, 1) * (eps - noise)
         return torch.nan_to_num(grad)
 

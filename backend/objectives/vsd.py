@@ -77,10 +77,7 @@ class VSD(SDS):
     def gradient(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
                  cameras: Cameras) -> torch.Tensor:
         """w(t)·(ε̂_pretrain − ε_φ) for latents z [B, 4, h, w], as a detached tensor."""
-        z = z.detach()
-        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z + (1 - a).sqrt() * noise
-        eps = self.guidance.predict_noise(z_t, t, prompt, cameras, self.config.guidance_scale)
+        z_t, eps = self.prior_noise(z, t, noise, prompt, cameras)
         with torch.no_grad():
             eps_phi = self.trainable(z_t, t, prompt, cameras)
         grad = self.weight(t).view(-1, 1, 1, 1) * (eps.float() - eps_phi.float())
