@@ -8,6 +8,7 @@ resume where it stopped.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -35,6 +36,28 @@ class Stage:
     step: Callable[[int, int], dict[str, torch.Tensor]]
     preview: Callable[[], np.ndarray] | None = None  # a small RGB uint8 image of the current state
     restart_schedules: bool = False  # this stage's schedules start over instead of continuing the job's
+    # (step, iters) → factor on every parameter group's rate at this stage step; a function of the step
+    # alone, so a resumed job continues the same schedule
+    lr_scale: Callable[[int, int], float] | None = None
+
+
+def final_anneal(fraction: float, floor: float = 0.01) -> Callable[[int, int], float] | None:
+    """A rate held until the last `fraction` of a stage, then cosine-annealed to `floor` × itself.
+
+    A constant rate leaves Adam's parameters oscillating about the optimum by about the rate; annealing
+    only the end keeps the early steps' pace, which views seen rarely (undersides) need to converge.
+    """
+    if fraction <= 0:
+        return None
+
+    def scale(step: int, iters: int) -> float:
+        start = (1 - fraction) * iters
+        if step < start:
+            return 1.0
+        t = (step - start) / max(iters - 1 - start, 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return scale
 
 
 @dataclass
@@ -76,6 +99,10 @@ def train_step(stage: Stage, optimizer: torch.optim.Optimizer, step: int,
 
     `position` is the (step, total) its schedules see (`schedule_position`); by default the stage's own.
     """
+    if stage.lr_scale is not None:
+        factor = stage.lr_scale(step, stage.iters)
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
     optimizer.zero_grad(set_to_none=True)
     parts = stage.step(*(position or (step, stage.iters)))
     with timer("backward"):

@@ -1,7 +1,7 @@
 """Latent-Paint at the default texture and render sizes: the whole surface, no init noise, albedo under lights.
 
 Known answers come from `TargetGuidance` on the two-tone box: every face's colour is known, undersides
-included. Settings (CPU): 1024² texture, 64² renders, 300 steps at a raised learning rate.
+included. Settings (CPU): 1024² texture, 64² renders, 600 steps at a raised learning rate.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from backend.guidance.target import TargetGuidance
 from backend.render.rasterize import rasterize
 from backend.tasks.paint import PaintConfig, paint
 
-DEFAULT_SIZES = {"iters": 300, "lr": 5e-2, "loop": {"checkpoint_every": 0}}  # resolution 64, texture 1024
+DEFAULT_SIZES = {"iters": 600, "lr": 5e-2, "loop": {"checkpoint_every": 0}}  # resolution 64, texture 1024
 
 
 def face_colours(mesh) -> np.ndarray:  # noqa: ANN001
@@ -70,9 +70,10 @@ def test_default_sizes_paint_every_face_without_noise(tmp_path):
           f"the {len(under)} underside faces; flat-region std {texel_std:.2f} levels (known answer's render "
           f"{render_std:.2f})")
     assert psnr >= 25 and psnr_under >= 25
-    # measured 2.7 levels from the flat init (3.1 from the noisy one, whose own std was 24): twice the known
-    # answer's render (0.26 levels) is not reached at these settings
-    assert texel_std <= 4.0, "the flat region is noisy"
+    # measured 0.78 levels (2.7 with a constant rate, β2 = 0.999 and 2× antialiasing; 3.1 from the noisy
+    # init, whose own std was 24). Twice the known answer's render (0.26) is not reached: the exported
+    # 8-bit texels of a colour 0.25 levels from a rounding boundary flip at errors of a quarter level
+    assert texel_std <= 1.5, "the flat region is noisy"
 
 
 class LitTarget(TargetGuidance):

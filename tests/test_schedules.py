@@ -1,18 +1,20 @@
-"""Timestep schedules and ramps follow the whole job's progress, across stages and across a resume."""
+"""Timestep schedules, ramps and rates follow the job's progress, across stages and across a resume."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import replace
 
 import pytest
+import torch
 from shapes import two_tone_box
 from tiny_config import TINY
 
 from backend.config import merge
 from backend.errors import Cancelled
 from backend.guidance.target import TargetGuidance
-from backend.loop import Stage, schedule_position
+from backend.loop import Stage, final_anneal, schedule_position, train_step
 from backend.methods import method_overrides
 from backend.tasks.generate import GenerateConfig, prepare_generate
 
@@ -87,3 +89,29 @@ def test_the_z_variance_ramp_follows_the_same_position(restart):
         assert weights[10:] == [min(1.0, s / 5) for s in range(10)]  # over the first half of its own 10
     else:
         assert weights[10:] == [1.0] * 10
+
+
+def test_final_anneal_holds_the_rate_then_cosines_it_to_the_floor():
+    scale = final_anneal(0.3, floor=0.01)
+    values = [scale(step, 100) for step in range(100)]
+    assert values[:70] == [1.0] * 70
+    assert values[-1] == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(values[70:], values[71:], strict=False))
+    assert final_anneal(0.0) is None
+
+
+def test_a_stage_rate_follows_its_step_and_a_resumed_stage_continues_it():
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    annealed = Stage("a", 10, enter=lambda: optimizer, step=lambda s, n: {"total": (weight - 1).pow(2).sum()},
+                     lr_scale=final_anneal(0.5))
+    rates = []
+    for step in range(10):
+        train_step(annealed, optimizer, step)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[:5] == [pytest.approx(0.1)] * 5 and rates[-1] == pytest.approx(0.001)
+    # a resumed optimiser (its state loaded from a checkpoint) continues from its base rate, not the last one
+    resumed = torch.optim.Adam([weight], lr=0.1)
+    resumed.load_state_dict(optimizer.state_dict())
+    train_step(replace(annealed, enter=lambda: resumed), resumed, 7)
+    assert resumed.param_groups[0]["lr"] == pytest.approx(rates[7])

@@ -28,7 +28,7 @@ class LatentTexture(nn.Module):
     """
 
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, size: int,
-                 rgb_size: int = 0, filtering: str = "mipmap") -> None:
+                 rgb_size: int = 0, filtering: str = "mipmap", supersample: int = 2) -> None:
         super().__init__()
         self.register_buffer("vertices", vertices, persistent=False)
         self.register_buffer("faces", faces, persistent=False)
@@ -45,6 +45,7 @@ class LatentTexture(nn.Module):
         self.register_buffer("seen", torch.zeros(size, size, dtype=torch.uint8, device=vertices.device))
         self.texture.register_hook(self._mark_seen)
         self.filtering = filtering
+        self.supersample = supersample  # renders are rasterised at this many samples per pixel, each way
         self.rgb = False
         # optional: texels kept as given, never optimised (partial paint); see `keep`
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent [4, S, S], mask [S, S])
@@ -99,7 +100,8 @@ class LatentTexture(nn.Module):
         rgb = mode != "latent"
         view = replace(cameras, shading=mode) if rgb else cameras
         color, coverage = render_mesh(self.vertices, self.faces, view, size, uvs=self.uvs,
-                                      texture=self._effective(rgb), filtering=self.filtering, lit=rgb)
+                                      texture=self._effective(rgb), filtering=self.filtering, lit=rgb,
+                                      supersample=self.supersample)
         if cameras.background is not None:  # this step's random solid colours, one per camera
             bg = solid_backdrop(cameras.background, latent=not rgb)[:, :, None, None]
         else:

@@ -26,7 +26,7 @@ from backend.export.progress import ExportProgress, estimate_texture_export_s
 from backend.export.unwrap import unwrap
 from backend.guidance.base import Guidance
 from backend.latent import resize
-from backend.loop import Stage
+from backend.loop import Stage, final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives import OBJECTIVES
 from backend.render.mesh_render import FILTERS
@@ -48,6 +48,9 @@ from backend.tasks.distill import (
 from backend.tasks.face_selection import Selection, select_faces
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
+# the latent stage's Adam betas: a texel's gradient scale swings by 100× with the timestep, and β2 = 0.999
+# remembers the largest for a thousand steps, which stalls the rarely seen texels (undersides)
+PAINT_BETAS = (0.9, 0.99)
 
 
 @dataclass
@@ -58,12 +61,18 @@ class PaintConfig(DistillConfig):
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
     finetune_lr: float = 1e-3  # RGB texels in [0, 1]: the latent rate would jitter them by levels a step
+    # the last fraction of each stage anneals its rate to 1% (cosine): a flat colour comes out flat, not
+    # jittered by Adam's last steps
+    lr_anneal: float = 0.3
     finetune_restart_schedules: bool = False  # true: fine-tuning starts timesteps over instead of continuing them
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     # the whole sphere of elevations, so undersides are painted too ("bottom view" prompts below −60°)
     camera: CameraConfig = field(default_factory=lambda: CameraConfig(elevation_range=(-90.0, 90.0)))
     light: LightConfig = field(default_factory=LightConfig)  # the RGB fine-tuning stage's random lights
     texture_filter: str = "mipmap"  # or "bilinear": Latent-Paint's original lookups (under-samples)
+    # samples per pixel each way in training renders: silhouettes antialiased like the prior's images, so
+    # the texels along them are not pulled toward the background
+    supersample: int = 4
 
     def validate(self) -> None:
         super().validate()
@@ -78,6 +87,10 @@ class PaintConfig(DistillConfig):
             raise ConfigError("finetune_resolution must be in [8, 2048]")
         if not (self.lr > 0 and self.finetune_lr > 0):
             raise ConfigError("lr and finetune_lr must be positive")
+        if not 0 <= self.lr_anneal <= 1:
+            raise ConfigError(f"lr_anneal must be a fraction in [0, 1], got {self.lr_anneal}")
+        if not 1 <= self.supersample <= 8:
+            raise ConfigError(f"supersample must be in [1, 8], got {self.supersample}")
         self.speed.validate()
 
 
@@ -171,7 +184,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
                           torch.as_tensor(mapped.faces, device=device), torch.as_tensor(mapped.uvs, device=device),
                           config.texture_size // VAE_FACTOR,
                           rgb_size=config.texture_size if config.finetune_iters else 0,
-                          filtering=config.texture_filter)
+                          filtering=config.texture_filter, supersample=config.supersample)
     if selection is not None:
         selection.hold(scene, guidance)
     size = {"px": config.resolution}
@@ -195,7 +208,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
 
     def enter_latent() -> torch.optim.Optimizer:
         return speed.adam([{"params": [scene.texture, *scene.background.parameters()]}, *objective.param_groups()],
-                          lr=config.lr)
+                          lr=config.lr, betas=PAINT_BETAS)
 
     def enter_finetune() -> torch.optim.Optimizer:
         scene.start_rgb(decoded())
@@ -203,12 +216,13 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         return speed.adam([{"params": [scene.rgb_texture, *scene.background.parameters()]},
                            *objective.param_groups()], lr=config.finetune_lr)
 
-    stages = [Stage("paint", config.iters, enter_latent, step, preview)]
+    anneal = final_anneal(config.lr_anneal)
+    stages = [Stage("paint", config.iters, enter_latent, step, preview, lr_scale=anneal)]
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
         lit_step = replace(step, lighting=config.light)
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview,
-                            restart_schedules=config.finetune_restart_schedules))
+                            restart_schedules=config.finetune_restart_schedules, lr_scale=anneal))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
                     scene=scene, mapped=mapped, vertex_map=vertex_map, decoded=decoded, selection=selection)
 
