@@ -13,7 +13,7 @@ import trimesh
 from shapes import BLUE, RED, two_tone_box
 
 from backend.config import merge
-from backend.errors import InputError
+from backend.errors import ConfigError, InputError
 from backend.guidance.target import TargetGuidance
 from backend.mesh import Mesh, load_mesh, to_file_frame, validate_mesh
 from backend.tasks.paint import PaintConfig, paint, uv_mapped
@@ -75,6 +75,20 @@ def test_uvs_out_of_range_are_refused_and_nothing_is_written(tmp_path):
                           .astype(np.float32))
     with pytest.raises(InputError, match=r"leave the \[0, 1\] square"):
         paint(merge(PaintConfig(prompt="x"), QUICK), TargetGuidance(box), tiled, tmp_path / "x.glb")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"lr_anneal": 1.5}, r"lr_anneal must be a fraction in \[0, 1\], got 1.5"),
+    ({"lr_anneal": -0.1}, r"lr_anneal must be a fraction in \[0, 1\], got -0.1"),
+    ({"supersample": 0}, r"supersample must be in \[1, 8\], got 0"),
+    ({"supersample": 16}, r"supersample must be in \[1, 8\], got 16"),
+])
+def test_out_of_range_paint_settings_are_refused_and_nothing_is_written(setting, message, tmp_path):
+    box = two_tone_box()
+    with pytest.raises(ConfigError, match=message):
+        paint(merge(PaintConfig(prompt="x"), {**QUICK, **setting}), TargetGuidance(box),
+              box.copy_with(vertex_colors=None), tmp_path / "x.glb")
     assert list(tmp_path.iterdir()) == []
 
 
