@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from backend import __version__
-from backend.bench_field import field_figures, field_report, hifa_breakdown
+from backend.bench_field import field_figures, field_report, form_field, hifa_breakdown
 from backend.config import load_file, merge
 from backend.errors import ConfigError, LatentForgeError
 from backend.loop import Stage, train_step
@@ -250,23 +250,32 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
     optimizer = stage.enter()
     say(f"{name}: {warmup} warm-up steps, then {steps} timed")
     _, warmup_s = wall(lambda: run_steps(stage, optimizer, 0, warmup, device), device)
+    first, cold_ms, occupancy = warmup, None, None
+    if kind == "generate" and job.scene.renderer.occupancy is not None:
+        # a job's first renders evaluate every sample; all its later ones skip empty space
+        say(f"{name}: {steps} steps before the grid is warm, then it is warmed on a formed field")
+        cold_ms = run_steps(stage, optimizer, first, steps, device)
+        occupancy = form_field(job, device, lambda: run_steps(stage, optimizer, first + steps, 1, device))
+        first += steps + 1
     probe.calls.clear()
     cuda = device.type == "cuda"
     probe.on = not cuda  # timing parts costs nothing on a CPU: time them in the same steps
-    step_ms = run_steps(stage, optimizer, warmup, steps, device, probe)
+    step_ms = run_steps(stage, optimizer, first, steps, device, probe)
     unet_calls = probe.calls["unet"] / steps
     part_steps = min(steps, PART_STEPS) if cuda else steps
     if cuda:
         probe.on = True
-        run_steps(stage, optimizer, warmup + steps, part_steps, device, probe)
+        run_steps(stage, optimizer, first + steps, part_steps, device, probe)
     probe.on = False
     parts = probe.timer.take()
-    syncs, sync_sites = host_syncs(lambda: run_steps(stage, optimizer, warmup + steps, 1, device), device)
-    ms = statistics.median(step_ms)
+    syncs, sync_sites = host_syncs(lambda: run_steps(stage, optimizer, first + steps, 1, device), device)
+    # the grid's updates are part of a warm step's cost: one every `update_every` steps, shared out
+    ms = statistics.median(step_ms) + (occupancy["update_ms_per_step"] if occupancy else 0.0)
     result: dict[str, Any] = {
         "kind": kind, "method": method,
         "ms_per_step": ms, "ms_per_step_mean": statistics.fmean(step_ms), "steps_per_s": 1e3 / ms,
-        "step_ms": step_ms, "unet_calls_per_step": unet_calls,
+        "step_ms": step_ms, "unet_calls_per_step": unet_calls, "occupancy": occupancy,
+        "cold_ms_per_step": statistics.median(cold_ms) if cold_ms else None,
         "parts_ms": {p: parts.get(p, 0.0) / part_steps for p in PARTS},
         "peak_memory_gb": peak_gb(device), "host_syncs_per_step": syncs, "host_sync_sites": sync_sites,
         "warmup_s": warmup_s, "speed": dataclasses.asdict(job.speed),
@@ -355,6 +364,12 @@ def unet_floor(guidance: Any, batch: int, size: int, settings: BenchSettings) ->
     return {"batch": batch, "latent": size, "ms": statistics.median(times), "method": method, "warmup_s": warmup_s}
 
 
+def first_stage_s(result: dict, steps: int) -> float:
+    """Seconds of the first stage's steps: cold (every sample evaluated) until the occupancy grid is warm."""
+    cold = min(steps, result["speed"]["occupancy"]["warmup"]) if result["cold_ms_per_step"] else 0
+    return (cold * (result["cold_ms_per_step"] or 0.0) + (steps - cold) * result["ms_per_step"]) / 1e3
+
+
 def projection(result: dict, config: Any, load_s: float, warmup: int) -> dict:
     """A default job's wall time from this run's figures: load, compile, every step, export."""
     first, second = (config.optim.iters, config.refine.iters) if result["kind"] == "generate" else (
@@ -368,7 +383,7 @@ def projection(result: dict, config: Any, load_s: float, warmup: int) -> dict:
     second_s = None if second and refine is None else (
         compile_s(refine) + second * refine["ms_per_step"] / 1e3 if second else 0.0)
     parts: dict[str, Any] = {"load_s": load_s, "compile_s": compile_s(result), "steps": first,
-                             "steps_s": first * result["ms_per_step"] / 1e3, "second_stage_steps": second,
+                             "steps_s": first_stage_s(result, first), "second_stage_steps": second,
                              "second_stage_s": second_s, "export_s": result["export_s"]}
     missing = (["second stage (--refine-steps 0)"] if second_s is None else []) + (
         ["export"] if result["export_s"] is None else [])
@@ -416,6 +431,7 @@ def run_bench(settings: BenchSettings) -> dict:
     for name, result in tasks.items():
         floor = floors[batches[name]]["ms"] * max(result["unet_calls_per_step"], 1.0)
         result["floor_ms"], result["ratio"] = floor, result["ms_per_step"] / floor
+        result["cold_ratio"] = result["cold_ms_per_step"] / floor if result["cold_ms_per_step"] else None
         result["job"] = projection(result, configs[name], load_s, settings.warmup)
     return {
         "schema": 1,
@@ -477,6 +493,8 @@ def report(doc: dict) -> str:
     lines += field_report(doc)
     for name, extra in (doc.get("extra_over_sds") or {}).items():
         parts = ", ".join(f"{p} {ms:+.1f}" for p, ms in extra["extra_ms"].items() if abs(ms) >= 0.05) or "nothing"
+        calls = doc["tasks"][name]["unet_calls_per_step"] - doc["tasks"]["generate-sds"]["unet_calls_per_step"]
+        parts += f" ({calls:+.0f} U-Net calls)" if calls else ""
         count = extra["objective_parameters"]
         trained = f", training {count:,} more parameters" if count else ""
         sds_ms = doc["tasks"]["generate-sds"]["ms_per_step"]

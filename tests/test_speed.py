@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,16 @@ def test_bench_writes_every_field(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert field["points"] == 16 * 16 * TINY["render"]["samples"] and field["field_us_per_point"] > 0
     assert field["field_call_bytes_per_point"] > 0 and field["encoding_temp_bytes_per_point"] > 0
     assert "field call" in printed and doc["hifa_breakdown"] is None  # no HiFA task in this run
+    # timed with the grid warm on a formed field: it skips empty space, and the cold steps are reported beside
+    sds = doc["tasks"]["generate-sds"]
+    grid = sds["occupancy"]
+    assert 0 < grid["occupied_cells"] < 0.5 and grid["budget"] < 1 and grid["update_ms"] > 0
+    assert sds["cold_ms_per_step"] > 0 and sds["cold_ratio"] == pytest.approx(sds["cold_ms_per_step"] / sds["floor_ms"])
+    assert sds["ms_per_step"] == pytest.approx(statistics.median(sds["step_ms"]) + grid["update_ms_per_step"])
+    warmup = sds["speed"]["occupancy"]["warmup"]
+    assert sds["job"]["steps_s"] == pytest.approx(
+        (warmup * sds["cold_ms_per_step"] + (sds["job"]["steps"] - warmup) * sds["ms_per_step"]) / 1e3)
+    assert "empty-space skipping" in printed and doc["tasks"]["paint"]["occupancy"] is None
     assert doc["tasks"]["generate-sds"]["job"]["steps"] == GenerateConfig().optim.iters
     assert doc["tasks"]["paint"]["refine"] is None and doc["tasks"]["paint"]["rasterizer"] == "rasterize"
 
