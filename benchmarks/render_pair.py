@@ -35,9 +35,11 @@ def render(glb: Path, out: Path, size: int, samples: int) -> None:
     constraint.target, constraint.track_axis, constraint.up_axis = target, "TRACK_NEGATIVE_Z", "UP_Y"
     scene = bpy.context.scene
     scene.camera = camera
-    world = bpy.data.worlds.new("grey")
-    world.color = (0.6, 0.6, 0.6)
-    scene.world = world  # flat ambient light from every side, undersides included
+    world = bpy.data.worlds.new("white")
+    # Cycles lights with the world's Background node, not its viewport colour
+    world.node_tree.nodes["Background"].inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    scene.world = world  # flat white light from every side, undersides included
+    scene.view_settings.view_transform = "Standard"  # a texture's colours as painted, not tone-mapped
     scene.render.engine = "CYCLES"
     scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", samples, False
     scene.render.resolution_x = scene.render.resolution_y = size
