@@ -494,11 +494,11 @@ def report(doc: dict) -> str:
     for name, extra in (doc.get("extra_over_sds") or {}).items():
         parts = ", ".join(f"{p} {ms:+.1f}" for p, ms in extra["extra_ms"].items() if abs(ms) >= 0.05) or "nothing"
         calls = doc["tasks"][name]["unet_calls_per_step"] - doc["tasks"]["generate-sds"]["unet_calls_per_step"]
-        parts += f" ({calls:+.0f} U-Net calls)" if calls else ""
+        parts += " ms" + (f" ({calls:+.0f} U-Net calls)" if calls else "")
         count = extra["objective_parameters"]
         trained = f", training {count:,} more parameters" if count else ""
         sds_ms = doc["tasks"]["generate-sds"]["ms_per_step"]
-        lines.append(f"{name} = generate-sds {sds_ms:.1f} ms + {parts} ms = {extra['step_ms']:.1f} ms, "
+        lines.append(f"{name} = generate-sds {sds_ms:.1f} ms + {parts} = {extra['step_ms']:.1f} ms, "
                      f"{extra['ratio_to_sds']:.2f}× SDS{trained}")
     lines += ["", f"U-Net floor per call: {floors}"]
     missing = {m for r in doc["tasks"].values() for m in r["job"]["missing"]}
