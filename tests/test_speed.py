@@ -161,9 +161,10 @@ def test_the_paint_benchmark_mesh_is_valid_and_closed_outwards() -> None:
 # -- switches ---------------------------------------------------------------------------------------------
 
 
-def test_auto_is_the_plain_path_on_a_cpu_and_the_fast_one_on_cuda() -> None:
+def test_auto_is_the_plain_path_on_a_cpu_but_fused_adam_and_the_fast_one_on_cuda() -> None:
     cpu = FieldSpeedConfig().resolve("cpu")
-    assert (cpu.channels_last, cpu.compile_unet, cpu.fused_optimizer, cpu.compile_field) == ("off",) * 4
+    assert (cpu.channels_last, cpu.compile_unet, cpu.compile_field) == ("off",) * 3 and cpu.fused_optimizer == "on"
+    assert FieldSpeedConfig(fused_optimizer="off").resolve("cpu").fused_optimizer == "off"
     assert cpu.report_every == 1
     cuda = FieldSpeedConfig().resolve("cuda")
     assert (cuda.channels_last, cuda.compile_unet, cuda.fused_optimizer, cuda.compile_field) == (
