@@ -41,7 +41,7 @@ from backend.errors import ConfigError, LatentForgeError
 from backend.loop import Stage, train_step
 from backend.mesh import Mesh
 from backend.methods import method_overrides
-from backend.timing import PartTimer, Timer, untimed
+from backend.timing import PartTimer, Timer, untimed, wall
 
 # name → (task, method, settings): plain CFG unless the name says Perp-Neg, so each method's cost and
 # Perp-Neg's own show apart
@@ -160,15 +160,6 @@ def run_steps(stage: Stage, optimizer: torch.optim.Optimizer, first: int, count:
     return clocked(one, count, device) if count else []
 
 
-def wall(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    """fn()'s result and its wall seconds, GPU work included."""
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
-
-
 def say(message: str) -> None:
     """Progress on stderr: a run takes minutes, most of them compiling."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -250,6 +241,7 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
     optimizer = stage.enter()
     say(f"{name}: {warmup} warm-up steps, then {steps} timed")
     _, warmup_s = wall(lambda: run_steps(stage, optimizer, 0, warmup, device), device)
+    cuda = device.type == "cuda"
     first, cold_ms, occupancy = warmup, None, None
     if kind == "generate" and job.scene.renderer.occupancy is not None:
         # a job's first renders evaluate every sample; all its later ones skip empty space
@@ -257,11 +249,10 @@ def bench_task(name: str, guidance: Any, settings: BenchSettings) -> tuple[dict,
         cold_ms = run_steps(stage, optimizer, first, steps, device)
         occupancy = form_field(job, device, lambda: run_steps(stage, optimizer, first + steps, 1, device))
         first += steps + 1
-        if device.type == "cuda":  # the field's new budget is a new shape: compiled again, untimed
+        if cuda:  # the field's new budget is a new shape: compiled again, untimed
             run_steps(stage, optimizer, first, warmup, device)
             first += warmup
     probe.calls.clear()
-    cuda = device.type == "cuda"
     probe.on = not cuda  # timing parts costs nothing on a CPU: time them in the same steps
     step_ms = run_steps(stage, optimizer, first, steps, device, probe)
     unet_calls = probe.calls["unet"] / steps
@@ -369,8 +360,11 @@ def unet_floor(guidance: Any, batch: int, size: int, settings: BenchSettings) ->
 
 def first_stage_s(result: dict, steps: int) -> float:
     """Seconds of the first stage's steps: cold (every sample evaluated) until the occupancy grid is warm."""
-    cold = min(steps, result["speed"]["occupancy"]["warmup"]) if result["cold_ms_per_step"] else 0
-    return (cold * (result["cold_ms_per_step"] or 0.0) + (steps - cold) * result["ms_per_step"]) / 1e3
+    cold_ms = result["cold_ms_per_step"]
+    if not cold_ms:  # no grid: every step as timed
+        return steps * result["ms_per_step"] / 1e3
+    cold = min(steps, result["speed"]["occupancy"]["warmup"])
+    return (cold * cold_ms + (steps - cold) * result["ms_per_step"]) / 1e3
 
 
 def projection(result: dict, config: Any, load_s: float, warmup: int) -> dict:

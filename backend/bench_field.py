@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from backend.timing import wall
 
 FIELD_REPEATS = 3  # field calls timed after one untimed; the median is reported
 # points of the calls whose memory is followed (a dispatch mode slows a CPU call many times): the
@@ -102,17 +103,12 @@ def field_figures(job: Any, config: Any, device: torch.device) -> dict:
     x = points_in_ball(n, config.nerf.bound, device)
     memory = Memory(device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    def call() -> float:
-        sync()
-        start = time.perf_counter()
+    def forward_backward() -> None:
         sigma, feats = scene.field(x)
         (sigma.sum() + feats.sum()).backward()
-        sync()
-        return time.perf_counter() - start
+
+    def call() -> float:
+        return wall(forward_backward, device)[1]
 
     params = list(nerf.parameters())
     saved = [p.grad for p in params]
@@ -160,19 +156,13 @@ def form_field(job: Any, device: torch.device, step: Callable[[], object]) -> di
     if grid is None:
         return None
     nerf = scene.nerf
-    out = [m for m in nerf.sigma_net.modules() if isinstance(m, torch.nn.Linear)][-1]
     edge = torch.tensor([[FORMED_RADIUS * nerf.config.bound, 0.0, 0.0]])
-    with torch.no_grad():  # density channel: exp(h + blob) = threshold on the ball's surface
-        out.bias[0] = math.log(grid.config.threshold) - float(nerf.blob(edge))
+    with torch.no_grad():  # the output layer's density channel: exp(h + blob) = threshold on the ball's surface
+        nerf.sigma_net[-1].bias[0] = math.log(grid.config.threshold) - float(nerf.blob(edge))
     grid.update(scene.field, device)
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    grid.update(scene.field, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    update_ms = (time.perf_counter() - start) * 1e3
+    _, seconds = wall(lambda: grid.update(scene.field, device), device)
+    update_ms = seconds * 1e3
     occupied = float((grid.density > grid.config.threshold).float().mean())
     return {"formed_radius": FORMED_RADIUS, "occupied_cells": occupied, "budget": grid.budget,
             "update_ms": update_ms, "update_every": grid.config.update_every,

@@ -63,3 +63,15 @@ class PartTimer:
         totals = {k: v * 1e3 for k, v in self.totals.items()}
         self.totals.clear()
         return totals
+
+
+def wall(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """fn()'s result and its wall seconds, its GPU work included and work queued before it left out."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
