@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def sparsity(opacity: torch.Tensor) -> torch.Tensor:
@@ -60,3 +61,20 @@ def orientation(normals: torch.Tensor, directions: torch.Tensor, weights: torch.
     """
     facing = (normals * directions[:, None]).sum(-1).clamp(min=0)
     return (weights * facing**2).sum(-1).mean()
+
+
+def texture_smoothness(texture: torch.Tensor, right: torch.Tensor, down: torch.Tensor, edge: float) -> torch.Tensor:
+    """Σ of a Huber penalty on differences d between neighbouring texels of `texture` [C, H, W] that lie in
+    one chart (`right` [H, W−1], `down` [H−1, W]; see `chart_neighbours`): d² below `edge`, linear above.
+
+    Renders see a texture through pixel footprints several texels wide, so detail finer than a footprint
+    is invisible to every view and keeps whatever the optimiser's transients left there: speckle in flat
+    regions. This weak prior pulls that detail toward its neighbours; above `edge` its pull stops growing,
+    so a colour edge the views do see stays as sharp as they make it.
+    """
+    def huber(d: torch.Tensor) -> torch.Tensor:
+        return 2 * edge * F.smooth_l1_loss(d, torch.zeros_like(d), reduction="none", beta=edge)
+
+    dx = texture[:, :, 1:] - texture[:, :, :-1]
+    dy = texture[:, 1:] - texture[:, :-1]
+    return (huber(dx) * right).sum() + (huber(dy) * down).sum()

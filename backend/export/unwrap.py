@@ -20,12 +20,18 @@ class Atlas:
     charts: int
 
 
-def atlas(mesh: Mesh, texture_size: int, smooth_iters: int = 0) -> Atlas:
+def default_padding(texture_size: int) -> int:
+    """The gutter between charts, in texels of a `texture_size`² texture: a 256th of it, at least 2."""
+    return max(2, texture_size // 256)
+
+
+def atlas(mesh: Mesh, texture_size: int, smooth_iters: int = 0, padding: int | None = None) -> Atlas:
     """An xatlas atlas of `mesh`; positions and the order of faces are unchanged.
 
     With `smooth_iters`, charts are cut on a Taubin-smoothed copy of the surface: the small bumps of a
     field's marching-cubes surface otherwise split it into hundreds of charts. The smoothed copy has the
     same vertices and faces, so its UVs apply to the exact surface, which is what is returned.
+    `padding` is the gutter between charts in texels (default: `default_padding`).
     """
     vertices = np.asarray(mesh.vertices, np.float64)
     if smooth_iters > 0:
@@ -37,7 +43,7 @@ def atlas(mesh: Mesh, texture_size: int, smooth_iters: int = 0) -> Atlas:
     pack = xatlas.PackOptions()
     pack.resolution = texture_size
     # gutters between charts, so bilinear filtering and the first mip levels stay inside a chart's colours
-    pack.padding = max(2, texture_size // 256)
+    pack.padding = default_padding(texture_size) if padding is None else padding
     charts = xatlas.ChartOptions()
     # twice xatlas' default chart cost: an optimised surface's small bumps otherwise still cut it into hundreds
     # of charts after smoothing (the demo toadstool's refined mesh: 218 charts at 2, 63 at 4, same packing)
@@ -49,12 +55,12 @@ def atlas(mesh: Mesh, texture_size: int, smooth_iters: int = 0) -> Atlas:
     return Atlas(unwrapped, vmapping.astype(np.int64), int(xa.chart_count))
 
 
-def unwrap(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
+def unwrap(mesh: Mesh, texture_size: int, padding: int | None = None) -> tuple[Mesh, np.ndarray]:
     """`mesh` with per-vertex UVs in [0, 1], and for each of its vertices the input vertex it copies.
 
     Vertices on chart seams are duplicated; positions and the order of faces are unchanged.
     """
-    result = atlas(mesh, texture_size)
+    result = atlas(mesh, texture_size, padding=padding)
     return result.mesh, result.vertex_map
 
 

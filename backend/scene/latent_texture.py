@@ -11,11 +11,16 @@ from torch import nn
 from backend.cameras import Cameras
 from backend.export.bake import fill_empty
 from backend.latent import latent_to_rgb, rgb_to_latent
+from backend.regularisers import texture_smoothness
+from backend.render.atlas import chart_neighbours, texel_charts
 from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground, solid_backdrop
 from backend.scene.base import SceneRender
 
 INIT_RGB = (1.0, 0.0, 0.0)  # Latent-Paint starts from a faint red in latent space
+# `texture_smoothness`'s edge, in each texture's units: about 5 levels of 8-bit colour (a latent unit is
+# about 50 levels), so speckle is smoothed and colour edges are not
+SMOOTH_EDGE = {False: 0.1, True: 0.02}
 
 
 class LatentTexture(nn.Module):
@@ -25,6 +30,7 @@ class LatentTexture(nn.Module):
     footprint gets gradient; texels that none ever reached are filled from their seen neighbours
     (`filled_texture`) instead of keeping the flat init colour.
     RGB renders are shaded by the cameras' light (DreamFusion), so the fine-tuned texture is albedo.
+    `smoothness` is the prior that neighbouring texels of one chart are alike, for detail no view resolves.
     """
 
     def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor, size: int,
@@ -42,14 +48,15 @@ class LatentTexture(nn.Module):
         self.rgb_texture = nn.Parameter(torch.zeros(3, rgb_size, rgb_size, device=vertices.device))
         # uint8, not bool: checkpoints travel as plain numeric arrays
         self.register_buffer("rgb_started", torch.zeros((), dtype=torch.uint8, device=vertices.device))
+        # texels a render's gradient reached (not the smoothness prior's, which reaches every texel)
         self.register_buffer("seen", torch.zeros(size, size, dtype=torch.uint8, device=vertices.device))
-        self.texture.register_hook(self._mark_seen)
         self.filtering = filtering
         self.supersample = supersample  # renders are rasterised at this many samples per pixel, each way
         self.rgb = False
         # optional: texels kept as given, never optimised (partial paint); see `keep`
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent [4, S, S], mask [S, S])
         self._kept_rgb: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._neighbours: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # texture size → chart_neighbours
 
     def _mark_seen(self, grad: torch.Tensor) -> None:
         self.seen |= (grad.abs().sum(0) > 0).to(torch.uint8)
@@ -63,13 +70,25 @@ class LatentTexture(nn.Module):
         if rgb is not None and rgb_mask is not None:
             self._kept_rgb = (rgb.to(self.texture), rgb_mask.to(self.texture.device))
 
-    def _effective(self, rgb: bool | None = None) -> torch.Tensor:
+    def _effective(self, rgb: bool | None = None, mark_seen: bool = False) -> torch.Tensor:
         """The texture renders see: the optimised one with the kept texels in place."""
         if self.rgb if rgb is None else rgb:
             tex, kept = self.rgb_texture, self._kept_rgb
         else:
             tex, kept = self.texture, self._kept
+            if mark_seen and tex.requires_grad and torch.is_grad_enabled():
+                tex = tex.view_as(tex)  # a hook here sees this render's gradient alone
+                tex.register_hook(self._mark_seen)
         return tex if kept is None else torch.where(kept[1], kept[0], tex)
+
+    def smoothness(self) -> torch.Tensor:
+        """`texture_smoothness` of the texture being optimised (kept texels in place, so seams blend)."""
+        tex = self._effective()
+        size = tex.shape[-1]
+        if size not in self._neighbours:
+            charts = texel_charts(self.uvs, self.faces, size)
+            self._neighbours[size] = tuple(m.to(tex) for m in chart_neighbours(charts))
+        return texture_smoothness(tex, *self._neighbours[size], edge=SMOOTH_EDGE[self.rgb])
 
     def filled_texture(self) -> torch.Tensor:
         """The latent texture with texels no gradient ever reached set to their nearest seen texel's value."""
@@ -100,8 +119,8 @@ class LatentTexture(nn.Module):
         rgb = mode != "latent"
         view = replace(cameras, shading=mode) if rgb else cameras
         color, coverage = render_mesh(self.vertices, self.faces, view, size, uvs=self.uvs,
-                                      texture=self._effective(rgb), filtering=self.filtering, lit=rgb,
-                                      supersample=self.supersample)
+                                      texture=self._effective(rgb, mark_seen=True), filtering=self.filtering,
+                                      lit=rgb, supersample=self.supersample)
         if cameras.background is not None:  # this step's random solid colours, one per camera
             bg = solid_backdrop(cameras.background, latent=not rgb)[:, :, None, None]
         else:

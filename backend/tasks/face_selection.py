@@ -22,7 +22,8 @@ from backend.errors import InputError
 from backend.export.bake import fill_empty
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh
-from backend.render.rasterize import interpolate, rasterize
+from backend.render.atlas import atlas_raster
+from backend.render.rasterize import interpolate
 
 DEFAULT_COLOR = 0.8  # Blender's default material grey, for meshes that bring no colour at all
 LATENT_FACTOR = 8  # texels per latent texel
@@ -61,9 +62,7 @@ def check_faces(faces: np.ndarray, n_faces: int) -> np.ndarray:
 
 
 def _atlas_raster(mapped: Mesh, size: int) -> torch.Tensor:
-    uv = torch.as_tensor(mapped.uvs, dtype=torch.float32)
-    clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)
-    return rasterize(clip, torch.as_tensor(mapped.faces), (size, size))
+    return atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
 
 
 @dataclass

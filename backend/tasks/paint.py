@@ -23,14 +23,14 @@ from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.progress import ExportProgress, estimate_texture_export_s
-from backend.export.unwrap import unwrap
+from backend.export.unwrap import default_padding, unwrap
 from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.loop import Stage, final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives import OBJECTIVES
+from backend.render.atlas import atlas_raster
 from backend.render.mesh_render import FILTERS
-from backend.render.rasterize import rasterize
 from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.shading import LightConfig
@@ -48,6 +48,9 @@ from backend.tasks.distill import (
 from backend.tasks.face_selection import Selection, select_faces
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
+# the least gutter between the charts of an atlas made for painting: one latent texel, so no latent texel
+# (nor a bilinear lookup of one chart) reaches into another chart, whose colour it would have to be too
+PAINT_PADDING = VAE_FACTOR
 # the latent stage's Adam betas: a texel's gradient scale swings by 100× with the timestep, and β2 = 0.999
 # remembers the largest for a thousand steps, which stalls the rarely seen texels (undersides)
 PAINT_BETAS = (0.9, 0.99)
@@ -61,6 +64,9 @@ class PaintConfig(DistillConfig):
     finetune_iters: int = 0  # RGB fine-tuning through the encoder after decoding (0: off)
     finetune_resolution: int = 512
     finetune_lr: float = 1e-3  # RGB texels in [0, 1]: the latent rate would jitter them by levels a step
+    # the background MLP's: a network's rate (generate's MLPs learn at 1e-3), not the texels'; at theirs its
+    # colour jitters by levels, and the texels along silhouettes take up the difference
+    background_lr: float = 1e-3
     # the last fraction of each stage anneals its rate to 1% (cosine): a flat colour comes out flat, not
     # jittered by Adam's last steps
     lr_anneal: float = 0.3
@@ -70,6 +76,9 @@ class PaintConfig(DistillConfig):
     camera: CameraConfig = field(default_factory=lambda: CameraConfig(elevation_range=(-90.0, 90.0)))
     light: LightConfig = field(default_factory=LightConfig)  # the RGB fine-tuning stage's random lights
     texture_filter: str = "mipmap"  # or "bilinear": Latent-Paint's original lookups (under-samples)
+    # weight of the prior that neighbouring texels of one chart are alike (`texture_smoothness`): without
+    # it, detail finer than the renders' pixels stays as speckle in flat regions; 0 turns it off
+    smoothness: float = 0.01
     # samples per pixel each way in training renders: silhouettes antialiased like the prior's images, so
     # the texels along them are not pulled toward the background
     supersample: int = 4
@@ -85,10 +94,12 @@ class PaintConfig(DistillConfig):
             raise ConfigError(f"texture_size must be a multiple of 8 in [64, 4096], got {self.texture_size}")
         if not 8 <= self.finetune_resolution <= 2048:
             raise ConfigError("finetune_resolution must be in [8, 2048]")
-        if not (self.lr > 0 and self.finetune_lr > 0):
-            raise ConfigError("lr and finetune_lr must be positive")
+        if not (self.lr > 0 and self.finetune_lr > 0 and self.background_lr > 0):
+            raise ConfigError("lr, finetune_lr and background_lr must be positive")
         if not 0 <= self.lr_anneal <= 1:
             raise ConfigError(f"lr_anneal must be a fraction in [0, 1], got {self.lr_anneal}")
+        if not self.smoothness >= 0:
+            raise ConfigError(f"smoothness must be 0 or more, got {self.smoothness}")
         if not 1 <= self.supersample <= 8:
             raise ConfigError(f"supersample must be in [1, 8], got {self.supersample}")
         self.speed.validate()
@@ -120,13 +131,12 @@ def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
         e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
         if np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8:
             return mesh, np.arange(len(mesh.vertices))
-    return unwrap(mesh, texture_size)
+    return unwrap(mesh, texture_size, padding=max(PAINT_PADDING, default_padding(texture_size)))
 
 
 def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tensor:
     """Which texels of a size² texture some triangle covers (row 0 = v 1)."""
-    clip = torch.cat([uvs * 2 - 1, torch.zeros_like(uvs[:, :1]), torch.ones_like(uvs[:, :1])], -1)
-    return rasterize(clip, faces, (size, size))[0, ..., 3] > 0
+    return atlas_raster(uvs, faces, size)[0, ..., 3] > 0
 
 
 @dataclass
@@ -204,17 +214,22 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
 
     sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     objective = OBJECTIVES[config.objective.name](config.objective, guidance)
-    step = DistillStep(render, guidance, objective, config.timesteps, sampler, prompt, generator)
+    smooth = {"smoothness": (config.smoothness, lambda out, step, total: scene.smoothness())}
+    step = DistillStep(render, guidance, objective, config.timesteps, sampler, prompt, generator,
+                       regularisers=smooth)
+
+    def background() -> dict:  # a fresh group per optimiser: Adam fills its defaults into the dict
+        return {"params": list(scene.background.parameters()), "lr": config.background_lr}
 
     def enter_latent() -> torch.optim.Optimizer:
-        return speed.adam([{"params": [scene.texture, *scene.background.parameters()]}, *objective.param_groups()],
-                          lr=config.lr, betas=PAINT_BETAS)
+        return speed.adam([{"params": [scene.texture]}, background(), *objective.param_groups()], lr=config.lr,
+                          betas=PAINT_BETAS)
 
     def enter_finetune() -> torch.optim.Optimizer:
         scene.start_rgb(decoded())
         size["px"] = config.finetune_resolution
-        return speed.adam([{"params": [scene.rgb_texture, *scene.background.parameters()]},
-                           *objective.param_groups()], lr=config.finetune_lr)
+        return speed.adam([{"params": [scene.rgb_texture]}, background(), *objective.param_groups()],
+                          lr=config.finetune_lr)
 
     anneal = final_anneal(config.lr_anneal)
     stages = [Stage("paint", config.iters, enter_latent, step, preview, lr_scale=anneal)]
