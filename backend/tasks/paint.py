@@ -69,7 +69,7 @@ class PaintConfig(DistillConfig):
     background_lr: float = 1e-3
     # the last fraction of each stage anneals its rate to 1% (cosine): a flat colour comes out flat, not
     # jittered by Adam's last steps
-    lr_anneal: float = 0.5
+    lr_anneal: float = 0.3
     finetune_restart_schedules: bool = False  # true: fine-tuning starts timesteps over instead of continuing them
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     # the whole sphere of elevations, so undersides are painted too ("bottom view" prompts below −60°)
