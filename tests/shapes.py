@@ -82,11 +82,10 @@ def face_texels(mesh: Mesh, size: int, faces: np.ndarray, erode: int = 2) -> np.
     import torch
     from scipy.ndimage import binary_erosion
 
-    from backend.render.rasterize import rasterize
+    from backend.render.atlas import atlas_raster
 
-    uv = torch.as_tensor(mesh.uvs, dtype=torch.float32)
-    clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)
-    ids = rasterize(clip, torch.as_tensor(mesh.faces), (size, size))[0, ..., 3].long().numpy() - 1
+    raster = atlas_raster(torch.as_tensor(mesh.uvs), torch.as_tensor(mesh.faces), size)
+    ids = raster[0, ..., 3].long().numpy() - 1
     inside = np.isin(ids, faces) & (ids >= 0)
     return binary_erosion(inside, iterations=erode) if erode else inside
 

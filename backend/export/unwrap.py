@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 import xatlas
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from backend.mesh import Mesh
+from backend.render.atlas import face_components
 
 
 @dataclass
@@ -66,9 +65,4 @@ def unwrap(mesh: Mesh, texture_size: int, padding: int | None = None) -> tuple[M
 
 def chart_count(mesh: Mesh) -> int:
     """How many UV charts a per-vertex-UV mesh has: its pieces connected through shared (unsplit) vertices."""
-    f = np.asarray(mesh.faces)
-    n = len(mesh.vertices)
-    rows, cols = np.concatenate([f[:, 0], f[:, 1]]), np.concatenate([f[:, 1], f[:, 2]])
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    labels = connected_components(graph, directed=False)[1]
-    return len(np.unique(labels[np.unique(f)]))
+    return len(np.unique(face_components(mesh.faces)))

@@ -19,6 +19,15 @@ def atlas_raster(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Ten
     return rasterize(clip, faces, (size, size))
 
 
+def face_components(faces: np.ndarray) -> np.ndarray:
+    """[F] a label per face, equal for faces connected through shared vertex indices."""
+    f = np.asarray(faces)
+    n = int(f.max()) + 1 if f.size else 0
+    rows, cols = np.concatenate([f[:, 0], f[:, 1]]), np.concatenate([f[:, 1], f[:, 2]])
+    labels = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)[1]
+    return labels[f[:, 0]]
+
+
 def face_charts(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """[F] a label per face, equal for faces of one UV chart: connected through corners at the same UV.
 
@@ -26,11 +35,7 @@ def face_charts(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
     of shared corners (flat-shaded exports) still comes out as its charts, not one piece per face.
     """
     _, corner = np.unique(np.round(np.asarray(uvs, np.float64) * 2**20).astype(np.int64), axis=0, return_inverse=True)
-    f = corner.reshape(-1)[np.asarray(faces)]
-    n = int(f.max()) + 1 if f.size else 0
-    rows, cols = np.concatenate([f[:, 0], f[:, 1]]), np.concatenate([f[:, 1], f[:, 2]])
-    labels = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)[1]
-    return labels[f[:, 0]]
+    return face_components(corner.reshape(-1)[np.asarray(faces)])
 
 
 def texel_charts(uvs: torch.Tensor, faces: torch.Tensor, size: int, min_samples: int = 1024) -> np.ndarray:

@@ -61,10 +61,6 @@ def check_faces(faces: np.ndarray, n_faces: int) -> np.ndarray:
     return np.unique(faces)
 
 
-def _atlas_raster(mapped: Mesh, size: int) -> torch.Tensor:
-    return atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
-
-
 @dataclass
 class Selection:
     painted: np.ndarray  # [S, S] bool: texels the selected faces own
@@ -111,7 +107,7 @@ def base_texture(mesh: Mesh, mapped: Mesh, vertex_map: np.ndarray, size: int) ->
         return np.ascontiguousarray(mesh.texture[..., :3], np.uint8)
     if mesh.vertex_colors is None:
         return np.full((size, size, 3), round(DEFAULT_COLOR * 255), np.uint8)
-    rast = _atlas_raster(mapped, size)
+    rast = atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
     colors = torch.as_tensor(mesh.vertex_colors[vertex_map], dtype=torch.float32)
     baked = interpolate(colors, rast, torch.as_tensor(mapped.faces))[0]
     texture = (baked.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -122,7 +118,8 @@ def select_faces(mesh: Mesh, mapped: Mesh, vertex_map: np.ndarray, faces: np.nda
                  feather: int | None = None) -> Selection:
     """The `Selection` of `faces` (indices into `mesh.faces`, the same as `mapped.faces`)."""
     faces = check_faces(faces, len(mesh.faces))
-    ids = _atlas_raster(mapped, size)[0, ..., 3].long().numpy()  # face + 1, 0 where empty
+    raster = atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
+    ids = raster[0, ..., 3].long().numpy()  # face + 1, 0 where empty
     covered = ids > 0
     _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
     owner = ids[rows, cols] - 1  # every texel's nearest face
