@@ -83,6 +83,9 @@ def test_uvs_out_of_range_are_refused_and_nothing_is_written(tmp_path):
     ({"lr_anneal": -0.1}, r"lr_anneal must be a fraction in \[0, 1\], got -0.1"),
     ({"supersample": 0}, r"supersample must be in \[1, 8\], got 0"),
     ({"supersample": 16}, r"supersample must be in \[1, 8\], got 16"),
+    ({"smoothness": -0.01}, r"smoothness must be 0 or more, got -0.01"),
+    ({"smoothness": float("nan")}, r"smoothness must be a finite number, got nan"),
+    ({"background_lr": 0.0}, r"lr, finetune_lr and background_lr must be positive"),
 ])
 def test_out_of_range_paint_settings_are_refused_and_nothing_is_written(setting, message, tmp_path):
     box = two_tone_box()
