@@ -1,35 +1,54 @@
-"""Methods a user picks by name (`--method`, a job's "method"): an objective plus the defaults it comes with.
+"""Methods a user picks by name (`--method`, a job's "method", the add-on's Method list): the registry.
 
-Picking a method applies its overrides on top of a task's defaults and before any config file, preset or
-flag, so a user's own settings still win. A task keeps only the parts it has (painting has no volume
-renderer, so HiFA's sampling and z-variance settings do not apply to it).
+Each method is an objective class (its formula, its own settings table and the defaults it comes with) found
+by name; this table is light (no torch), so the command line's help and the service's welcome read it
+without loading a model. Adding a method is its objective's file plus one line here.
+
+Picking a method applies its objective's `defaults` on top of a task's defaults and before any preset,
+config file or flag, so a user's own settings still win. A task keeps only the parts it has (painting has
+no volume renderer, so HiFA's sampling and z-variance settings do not apply to it).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any
 
 from backend.errors import ConfigError
 
-METHODS: dict[str, dict] = {
-    "sds": {},
-    "hifa": {
-        # √-annealed timesteps from 980 down to 300 of 1000 (HiFA's reference range)
-        "timesteps": {"schedule": "sqrt", "t_min": 0.3, "t_max": 0.98},
-        # kernel-smoothed importance sampling: half again as many samples as the stratified pass
-        "render": {"importance_samples": 32, "kernel": "boxcar"},
-        # z-variance (a mean over rays, in the unit frame's distance²) against BGT+'s scale: on the known-answer
-        # box, 0 loses about 0.06 IoU and 2e4 costs colour accuracy
-        "optim": {"lambda_zvar": 2000.0},
-    },
-    "vsd": {
-        # ProlificDreamer: the LoRA's model of the renders replaces SDS's huge guidance scale
-        "objective": {"guidance_scale": 7.5,
-                      "vsd": {"lora_rank": 4, "lora_lr": 1e-4, "lora_timesteps": {"t_min": 0.0, "t_max": 1.0}}},
-        "timesteps": {"schedule": "uniform", "t_min": 0.02, "t_max": 0.98},
-    },
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # as the add-on's Method list shows it
+    objective: str  # "module:Class" of its objective, imported when a job needs it
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "sds": Method("SDS", "backend.objectives.sds:SDS", "Score distillation (DreamFusion / Latent-NeRF)"),
+    "hifa": Method("HiFA", "backend.objectives.hifa:BGT",
+                   "HiFA's multi-step denoising losses and annealed timesteps: sharper, slower"),
+    "vsd": Method("VSD", "backend.objectives.vsd:VSD",
+                  "ProlificDreamer's variational score distillation: trains a LoRA of the model on the object's "
+                  "own views, at a normal guidance scale (7.5): less over-saturated, slower"),
 }
+DEFAULT_METHOD = "sds"
+
+
+def check_method(name: str) -> str:
+    """`name` if it names a method, else the error that lists them (the one place a method name is checked)."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}", f"choose one of {', '.join(sorted(METHODS))}")
+    return name
+
+
+def objective_class(name: str) -> Any:
+    """The objective class of method `name` (imported on first use)."""
+    module, _, cls = METHODS[check_method(name)].objective.partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def method_overrides(name: str, config_type: type | None = None) -> dict:
@@ -37,13 +56,14 @@ def method_overrides(name: str, config_type: type | None = None) -> dict:
 
     With `config_type` (a task's config dataclass), only the tables that config has are kept.
     """
-    from backend.objectives import OBJECTIVES
-
-    if name not in OBJECTIVES:
-        raise ConfigError(f"unknown method {name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")
-    overrides = copy.deepcopy(METHODS.get(name, {}))
+    overrides = copy.deepcopy(objective_class(name).defaults)
     overrides.setdefault("objective", {})["name"] = name
     if config_type is not None:
         known = {f.name for f in dataclasses.fields(config_type)}
         overrides = {k: v for k, v in overrides.items() if k in known}
     return overrides
+
+
+def describe_methods() -> dict[str, dict[str, str]]:
+    """{name: {"label", "description"}} for every method, in the registry's order (the service's welcome)."""
+    return {name: {"label": m.label, "description": m.description} for name, m in METHODS.items()}

@@ -15,11 +15,11 @@ from tiny_config import TINY
 from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.config import from_dict, merge
 from backend.errors import Cancelled, ConfigError
-from backend.guidance.base import Guidance, Prompt, v_to_epsilon
+from backend.guidance.base import Guidance, NoisePrediction, Prompt, v_to_epsilon
 from backend.guidance.target import TargetGuidance, sd_scheduler
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.loop import Checkpointer, Stage, run_stages
-from backend.objectives.sds import SDS, ObjectiveConfig
+from backend.objectives.sds import SDS
 from backend.render.rasterize import interpolate, rasterize
 from backend.render.volume import composite, intersect_sphere
 from backend.scene.hashgrid import HashGrid
@@ -33,8 +33,8 @@ class KnownNoise(Guidance):
         self.scheduler = sd_scheduler()
         self.eps_hat = eps_hat
 
-    def predict_noise(self, z_t, t, prompt, cameras, guidance_scale):
-        return self.eps_hat
+    def predict_noise(self, z_t, t, prompt, cameras):
+        return NoisePrediction(self.eps_hat, self.eps_hat)
 
     def encode(self, images):
         return images
@@ -49,7 +49,7 @@ def test_sds_gradient_is_weighted_noise_residual():
     eps_hat = torch.randn(2, 4, 8, 8)
     guidance = KnownNoise(eps_hat)
     t = torch.tensor([100, 700])
-    sds = SDS(ObjectiveConfig(), guidance)
+    sds = SDS(guidance, 100.0)
     loss = sds.loss(z, None, t, Prompt("x"), None, gen)
     loss.backward()
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
@@ -74,7 +74,7 @@ def test_target_guidance_is_the_optimal_denoiser():
     a = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
     eps = torch.randn_like(z_star)
     z_t = a.sqrt() * z_star + (1 - a).sqrt() * eps
-    assert torch.allclose(guidance.predict_noise(z_t, t, Prompt("x"), cams, 100.0), eps, atol=1e-4)
+    assert torch.allclose(guidance.predict_noise(z_t, t, Prompt("x"), cams).guided(100.0), eps, atol=1e-4)
     rgb = torch.rand(1, 3, 16, 16)
     assert torch.allclose(latent_to_rgb(rgb_to_latent(rgb)), rgb, atol=1e-5)
 

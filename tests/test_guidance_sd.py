@@ -127,7 +127,7 @@ def test_loads_a_single_file_checkpoint_with_its_own_weights(
         assert not torch.equal(first, next(iter(getattr(sd, name).parameters())))
     assert (g.image_size, g.latent_size, g.prediction_type) == (IMAGE_SIZE, LATENT_SIZE, "epsilon")
     cameras, _ = four_views()
-    assert torch.isfinite(g.predict_noise(latents(4), torch.tensor(500), PROMPT, cameras, 7.5)).all()
+    assert torch.isfinite(g.predict_noise(latents(4), torch.tensor(500), PROMPT, cameras).guided(7.5)).all()
 
 
 def test_single_file_config_from_environment(
@@ -194,13 +194,13 @@ def test_unknown_hub_id_offline_fails_fast_with_a_hint(monkeypatch: pytest.Monke
 def test_predict_noise_shape_dtype_and_finite(sd: StableDiffusionGuidance, tiny_sd_dir: Path) -> None:
     cameras, _ = four_views()
     z = latents(4).requires_grad_()
-    eps = sd.predict_noise(z, torch.tensor([10, 250, 500, 990]), PROMPT, cameras, 7.5)
+    eps = sd.predict_noise(z, torch.tensor([10, 250, 500, 990]), PROMPT, cameras).guided(7.5)
     assert eps.shape == z.shape and eps.dtype == torch.float32 and not eps.requires_grad
     assert torch.isfinite(eps).all()
     # a lower-precision U-Net still takes and returns float32
     low = StableDiffusionGuidance.load(tiny_sd_dir, dtype=torch.bfloat16)
     assert low.unet.dtype == torch.bfloat16
-    eps_low = low.predict_noise(z, torch.tensor(500), PROMPT, cameras, 7.5)
+    eps_low = low.predict_noise(z, torch.tensor(500), PROMPT, cameras).guided(7.5)
     assert eps_low.dtype == torch.float32 and torch.isfinite(eps_low).all()
 
 
@@ -210,7 +210,7 @@ def test_cfg_matches_a_hand_computation(sd: StableDiffusionGuidance, scale: floa
     assert cameras.view_labels() == views
     z, t = latents(4), torch.tensor([100, 400, 700, 900])
     eps_u, eps_c = uncond_cond_by_hand(sd, z, t, views)
-    eps = sd.predict_noise(z, t, PROMPT, cameras, scale)
+    eps = sd.predict_noise(z, t, PROMPT, cameras).guided(scale)
     # the guidance runs both halves in one U-Net batch, the hand computation in two: float32 rounding of
     # about 2e-6 per half, which the combination multiplies by the scale
     torch.testing.assert_close(eps, eps_u + scale * (eps_c - eps_u), rtol=1e-4, atol=1e-5 * max(1.0, scale))
@@ -224,7 +224,7 @@ def test_view_independent_prompt_uses_the_plain_text(sd: StableDiffusionGuidance
     prompt = Prompt("a teddy bear", negative="blurry", view_dependent=False)
     cond = embed_by_hand(sd, [prompt.text] * 4)
     expected = unet_by_hand(sd, z, t.expand(4), cond)
-    torch.testing.assert_close(sd.predict_noise(z, t, prompt, cameras, 1.0), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sd.predict_noise(z, t, prompt, cameras).guided(1.0), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_v_prediction_is_converted_to_noise(sd_vpred: StableDiffusionGuidance) -> None:
@@ -235,7 +235,7 @@ def test_v_prediction_is_converted_to_noise(sd_vpred: StableDiffusionGuidance) -
     alpha_bar = sd_vpred.scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
     # z_t = √ᾱ·x0 + √(1−ᾱ)·ε and v = √ᾱ·ε − √(1−ᾱ)·x0  ⇒  ε = √ᾱ·v + √(1−ᾱ)·z_t
     expected = alpha_bar.sqrt() * v + (1 - alpha_bar).sqrt() * z
-    eps = sd_vpred.predict_noise(z, t, PROMPT, cameras, scale)
+    eps = sd_vpred.predict_noise(z, t, PROMPT, cameras).guided(scale)
     torch.testing.assert_close(eps, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(eps, v, atol=1e-3)  # the conversion did something
 
@@ -256,7 +256,7 @@ def test_prompt_embeddings_are_encoded_once(
     assert calls == [6]  # negative + one per view (front, side, back, overhead, bottom), in one batch
     sd.prepare(prompt)
     cameras, _ = four_views()
-    sd.predict_noise(latents(4), torch.tensor(500), prompt, cameras, 7.5)
+    sd.predict_noise(latents(4), torch.tensor(500), prompt, cameras).guided(7.5)
     assert calls == [6]
     sd.prepare(Prompt("a wooden chair", negative="ugly", view_dependent=False))
     assert calls == [6, 1]  # only the plain text was new

@@ -23,13 +23,12 @@ from backend.cli import GENERATE_FLAGS, PAINT_FLAGS, build_config, build_parser,
 from backend.config import merge
 from backend.depth import MonocularDepth
 from backend.errors import ConfigError, ModelNotFoundError
-from backend.guidance.base import Guidance, Prompt
+from backend.guidance.base import Guidance, NoisePrediction, Prompt
 from backend.guidance.target import TargetGuidance, sd_scheduler
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.mesh import Mesh
 from backend.methods import method_overrides
-from backend.objectives import BGT, ObjectiveConfig
-from backend.objectives.hifa import NATIVE_LATENT_ELEMENTS, WEIGHT
+from backend.objectives.hifa import BGT, NATIVE_LATENT_ELEMENTS, WEIGHT, BGTConfig
 from backend.regularisers import ramp, scale_invariant_disparity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer, composite, smooth_weights
 from backend.schedules import TimestepConfig, sample_timesteps
@@ -69,9 +68,9 @@ def test_sqrt_schedule_falls_from_980_to_300():
 class Recording(TargetGuidance):
     """TargetGuidance that records the timesteps it is asked about."""
 
-    def predict_noise(self, z_t, t, prompt, cameras, guidance_scale):
+    def predict_noise(self, z_t, t, prompt, cameras):
         self.seen.append(int(t[0]))
-        return super().predict_noise(z_t, t, prompt, cameras, guidance_scale)
+        return super().predict_noise(z_t, t, prompt, cameras)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -79,7 +78,7 @@ def test_multistep_estimate_is_the_target_exactly(eta):
     guidance = Recording(two_tone_box())
     cams = Cameras.orbit([10.0, 40.0, -5.0], [20.0, 200.0, 95.0], 1.3, 50.0)
     z_star = guidance.target_latents(cams, 8)
-    bgt = BGT(merge(ObjectiveConfig(name="hifa"), {"hifa": {"eta": eta}}), guidance)
+    bgt = BGT(guidance, 100.0, BGTConfig(eta=eta))
     z = torch.randn(z_star.shape, generator=torch.Generator().manual_seed(1))
     for t in ([980, 980, 980], [300, 700, 2]):
         guidance.seen = []
@@ -98,8 +97,9 @@ class ZeroTarget(Guidance):
     def __init__(self) -> None:
         self.scheduler = sd_scheduler()
 
-    def predict_noise(self, z_t, t, prompt, cameras, guidance_scale):
-        return z_t / (1 - self.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+    def predict_noise(self, z_t, t, prompt, cameras):
+        eps = z_t / (1 - self.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+        return NoisePrediction(eps, eps)
 
     def encode(self, images):
         return rgb_to_latent(images)
@@ -110,8 +110,8 @@ class ZeroTarget(Guidance):
 
 def test_bgt_loss_is_normalised_by_resolution_and_pulls_towards_the_estimate():
     guidance = ZeroTarget()
-    plain = BGT(merge(ObjectiveConfig(name="hifa"), {"hifa": {"lambda_rgb": 0.0}}), guidance)
-    plus = BGT(ObjectiveConfig(name="hifa"), guidance)
+    plain = BGT(guidance, 100.0, BGTConfig(lambda_rgb=0.0))
+    plus = BGT(guidance, 100.0)
     t = torch.tensor([500])
     losses = {}
     for size in (8, 32):

@@ -53,8 +53,8 @@ def test_the_noise_no_longer_cancels():
     prompt = Prompt("a tall red tower")
     # (at scale 1 the mixture is its conditional part, a single target here, so the noise cancels again)
     for guidance, scale, depends in ((target, 100.0, False), (mixture, 0.0, True), (mixture, 100.0, True)):
-        d1 = guidance.predict_noise(noised(z, t, eps1, guidance), t, prompt, CAMS, scale) - eps1
-        d2 = guidance.predict_noise(noised(z, t, eps2, guidance), t, prompt, CAMS, scale) - eps2
+        d1 = guidance.predict_noise(noised(z, t, eps1, guidance), t, prompt, CAMS).guided(scale) - eps1
+        d2 = guidance.predict_noise(noised(z, t, eps2, guidance), t, prompt, CAMS).guided(scale) - eps2
         gap = float((d1 - d2).abs().max())
         assert (gap > 0.1) if depends else (gap < 1e-3), (type(guidance).__name__, scale, gap)
 
@@ -85,23 +85,23 @@ def test_prompt_and_guidance_scale_reach_the_prior():
     z_t = noised(torch.zeros(3, 4, 8, 8), t, eps, mixture)
     tower, slab = Prompt("a tall red tower"), Prompt("A flat, blue slab!")
     # scale 0 is the unconditional mixture: the prompt does not matter
-    assert torch.allclose(mixture.predict_noise(z_t, t, tower, CAMS, 0.0),
-                          mixture.predict_noise(z_t, t, slab, CAMS, 0.0))
+    assert torch.allclose(mixture.predict_noise(z_t, t, tower, CAMS).guided(0.0),
+                          mixture.predict_noise(z_t, t, slab, CAMS).guided(0.0))
     # scale 1 is the conditional one: each prompt gets its own target, and CFG extrapolates from the mixture
     a = mixture.alphas_cumprod[t].view(-1, 1, 1, 1)
     z_star = mixture.all_target_latents(CAMS, 8)
     for prompt, k in ((tower, 0), (slab, 1)):
-        cond = mixture.predict_noise(z_t, t, prompt, CAMS, 1.0)
+        cond = mixture.predict_noise(z_t, t, prompt, CAMS).guided(1.0)
         assert torch.allclose(cond, (z_t - a.sqrt() * z_star[k]) / (1 - a).sqrt(), atol=1e-4)
-        uncond = mixture.predict_noise(z_t, t, prompt, CAMS, 0.0)
-        guided = mixture.predict_noise(z_t, t, prompt, CAMS, 7.5)
+        uncond = mixture.predict_noise(z_t, t, prompt, CAMS).guided(0.0)
+        guided = mixture.predict_noise(z_t, t, prompt, CAMS).guided(7.5)
         assert torch.allclose(guided, uncond + 7.5 * (cond - uncond), atol=1e-3)
-    assert not torch.allclose(mixture.predict_noise(z_t, t, tower, CAMS, 1.0),
-                              mixture.predict_noise(z_t, t, slab, CAMS, 1.0))
+    assert not torch.allclose(mixture.predict_noise(z_t, t, tower, CAMS).guided(1.0),
+                              mixture.predict_noise(z_t, t, slab, CAMS).guided(1.0))
     # one target: TargetGuidance, once both use the same frame
     single.set_frame(target.frame)
-    assert torch.allclose(single.predict_noise(z_t, t, tower, CAMS, 100.0),
-                          target.predict_noise(z_t, t, tower, CAMS, 100.0), atol=1e-4)
+    assert torch.allclose(single.predict_noise(z_t, t, tower, CAMS).guided(100.0),
+                          target.predict_noise(z_t, t, tower, CAMS).guided(100.0), atol=1e-4)
 
 
 def test_captions_match_by_words():

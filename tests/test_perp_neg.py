@@ -78,7 +78,7 @@ def test_one_batched_unet_call_matches_the_embeddings_by_hand(tiny):
     calls = []
     hook = tiny.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     try:
-        got = tiny.predict_noise(z, t, prompt, cams, 7.5)
+        got = tiny.predict_noise(z, t, prompt, cams).guided(7.5)
     finally:
         hook.remove()
     assert calls == [4 * 3]  # ε_u, the positive and two negatives, in one call
@@ -102,12 +102,13 @@ def test_without_negatives_it_is_plain_cfg(tiny):
     t = torch.tensor([400, 700])
     overhead = Cameras.orbit(80.0, [0.0, 100.0], 1.3, 50.0)
     on, off = Prompt("a dog", perp_neg=True), Prompt("a dog")
-    assert torch.allclose(tiny.predict_noise(z, t, on, overhead, 7.5), tiny.predict_noise(z, t, off, overhead, 7.5),
-                          atol=1e-5)
+    assert torch.allclose(tiny.predict_noise(z, t, on, overhead).guided(7.5),
+                          tiny.predict_noise(z, t, off, overhead).guided(7.5), atol=1e-5)
     side = Cameras.orbit(0.0, [90.0, -90.0], 1.3, 50.0)
     plain = Prompt("a dog", view_dependent=False)
-    assert torch.allclose(tiny.predict_noise(z, t, Prompt("a dog", view_dependent=False, perp_neg=True), side, 7.5),
-                          tiny.predict_noise(z, t, plain, side, 7.5), atol=1e-5)
+    both = Prompt("a dog", view_dependent=False, perp_neg=True)
+    assert torch.allclose(tiny.predict_noise(z, t, both, side).guided(7.5),
+                          tiny.predict_noise(z, t, plain, side).guided(7.5), atol=1e-5)
 
 
 def test_auto_follows_the_prior_and_flags_win(tiny):

@@ -24,9 +24,9 @@ class Recording(TargetGuidance):
 
     seen: list[int]
 
-    def predict_noise(self, z_t, t, prompt, cameras, guidance_scale):
+    def predict_noise(self, z_t, t, prompt, cameras):
         self.seen.append(int(t[0]))
-        return super().predict_noise(z_t, t, prompt, cameras, guidance_scale)
+        return super().predict_noise(z_t, t, prompt, cameras)
 
 
 def stage(name: str, iters: int, restart: bool = False) -> Stage:

@@ -19,7 +19,8 @@ from backend.guidance.stable_diffusion import StableDiffusionGuidance
 from backend.guidance.target import TargetGuidance
 from backend.loop import Checkpointer
 from backend.methods import method_overrides
-from backend.objectives import VSD, ObjectiveConfig, VSDConfig
+from backend.objectives.config import ObjectiveConfig, build_objective
+from backend.objectives.vsd import VSDConfig
 from backend.tasks.generate import GenerateConfig, generate, prepare_generate
 
 
@@ -34,7 +35,7 @@ def test_vsd_gradient_is_the_weighted_gap_between_the_prior_and_its_model():
     torch.manual_seed(0)
     mixture = tall_and_flat()
     prompt = Prompt("a tall red tower", view_dependent=False)
-    vsd = VSD(vsd_config(), mixture)
+    vsd = build_objective(vsd_config(), mixture)
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(3, 4, 8, 8, generator=gen) * 0.3
     noise = torch.randn(3, 4, 8, 8, generator=gen)
@@ -42,14 +43,14 @@ def test_vsd_gradient_is_the_weighted_gap_between_the_prior_and_its_model():
     a = mixture.alphas_cumprod[t].view(-1, 1, 1, 1)
     z_t = a.sqrt() * z + (1 - a).sqrt() * noise
     w = (1 - a)
-    eps_c = mixture.predict_noise(z_t, t, prompt, CAMS, 1.0)
-    eps_u = mixture.predict_noise(z_t, t, prompt, CAMS, 0.0)
+    eps_c = mixture.predict_noise(z_t, t, prompt, CAMS).guided(1.0)
+    eps_u = mixture.predict_noise(z_t, t, prompt, CAMS).guided(0.0)
     start = vsd.gradient(z, t, noise, prompt, CAMS)
     assert torch.allclose(start, w * (eps_u + 7.5 * (eps_c - eps_u)), atol=1e-4)
     with torch.no_grad():  # move ε_φ off its start
         for p in vsd.trainable.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    eps_pre = mixture.predict_noise(z_t, t, prompt, CAMS, 7.5)
+    eps_pre = mixture.predict_noise(z_t, t, prompt, CAMS).guided(7.5)
     eps_phi = vsd.trainable(z_t, t, prompt, CAMS)
     assert float(eps_phi.detach().abs().max()) > 1e-2
     grad = vsd.gradient(z, t, noise, prompt, CAMS)
@@ -74,14 +75,14 @@ def test_lora_of_a_tiny_sd_starts_as_the_unet_and_its_loss_falls():
     guidance = StableDiffusionGuidance.random("tiny")
     prompt = Prompt("a red box")
     guidance.prepare(prompt)
-    vsd = VSD(vsd_config(lora_lr=1e-2, camera_dropout=0.0), guidance)
+    vsd = build_objective(vsd_config(lora_lr=1e-2, camera_dropout=0.0), guidance)
     trained = sum(p.numel() for p in vsd.trainable.parameters())
     assert 0 < trained < 0.2 * sum(p.numel() for p in guidance.unet.parameters())
     assert all(not k.startswith("unet.") or ".lora_" in k for k in vsd.trainable.state_dict())
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(3, 4, 16, 16, generator=gen)
     t = torch.tensor([100, 400, 800])
-    assert torch.allclose(vsd.trainable(z, t, prompt, CAMS), guidance.predict_noise(z, t, prompt, CAMS, 1.0),
+    assert torch.allclose(vsd.trainable(z, t, prompt, CAMS), guidance.predict_noise(z, t, prompt, CAMS).guided(1.0),
                           atol=1e-5)
     optimizer = torch.optim.Adam(vsd.param_groups())
     renders = torch.randn(3, 4, 16, 16, generator=gen) * 0.5
@@ -101,11 +102,11 @@ def test_lora_of_a_tiny_sd_starts_as_the_unet_and_its_loss_falls():
     # the prior stays the pretrained U-Net: its own weights are frozen and its prediction is unchanged
     assert not any(p.requires_grad for n, p in guidance.unet.named_parameters() if ".vsd." not in n)
     fresh = StableDiffusionGuidance.random("tiny")
-    assert torch.allclose(guidance.predict_noise(z, t, prompt, CAMS, 7.5), fresh.predict_noise(z, t, prompt, CAMS, 7.5),
-                          atol=1e-5)
+    assert torch.allclose(guidance.predict_noise(z, t, prompt, CAMS).guided(7.5),
+                          fresh.predict_noise(z, t, prompt, CAMS).guided(7.5), atol=1e-5)
     # a second job on the same guidance starts a fresh LoRA
-    again = VSD(vsd_config(), guidance)
-    assert torch.allclose(again.trainable(z, t, prompt, CAMS), guidance.predict_noise(z, t, prompt, CAMS, 1.0),
+    again = build_objective(vsd_config(), guidance)
+    assert torch.allclose(again.trainable(z, t, prompt, CAMS), guidance.predict_noise(z, t, prompt, CAMS).guided(1.0),
                           atol=1e-5)
 
 

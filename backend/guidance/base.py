@@ -1,7 +1,9 @@
 """What every 2D prior offers the optimisation loop.
 
 A guidance owns its noise schedule (a diffusers scheduler), its image↔latent maps and its noise
-prediction. Objectives (SDS, HiFA's BGT) only call these methods, so a new prior is one new file.
+prediction. Like a diffusers U-Net, `predict_noise` returns the raw parts of its prediction (unconditional,
+conditional and Perp-Neg's negatives); the objective combines them (`NoisePrediction.guided` is classifier-free
+guidance, `NoisePrediction.direction` the classifier score), so a new prior or a new objective is one file.
 """
 
 from __future__ import annotations
@@ -14,6 +16,33 @@ import torch
 from backend.cameras import Cameras
 from backend.mesh import Frame
 from backend.speed import SpeedConfig
+
+
+@dataclass
+class NoisePrediction:
+    """A prior's raw noise estimates for one batch, float32 [B, 4, h, w] each, as ε (never v)."""
+
+    uncond: torch.Tensor  # ε(z_t; negative prompt): classifier-free guidance's unconditional branch
+    cond: torch.Tensor  # ε(z_t; y): the (view's) prompt; with Perp-Neg, the blend of its two nearest views
+    negatives: torch.Tensor | None = None  # Perp-Neg: the other views' ε [N, B, 4, h, w]
+    negative_weights: torch.Tensor | None = None  # and their weights [B, N]
+
+    def direction(self) -> torch.Tensor:
+        """The classifier score: ε_c − ε_u, or Perp-Neg's combination of it with the perpendicular negatives."""
+        if self.negatives is None:
+            return self.cond - self.uncond
+        from backend.guidance.perp_neg import direction
+
+        return direction(self.uncond, self.cond, self.negatives, self.negative_weights)
+
+    def guided(self, scale: float) -> torch.Tensor:
+        """ε̂ under classifier-free guidance at `scale` (with Perp-Neg's negatives when the prior made them)."""
+        return classifier_free(self.uncond, self.direction(), scale)
+
+
+def classifier_free(uncond: torch.Tensor, direction: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ε̂ = ε_u + s·d, with d = ε_c − ε_u (or Perp-Neg's direction)."""
+    return uncond + scale * direction
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,9 @@ class Guidance(ABC):
     #: whether Perp-Neg is on for view-dependent prompts unless a job says otherwise. Stable Diffusion: yes.
     #: Analytic priors: no (their captions carry no views, so it would reduce to plain CFG at twice the cost).
     perp_neg_by_default: bool = False
+    #: whether the prediction depends on the prompt at all (an analytic single target's does not: its
+    #: conditional and unconditional estimates are one and the same)
+    prompt_matters: bool = True
 
     @property
     def num_train_timesteps(self) -> int:
@@ -65,15 +97,8 @@ class Guidance(ABC):
         """Called once per job before the first step: precompute what depends only on the prompt."""
 
     @abstractmethod
-    def predict_noise(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        prompt: Prompt,
-        cameras: Cameras,
-        guidance_scale: float,
-    ) -> torch.Tensor:
-        """ε̂(z_t; y, t) with classifier-free guidance, as float32 [B, 4, h, w]. Never differentiated."""
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras) -> NoisePrediction:
+        """The raw parts of ε̂(z_t; y, t) for latents z_t [B, 4, h, w] at timesteps t. Never differentiated."""
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:

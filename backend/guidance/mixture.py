@@ -34,7 +34,7 @@ import torch
 from backend.cameras import VIEWS, Cameras
 from backend.errors import InputError
 from backend.guidance.analytic import AnalyticGuidance, epsilon_of
-from backend.guidance.base import Prompt
+from backend.guidance.base import NoisePrediction, Prompt
 from backend.mesh import Mesh, load_mesh
 
 IGNORED_WORDS = frozenset({"a", "an", "the"})
@@ -118,14 +118,13 @@ class MixtureGuidance(AnalyticGuidance):
     def prepare(self, prompt: Prompt) -> None:
         self.matching(prompt)  # an unmatched prompt fails before the first step
 
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras,
-                      guidance_scale: float) -> torch.Tensor:
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras) -> NoisePrediction:
         with torch.no_grad():
             z_star = self.all_target_latents(cameras, z_t.shape[-1]).to(z_t)
             a = self.alphas_cumprod[t]
             eps_uncond = epsilon_of(z_t, a, mixture_denoise(z_t, a, z_star))
             eps_cond = epsilon_of(z_t, a, mixture_denoise(z_t, a, z_star, self.members(prompt, cameras)))
-            return (eps_uncond + guidance_scale * (eps_cond - eps_uncond)).float()
+        return NoisePrediction(eps_uncond.float(), eps_cond.float())
 
     def describe(self) -> str:
         return f"MixtureGuidance ({len(self.captions)} targets: {'; '.join(self.captions)})"

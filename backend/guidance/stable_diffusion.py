@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from backend.cameras import VIEWS, Cameras
 from backend.errors import InputError, LatentForgeError, ModelNotFoundError
-from backend.guidance.base import Guidance, Prompt, v_to_epsilon
-from backend.guidance.perp_neg import combine, view_mix
+from backend.guidance.base import Guidance, NoisePrediction, Prompt, v_to_epsilon
+from backend.guidance.perp_neg import view_mix
 from backend.speed import SpeedConfig
 from backend.transfer import to_device
 
@@ -212,14 +212,7 @@ class StableDiffusionGuidance(Guidance):
 
     # -- the prior -------------------------------------------------------------------------------------
 
-    def predict_noise(
-        self,
-        z_t: torch.Tensor,
-        t: torch.Tensor,
-        prompt: Prompt,
-        cameras: Cameras,
-        guidance_scale: float,
-    ) -> torch.Tensor:
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras) -> NoisePrediction:
         batch = z_t.shape[0]
         if cameras.batch != batch:
             raise ValueError(f"{cameras.batch} cameras for {batch} latents")
@@ -240,16 +233,15 @@ class StableDiffusionGuidance(Guidance):
             out = raw.float()
             if out is raw and self._speed[1] == "reduce-overhead":
                 out = out.clone()  # the graph's own output buffer: the next replay overwrites it
-            out_uncond, out_cond, *out_neg = out.chunk(parts)
-            if perp_neg:
-                # scale-invariant in the model's output, so v-predictions combine as ε's would
-                guided = combine(out_uncond, out_cond, torch.stack(out_neg), neg_w.to(out), guidance_scale)
-            else:
-                guided = out_uncond + guidance_scale * (out_cond - out_uncond)
             if self.prediction_type == "v_prediction":
-                # linear in the model output, so converting after the guidance equals converting each
-                guided = v_to_epsilon(guided, z_t.detach().float(), self.alphas_cumprod[t.long()])
-        return guided
+                # each part on its own: guidance combines parts with weights that sum to 1 and differences of
+                # parts, where this affine map's offset cancels, so ε's combine exactly as the v's would
+                out = v_to_epsilon(out, z_t.detach().float().repeat(parts, 1, 1, 1),
+                                   self.alphas_cumprod[t.long()].repeat(parts))
+            out_uncond, out_cond, *out_neg = out.chunk(parts)
+        if perp_neg:
+            return NoisePrediction(out_uncond, out_cond, torch.stack(out_neg), neg_w.to(out))
+        return NoisePrediction(out_uncond, out_cond)
 
     @property
     def unet_compile_mode(self) -> str:

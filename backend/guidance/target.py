@@ -17,13 +17,15 @@ import torch
 
 from backend.cameras import Cameras
 from backend.guidance.analytic import VAE_FACTOR, AnalyticGuidance, epsilon_of, sd_scheduler
-from backend.guidance.base import Prompt
+from backend.guidance.base import NoisePrediction, Prompt
 from backend.mesh import Mesh, load_mesh
 
 __all__ = ["VAE_FACTOR", "TargetGuidance", "sd_scheduler", "vertex_colored"]
 
 
 class TargetGuidance(AnalyticGuidance):
+    prompt_matters = False  # one known answer, whatever the prompt
+
     def __init__(self, mesh: Mesh, device: torch.device | str = "cpu",
                  background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
         super().__init__([mesh], device, background, names=["target mesh"])
@@ -41,12 +43,12 @@ class TargetGuidance(AnalyticGuidance):
         """z*_c [B, 4, size, size]: G's render from each camera, in latent space."""
         return self.all_target_latents(cameras, size)[0]
 
-    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras,
-                      guidance_scale: float) -> torch.Tensor:
+    def predict_noise(self, z_t: torch.Tensor, t: torch.Tensor, prompt: Prompt, cameras: Cameras) -> NoisePrediction:
         with torch.no_grad():
             z_star = self.target_latents(cameras, z_t.shape[-1]).to(z_t)
-            # the prior is the same with or without the prompt, so guidance leaves it unchanged
-            return epsilon_of(z_t, self.alphas_cumprod[t], z_star).float()
+            eps = epsilon_of(z_t, self.alphas_cumprod[t], z_star).float()
+        # the prior is the same with or without the prompt: one estimate is both branches
+        return NoisePrediction(eps, eps)
 
     def describe(self) -> str:
         return f"TargetGuidance ({len(self.mesh.faces)} faces)"

@@ -7,45 +7,30 @@ elements and averaged over the batch, whose gradient with respect to z is exactl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from backend.cameras import Cameras
-from backend.errors import ConfigError
-from backend.guidance.base import Guidance, Prompt
+from backend.guidance.base import NoisePrediction, Prompt
 from backend.objectives.base import Objective
 from backend.transfer import to_device
 
 
-@dataclass
-class ObjectiveConfig:
-    name: str = "sds"
-    guidance_scale: float = 100.0  # classifier-free guidance (Latent-NeRF, DreamFusion: 100)
-
-    def validate(self) -> None:
-        from backend.objectives import OBJECTIVES
-
-        if self.name not in OBJECTIVES:
-            raise ConfigError(f"unknown method {self.name!r}", f"choose one of {', '.join(sorted(OBJECTIVES))}")
-        if not self.guidance_scale >= 0:
-            raise ConfigError(f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
-
-
 class SDS(Objective):
-    def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
-        self.config = config
-        self.guidance = guidance
-
     def weight(self, t: torch.Tensor) -> torch.Tensor:
         return 1 - self.guidance.alphas_cumprod[t]
+
+    def prediction(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
+                   cameras: Cameras) -> tuple[torch.Tensor, NoisePrediction]:
+        """(z_t, the prior's raw parts at z_t): latents z [B, 4, h, w] noised to timesteps t with `noise`."""
+        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
+        return z_t, self.guidance.predict_noise(z_t, t, prompt, cameras)
 
     def prior_noise(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
                     cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_t, ε̂): latents z [B, 4, h, w] noised to timesteps t, and the prior's guided noise estimate."""
-        a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
-        z_t = a.sqrt() * z.detach() + (1 - a).sqrt() * noise
-        return z_t, self.guidance.predict_noise(z_t, t, prompt, cameras, self.config.guidance_scale)
+        z_t, parts = self.prediction(z, t, noise, prompt, cameras)
+        return z_t, parts.guided(self.guidance_scale)
 
     def gradient(self, z: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, prompt: Prompt,
                  cameras: Cameras) -> torch.Tensor:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,9 +28,6 @@ from backend.guidance.base import Guidance, Prompt
 from backend.objectives.sds import SDS
 from backend.schedules import TimestepConfig, uniform_timesteps
 from backend.transfer import to_device
-
-if TYPE_CHECKING:
-    from backend.objectives import ObjectiveConfig
 
 MAX_RANK = 256
 HINT = "ProlificDreamer's defaults: lora_rank 4, lora_lr 1e-4, lora timesteps 0 … 1, camera_dropout 0.1"
@@ -64,10 +60,17 @@ class VSDConfig:
 
 
 class VSD(SDS):
-    def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
-        super().__init__(config, guidance)
-        self.settings: VSDConfig = getattr(config, "vsd", None) or VSDConfig()
-        self.settings.validate()
+    settings_type = VSDConfig
+    settings: VSDConfig
+    # ProlificDreamer: the LoRA's model of the renders replaces SDS's huge guidance scale
+    defaults = {
+        "objective": {"guidance_scale": 7.5,
+                      "vsd": {"lora_rank": 4, "lora_lr": 1e-4, "lora_timesteps": {"t_min": 0.0, "t_max": 1.0}}},
+        "timesteps": {"schedule": "uniform", "t_min": 0.02, "t_max": 0.98},
+    }
+
+    def __init__(self, guidance: Guidance, guidance_scale: float, settings: VSDConfig | None = None) -> None:
+        super().__init__(guidance, guidance_scale, settings)
         self.trainable = guidance.trainable_denoiser(self.settings.lora_rank)
 
     def param_groups(self) -> list[dict]:

@@ -24,7 +24,7 @@ import zmq
 
 from backend import __version__
 from backend.errors import LatentForgeError
-from backend.objectives import OBJECTIVES
+from backend.methods import METHODS
 from backend.presets import PRESETS
 from backend.service import checkpoint_wire, models, ownership, schema, tasks
 from backend.service.broker import Broker, WorkerPool
@@ -326,7 +326,7 @@ class Service:
         return self._reply("welcome", message, {
             "server": "latentforge", "version": __version__, "protocol": VERSION,
             "tasks": tasks.available() if usable else [],
-            "methods": sorted(OBJECTIVES), "presets": sorted(PRESETS), "models": self.config.models,
+            "methods": list(METHODS), "presets": sorted(PRESETS), "models": self.config.models,
             "unavailable": {m: f"{why}; {models.HINT}" for m, why in self.unavailable.items()},
             "queue": len(self.broker.queue), "workers": len(self.broker.workers),
             "limits": self._limits()})

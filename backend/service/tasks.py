@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from backend.config import from_dict, merge
-from backend.errors import ConfigError, LatentForgeError
+from backend.errors import LatentForgeError
 from backend.events import EventSink
 from backend.export import ExportResult
 from backend.guidance.base import Guidance
@@ -91,14 +91,10 @@ def generate_config(spec: JobSpec) -> GenerateConfig:
 
 
 def _check_generate(spec: JobSpec) -> None:
-    from backend.objectives import OBJECTIVES
-
     schema.check_overrides(spec.fields.get("overrides", {}), GenerateConfig)
     config = generate_config(spec)
     config.validate()
     schema.check_ceilings(config, "generate")
-    if config.objective.name not in OBJECTIVES:  # overrides can name an objective no method provides
-        raise ConfigError(f"unknown method {config.objective.name!r}", f"choose one of {', '.join(OBJECTIVES)}")
     if "vertices" in spec.arrays:
         Frame.fit(spec.mesh("sketch").vertices)  # a sketch with no extent cannot place anything
 

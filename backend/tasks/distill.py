@@ -22,7 +22,8 @@ from backend.events import EventSink, ignore
 from backend.guidance.base import Guidance, Prompt
 from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
-from backend.objectives import Objective, ObjectiveConfig, checkpointed
+from backend.objectives import Objective, checkpointed
+from backend.objectives.config import ObjectiveConfig
 from backend.scene.base import SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode

@@ -28,7 +28,7 @@ from backend.export.progress import estimate_export_s
 from backend.guidance.base import Guidance
 from backend.loop import Stage
 from backend.mesh import Frame, Mesh
-from backend.objectives import OBJECTIVES
+from backend.objectives.config import build_objective
 from backend.regularisers import orientation, ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig
 from backend.scene.base import PREVIEW_CAMERA  # noqa: F401 - where paint and older callers find it
@@ -162,7 +162,7 @@ def prepare_generate(
     if config.depth.weight > 0:
         regularisers["depth"] = (config.depth.weight, depth_regulariser(
             MonocularDepth.load(config.depth.model, device), guidance.decode))
-    objective = OBJECTIVES[config.objective.name](config.objective, guidance)
+    objective = build_objective(config.objective, guidance)
     step = DistillStep(lambda cams: scene.render(cams, config.resolution, "latent"), guidance, objective,
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
     orient = config.refine.lambda_orient
@@ -232,7 +232,5 @@ def generate(
     checkpoints go there and a rerun resumes from the last one.
     """
     config.validate()
-    if config.objective.name not in OBJECTIVES:
-        raise ConfigError(f"unknown method {config.objective.name!r}")
     out_path = glb_output(out_path)
     return run_job(prepare_generate(config, guidance, sketch, sketch_frame), out_path, on_event, cancel, job_dir)

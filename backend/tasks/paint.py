@@ -28,7 +28,7 @@ from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.loop import Stage, final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
-from backend.objectives import OBJECTIVES
+from backend.objectives.config import build_objective
 from backend.render.atlas import atlas_raster
 from backend.render.mesh_render import FILTERS
 from backend.scene.base import PREVIEW_CAMERA
@@ -213,7 +213,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         return to_preview(out.image, out.latent)
 
     sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
-    objective = OBJECTIVES[config.objective.name](config.objective, guidance)
+    objective = build_objective(config.objective, guidance)
     smooth = {"smoothness": (config.smoothness, lambda out, step, total: scene.smoothness())}
     step = DistillStep(render, guidance, objective, config.timesteps, sampler, prompt, generator,
                        regularisers=smooth)
