@@ -8,6 +8,8 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+from . import choices
+
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
 
 
@@ -17,6 +19,30 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     for key, value in extra.items():
         out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def _method_items(_self: Any, _context: Any) -> list[tuple]:
+    return choices.enum_items("methods")
+
+
+def _preset_items(_self: Any, _context: Any) -> list[tuple]:
+    return choices.enum_items("presets")
+
+
+def _get_method(self: Any) -> int:
+    return choices.index("methods", self.method_name)
+
+
+def _set_method(self: Any, value: int) -> None:
+    self.method_name = choices.names("methods")[value]
+
+
+def _get_quality(self: Any) -> int:
+    return choices.index("presets", self.quality_name)
+
+
+def _set_quality(self: Any, value: int) -> None:
+    self.quality_name = choices.names("presets")[value]
 
 
 class LatentForgeSettings(bpy.types.PropertyGroup):
@@ -33,25 +59,14 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
         ),
         default="GENERATE",
     )
-    method: EnumProperty(
-        name="Method",
-        items=(
-            ("sds", "SDS", "Score distillation (DreamFusion / Latent-NeRF)"),
-            ("hifa", "HiFA", "HiFA's multi-step denoising losses and annealed timesteps: sharper, slower"),
-            ("vsd", "VSD", "ProlificDreamer's variational score distillation: trains a LoRA of the model on the "
-                           "object's own views, at a normal guidance scale (7.5): less over-saturated, slower"),
-        ),
-        default="sds",
-    )
-    quality: EnumProperty(
-        name="Quality",
-        items=(
-            ("draft", "Draft", "Fewer steps, coarser mesh and texture: minutes on a GPU"),
-            ("standard", "Standard", "The methods' published settings"),
-            ("high", "High", "More steps, finer mesh, 2048² texture"),
-        ),
-        default="standard",
-    )
+    # the lists come from the server (`choices`); the chosen names are kept as text, so a list that changes
+    # with the server keeps the artist's choice where the new server offers it
+    method_name: StringProperty(default=choices.DEFAULTS["methods"], options={"HIDDEN"})
+    quality_name: StringProperty(default=choices.DEFAULTS["presets"], options={"HIDDEN"})
+    method: EnumProperty(name="Method", description="How the prompt steers the optimisation (the server's methods)",
+                         items=_method_items, get=_get_method, set=_set_method)
+    quality: EnumProperty(name="Quality", description="A preset schedule for the job (the server's presets)",
+                          items=_preset_items, get=_get_quality, set=_set_quality)
     seed: IntProperty(name="Seed", description="Same seed and settings give the same result", min=0, default=0)
     looseness: FloatProperty(
         name="Follow Loosely",

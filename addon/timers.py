@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import bpy
 
-from . import preferences
+from . import choices, preferences
 from .connection import Connection, Event
 from .jobs import Job, Jobs, ServerStatus
 from .local_backend import LocalBackend
@@ -147,6 +147,7 @@ def _ignore(_rt: Runtime, _event: Event) -> None:
 
 def _connected(rt: Runtime, event: Event) -> None:
     rt.server = ServerStatus(True, "", dict(event.get("info", {})))
+    choices.offer(rt.server.info)
 
 
 def _disconnected(rt: Runtime, event: Event) -> None:

@@ -36,11 +36,11 @@ import torch
 
 from backend import __version__
 from backend.bench_field import field_figures, field_report, form_field, hifa_breakdown
+from backend.compose import compose_config
 from backend.config import load_file, merge
 from backend.errors import ConfigError, LatentForgeError
 from backend.loop import Stage, train_step
 from backend.mesh import Mesh
-from backend.methods import method_overrides
 from backend.timing import PartTimer, Timer, untimed, wall
 
 # name → (task, method, settings): plain CFG unless the name says Perp-Neg, so each method's cost and
@@ -215,11 +215,7 @@ def sphere_density(density: Callable[[torch.Tensor], torch.Tensor], level: float
 
 
 def task_config(kind: str, method: str, overrides: dict) -> Any:
-    from backend.tasks.generate import GenerateConfig
-    from backend.tasks.paint import PaintConfig
-
-    cls = GenerateConfig if kind == "generate" else PaintConfig
-    config = merge(merge(cls(prompt=PROMPT), method_overrides(method, cls)), overrides)
+    config = compose_config(kind, {"prompt": PROMPT}, overrides, method=method)
     config.validate()
     return config
 

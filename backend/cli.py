@@ -12,12 +12,12 @@ from typing import Any
 
 # Only light modules here: `--help`, usage errors and setting checks must not wait for torch or diffusers.
 from backend import __version__
+from backend.catalog import COMMON_FLAGS, METHODS, PRESETS, TASKS
+from backend.compose import compose_config, nested
 from backend.config import from_dict, load_file, merge
 from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
-from backend.methods import method_overrides
 from backend.notices import quiet_third_party
-from backend.presets import PRESETS, preset_overrides
 from backend.projection import duration, project_cpu_s
 
 __all__ = ["build_parser", "main", "pick_device"]
@@ -66,27 +66,18 @@ class TqdmEvents:
             self.bar = None
 
 
-COMMON_FLAGS = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
-                "method": "objective.name", "perp_neg": "perp_neg", "front": "front_yaw"}
-GENERATE_FLAGS = {**COMMON_FLAGS, "iters": "optim.iters", "refine_iters": "refine.iters",
-                  "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution", "looseness": "sketch.looseness"}
-PAINT_FLAGS = {**COMMON_FLAGS, "iters": "iters", "texture_size": "texture_size", "finetune_iters": "finetune_iters"}
+def task_flags(task: str) -> dict[str, str]:
+    """Task `task`'s command-line flags (argparse's names) → dotted settings."""
+    return {**COMMON_FLAGS, "iters": TASKS[task].iterations, **TASKS[task].flags}
+
+
 # flags that choose the schedule: with none of them on a CPU, the run's projected time is worth a warning
 SCHEDULE_FLAGS = ("quality", "config", "iters", "refine_iters", "resolution", "finetune_iters", "texture_size")
 
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     """CLI flags that were given, as nested config keys (flags beat the config file)."""
-    o: dict = {}
-    for flag, path in flags.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            node = o
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-    return o
+    return nested(vars(args), flags)
 
 
 FRONTS = {"-y": 0.0, "+x": 90.0, "+y": 180.0, "-x": -90.0}
@@ -110,9 +101,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
                    help="sd:MODEL (hub id, diffusers folder or .safetensors), target:MESH.glb or "
                         "mixture:FILE.toml (default: sd: with LATENTFORGE_MODEL or Stable Diffusion 1.5)")
     p.add_argument("--model", help="shorthand for --guidance sd:MODEL")
-    p.add_argument("--method", help="sds (default), hifa (BGT+ with √-annealed timesteps, z-variance and "
-                                    "kernel-smoothed importance sampling) or vsd (ProlificDreamer: a camera-"
-                                    "conditioned LoRA of the prior, guidance scale 7.5)")
+    p.add_argument("--method", help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items())
+                   + " (default sds)")
     p.add_argument("--perp-neg", dest="perp_neg", action="store_const", const="on",
                    help="Perp-Neg: the other views as negatives perpendicular to the view prompt, against a face on "
                         "the back (default: on for Stable Diffusion, off for target:/mixture: priors)")
@@ -155,15 +145,10 @@ def add_paint_args(p: argparse.ArgumentParser) -> None:
                                    "every other texel of the mesh's texture is kept")
 
 
-def build_config(cls: type, args: argparse.Namespace, flags: dict[str, str], task: str = "generate"):  # noqa: ANN201
+def build_config(task: str, args: argparse.Namespace) -> Any:
     """Defaults, the method's defaults, the --quality preset, the --config file, then the flags given."""
     file = load_file(args.config) if args.config else {}
-    objective = file.get("objective") if isinstance(file, dict) else None
-    method = args.method or (objective.get("name") if isinstance(objective, dict) else None) or "sds"
-    config = merge(cls(), method_overrides(str(method), cls))
-    config = merge(config, preset_overrides(getattr(args, "quality", None) or "standard", task))
-    config = merge(config, file)
-    return merge(config, _overrides(args, flags))
+    return compose_config(task, file, _overrides(args, task_flags(task)), preset=getattr(args, "quality", None))
 
 
 def guidance_spec(args: argparse.Namespace) -> str:
@@ -180,16 +165,13 @@ def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: st
         return
     with_unet = not spec.startswith("target:")
     projected = project_cpu_s(task, config, with_unet)
-    cls = type(config)
-    draft = merge(merge(cls(), method_overrides(str(args.method or "sds"), cls)), preset_overrides("draft", task))
+    draft = compose_config(task, method=args.method, preset="draft")
     print(f"warning: on the CPU these settings take roughly {duration(projected)}; --quality draft takes roughly "
           f"{duration(project_cpu_s(task, draft, with_unet))} (a GPU is tens of times faster)", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from backend.tasks.generate import GenerateConfig
-
-    config = build_config(GenerateConfig, args, GENERATE_FLAGS)
+    config = build_config("generate", args)
     config.validate()
     spec = guidance_spec(args)
     device = pick_device(args.device)
@@ -205,9 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
-    from backend.tasks.paint import PaintConfig
-
-    config = build_config(PaintConfig, args, PAINT_FLAGS, task="paint")
+    config = build_config("paint", args)
     config.validate()
     spec = guidance_spec(args)
     device = pick_device(args.device)
@@ -289,10 +269,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentforge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"latentforge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="text (and sketch) to a textured GLB")
+    g = sub.add_parser("generate", help=TASKS["generate"].help)
     add_generate_args(g)
     g.set_defaults(func=cmd_generate)
-    p = sub.add_parser("paint", help="texture a mesh from a prompt (Latent-Paint), keeping its geometry")
+    p = sub.add_parser("paint", help=TASKS["paint"].help)
     add_paint_args(p)
     p.set_defaults(func=cmd_paint)
     d = sub.add_parser("demo", help="generate the shipped example (Stable Diffusion, or its target)")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.catalog import MAX_FACES
 from backend.errors import InputError
 
-MAX_FACES = 2_000_000  # larger inputs are refused: decimate in Blender first
 _Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)  # (x, y, z) → (x, −z, y)
 
 

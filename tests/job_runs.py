@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import trimesh
 
+from backend.compose import method_overrides
 from backend.config import merge
 from backend.errors import Cancelled
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh
-from backend.methods import method_overrides
 from backend.tasks.generate import GenerateConfig, generate
 from backend.tasks.paint import PaintConfig, PaintResult, paint
 

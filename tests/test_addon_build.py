@@ -22,7 +22,7 @@ import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = tomllib.loads((REPO / "blender_manifest.toml").read_text(encoding="utf-8"))
-CLIENT_FILES = ("backend/__init__.py", "backend/service/__init__.py", "backend/service/client.py",
+CLIENT_FILES = ("backend/__init__.py", "backend/catalog.py", "backend/service/__init__.py", "backend/service/client.py",
                 "backend/service/protocol.py")
 CLIENT_IMPORTS = {*sys.stdlib_module_names, "numpy", "zmq"}  # what Blender's Python has, plus the bundled pyzmq
 

@@ -285,6 +285,29 @@ def test_paint_in_edit_mode_paints_only_the_selected_faces(bpy: ModuleType, serv
             np.testing.assert_array_equal(texel, [204, 204, 204])  # kept: the default grey of an untextured mesh
 
 
+def test_lists_come_from_the_welcome_and_a_draft_paint_runs_the_draft_schedule(bpy: ModuleType,
+                                                                               service: Service) -> None:
+    from backend.service.client import Client
+
+    with Client(service.endpoint, timeout_s=10.0) as client:
+        offered = client.hello()["choices"]
+    choices = support.submodule("choices")
+    assert choices.listed("methods") == offered["methods"] and choices.listed("presets") == offered["presets"]
+    bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, 0.5))
+    settings = bpy.context.scene.latentforge
+    # the preset alone sets the steps and the texture: no Iterations, Texture "From Quality"
+    settings.prompt, settings.mode, settings.quality = "a mossy stone", "PAINT", "draft"
+    settings.iterations, settings.texture_size = 0, "0"
+    settings.extra_json = json.dumps({"resolution": 16, "supersample": 1, "loop": {"preview_every_s": 0.2}})
+    assert bpy.ops.latentforge.paint() == {"FINISHED"}
+    job = scene_job(bpy)
+    support.pump(lambda: job.stage == "paint" and job.total > 0, JOB_TIMEOUT_S, "the paint stage to start")
+    assert job.total == 1500  # the draft paint schedule's steps (standard: 5000)
+    assert bpy.ops.latentforge.cancel() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service, 60)
+    assert job.state == "cancelled", (job.state, job.message)
+
+
 def test_fetch_a_job_finished_elsewhere_by_its_id(bpy: ModuleType, service: Service) -> None:
     from backend.service.client import Client
 

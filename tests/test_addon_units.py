@@ -138,3 +138,29 @@ def test_local_server_command_and_a_missing_python(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="set the backend's Python"):
         backend.start([str(tmp_path / "no-python"), "-m", "backend"], tmp_path / "server.log")
     assert not backend.running and backend.exit_message() is None
+
+
+def test_method_and_quality_lists_follow_the_servers_welcome() -> None:
+    support.fresh_scene()
+    bpy, _, _ = support.modules()
+    choices = support.submodule("choices")
+    settings = bpy.context.scene.latentforge
+    shipped = choices.names("methods")
+    try:
+        settings.method, settings.quality = "vsd", "high"
+        # a server that offers fewer methods and presets than this extension knows
+        choices.offer({"choices": {"methods": [["sds", "SDS", "plain"], ["hifa", "HiFA", "sharper"]],
+                                   "presets": [["draft", "Draft", "quick"], ["standard", "Standard", "usual"]]}})
+        assert [i[0] for i in choices.enum_items("methods")] == ["sds", "hifa"]
+        assert [i[1] for i in choices.enum_items("presets")] == ["Draft", "Standard"]
+        # a choice this server does not offer falls back to the default, and is kept for a server that does
+        assert (settings.method, settings.quality) == ("sds", "standard")
+        assert (settings.method_name, settings.quality_name) == ("vsd", "high")
+        assert settings.submit_fields("generate")["method"] == "sds"
+        settings.method = "hifa"
+        assert settings.submit_fields("generate")["method"] == "hifa"
+        with pytest.raises(TypeError):
+            settings.method = "vsd"  # not in this server's list
+    finally:
+        choices.offer({})  # a welcome without lists: the shipped catalogue's
+    assert choices.names("methods") == shipped

@@ -149,22 +149,20 @@ def test_listed_commands_match_their_modules():
 def test_cpu_warning_projects_the_time_and_suggests_draft(capsys):
     import torch
 
-    from backend.cli import GENERATE_FLAGS, PAINT_FLAGS, build_config, warn_cpu_schedule
-    from backend.tasks.generate import GenerateConfig
-    from backend.tasks.paint import PaintConfig
+    from backend.cli import build_config, warn_cpu_schedule
 
     cpu = torch.device("cpu")
     args = parse(["generate", "--prompt", "x", "--out", "o.glb"])
-    warn_cpu_schedule("generate", build_config(GenerateConfig, args, GENERATE_FLAGS), args, "sd:", cpu)
+    warn_cpu_schedule("generate", build_config("generate", args), args, "sd:", cpu)
     err = capsys.readouterr().err
     assert "warning: on the CPU these settings take roughly" in err and "--quality draft" in err
     args = parse(["generate", "--prompt", "x", "--quality", "draft", "--out", "o.glb"])
-    config = build_config(GenerateConfig, args, GENERATE_FLAGS)
+    config = build_config("generate", args)
     warn_cpu_schedule("generate", config, args, "sd:", cpu)
     assert capsys.readouterr().err == ""  # explicit settings: no warning
     assert (config.optim.iters, config.refine.iters, config.export.texture_size) == (1500, 0, 512)
     args = parse(["paint", "--prompt", "x", "--mesh", "m.glb", "--quality", "draft", "--iters", "20", "--out", "o.glb"])
-    paint = build_config(PaintConfig, args, PAINT_FLAGS, task="paint")
+    paint = build_config("paint", args)
     assert (paint.iters, paint.texture_size) == (20, 512)  # flags beat the preset
 
 

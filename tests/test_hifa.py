@@ -19,7 +19,8 @@ from test_generate_quality import FAST
 from tiny_config import TINY
 
 from backend.cameras import Cameras
-from backend.cli import GENERATE_FLAGS, PAINT_FLAGS, build_config, build_parser, main
+from backend.cli import build_config, build_parser, main
+from backend.compose import method_overrides
 from backend.config import merge
 from backend.depth import MonocularDepth
 from backend.errors import ConfigError, ModelNotFoundError
@@ -27,7 +28,6 @@ from backend.guidance.base import Guidance, NoisePrediction, Prompt
 from backend.guidance.target import TargetGuidance, sd_scheduler
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.mesh import Mesh
-from backend.methods import method_overrides
 from backend.objectives.hifa import BGT, NATIVE_LATENT_ELEMENTS, WEIGHT, BGTConfig
 from backend.regularisers import ramp, scale_invariant_disparity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer, composite, smooth_weights
@@ -249,26 +249,25 @@ def test_method_defaults_and_their_precedence(tmp_path):
         method_overrides("magic")
     assert "hifa, sds" in str(err.value)
 
-    def config(cls, flags, *argv, file=None):
+    def config(cls, *argv, file=None):
         if file is not None:
             (tmp_path / "c.json").write_text(json.dumps(file))
             argv = (*argv, "--config", str(tmp_path / "c.json"))
         command = "generate" if cls is GenerateConfig else "paint"
         extra = ["--mesh", "m.obj"] if command == "paint" else []
-        return build_config(cls, build_parser().parse_args([command, "--out", "o.glb", *extra, *argv]), flags)
+        return build_config(command, build_parser().parse_args([command, "--out", "o.glb", *extra, *argv]))
 
-    assert config(GenerateConfig, GENERATE_FLAGS).timesteps.schedule == "uniform"
-    picked = config(GenerateConfig, GENERATE_FLAGS, "--method", "hifa")
+    assert config(GenerateConfig).timesteps.schedule == "uniform"
+    picked = config(GenerateConfig, "--method", "hifa")
     assert (picked.objective.name, picked.timesteps.schedule, picked.timesteps.t_min) == ("hifa", "sqrt", 0.3)
     assert picked.render.importance_samples > 0 and picked.optim.lambda_zvar > 0
     # a config file that picks the method gets its defaults, and its own settings beat them
-    from_file = config(GenerateConfig, GENERATE_FLAGS, file={"objective": {"name": "hifa"},
-                                                             "timesteps": {"t_min": 0.4}})
+    from_file = config(GenerateConfig, file={"objective": {"name": "hifa"}, "timesteps": {"t_min": 0.4}})
     assert (from_file.timesteps.schedule, from_file.timesteps.t_min) == ("sqrt", 0.4)
     # the flag beats the file
-    flag = config(GenerateConfig, GENERATE_FLAGS, "--method", "sds", file={"objective": {"name": "hifa"}})
+    flag = config(GenerateConfig, "--method", "sds", file={"objective": {"name": "hifa"}})
     assert (flag.objective.name, flag.timesteps.schedule, flag.render.importance_samples) == ("sds", "uniform", 0)
-    painted = config(PaintConfig, PAINT_FLAGS, "--method", "hifa")
+    painted = config(PaintConfig, "--method", "hifa")
     assert (painted.objective.name, painted.timesteps.schedule) == ("hifa", "sqrt")
 
 

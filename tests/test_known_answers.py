@@ -86,7 +86,7 @@ def colour_error(mesh: Mesh, texture: np.ndarray, colour: np.ndarray) -> float:
 def test_sds_and_vsd_on_a_two_mode_mixture_at_cfg_7_5(tmp_path):
     """Both captions match the prompt, so the prior's conditional distribution has two modes (the red tower and
     the blue slab); a good result is one of them, not a blend. Same budget for both methods, two seeds."""
-    from backend.methods import method_overrides
+    from backend.compose import method_overrides
 
     rows = {}
     for seed in (0, 1):

@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from backend.cli import GENERATE_FLAGS, _overrides
+from backend.cli import _overrides, task_flags
 from backend.config import merge
 from backend.errors import ConfigError
 from backend.service import tasks
@@ -18,18 +18,18 @@ from backend.tasks.generate import GenerateConfig
 def test_presets_pick_the_mesh_stage():
     def mesh_iters(preset: str) -> int:
         spec = tasks.JobSpec("generate", {"task": "generate", "prompt": "p", "preset": preset})
-        return tasks.generate_config(spec).mesh.iters
+        return spec.config().mesh.iters
 
     assert mesh_iters("draft") == 0
     assert mesh_iters("standard") == GenerateConfig().mesh.iters > 0
     assert mesh_iters("high") > mesh_iters("standard")
     spec = tasks.JobSpec("generate", {"task": "generate", "prompt": "p", "preset": "high",
                                       "overrides": {"mesh": {"iters": 0}}})
-    assert tasks.generate_config(spec).mesh.iters == 0  # the add-on's Mesh Steps beat the preset
+    assert spec.config().mesh.iters == 0  # the add-on's Mesh Steps beat the preset
 
 
 def test_cli_flags_set_mesh_steps_and_resolution():
-    overrides = _overrides(argparse.Namespace(mesh_iters=25, mesh_resolution=256), GENERATE_FLAGS)
+    overrides = _overrides(argparse.Namespace(mesh_iters=25, mesh_resolution=256), task_flags("generate"))
     config = merge(GenerateConfig(prompt="p"), overrides)
     assert (config.mesh.iters, config.mesh.resolution) == (25, 256)
 

@@ -11,11 +11,11 @@ import torch
 from shapes import two_tone_box
 from tiny_config import TINY
 
+from backend.compose import method_overrides
 from backend.config import merge
 from backend.errors import Cancelled
 from backend.guidance.target import TargetGuidance
 from backend.loop import Stage, final_anneal, schedule_position, train_step
-from backend.methods import method_overrides
 from backend.tasks.generate import GenerateConfig, prepare_generate
 
 

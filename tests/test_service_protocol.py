@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from backend import errors
+from backend.catalog import TASKS
 from backend.service import checkpoint_wire, protocol, tasks
 from backend.service.jobs import JobStore, UnknownJob
 from backend.service.protocol import ProtocolError, decode, encode
@@ -91,7 +92,7 @@ def test_limits_and_schemas_agree_with_the_backend() -> None:
 
     assert set(protocol.SCHEMAS) == protocol.MESSAGE_TYPES
     assert protocol.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS and protocol.MAX_FACES == MAX_FACES
-    assert protocol.TASK_NAMES == set(tasks.TASKS) == set(tasks.CHECKS)
+    assert set(TASKS) == protocol.TASK_NAMES
     for cls in (errors.ConfigError, errors.InputError, errors.ModelNotFoundError, errors.Cancelled,
                 tasks.UnsupportedTask):
         assert cls.code in protocol.ERROR_CODES
@@ -126,19 +127,21 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # any import of torch no
 
 
 def test_protocol_and_client_import_without_torch_or_the_backend(tmp_path: Path) -> None:
-    # as the service package, and as two files copied into another package (how the add-on ships them)
-    addon = tmp_path / "addon_pkg"
-    addon.mkdir()
-    (addon / "__init__.py").write_text("")
-    for name in ("protocol.py", "client.py"):
-        (addon / name).write_text((SERVICE / name).read_text())
+    # as the service package, and as the files the add-on ships, copied into another package
+    shipped = tmp_path / "addon_pkg"
+    for name in ("__init__.py", "catalog.py", "service/__init__.py", "service/protocol.py", "service/client.py"):
+        (shipped / "backend" / name).parent.mkdir(parents=True, exist_ok=True)
+        (shipped / "backend" / name).write_text((ROOT / "backend" / name).read_text())
+    (shipped / "__init__.py").write_text("")
     script = BLOCK_TORCH + textwrap.dedent("""
         from backend.service import client, protocol
         loaded = sorted(m for m in sys.modules if m.startswith("backend"))
-        assert loaded == ["backend", "backend.service", "backend.service.client", "backend.service.protocol"], loaded
-        sys.modules["backend"] = None
+        assert loaded == ["backend", "backend.catalog", "backend.service", "backend.service.client",
+                          "backend.service.protocol"], loaded
+        for name in loaded:
+            sys.modules[name] = None
         sys.path.insert(0, sys.argv[1])
-        from addon_pkg.client import Client
+        from addon_pkg.backend.service.client import Client
         Client("tcp://127.0.0.1:9", timeout_s=0.1).close()
         print("ok")
     """)
@@ -187,28 +190,12 @@ def test_checkpoints_travel_as_json_and_arrays(tmp_path: Path) -> None:
 
 def test_settings_apply_in_order_preset_fields_overrides() -> None:
     spec = tasks.JobSpec("generate", {"task": "generate", "prompt": "p", "preset": "draft", "iterations": 7})
-    config = tasks.generate_config(spec)
+    config = spec.config()
     assert config.optim.iters == 7 and config.export.texture_size == 512  # the draft preset's
     spec.fields["overrides"] = {"optim": {"iters": 9}}
-    assert tasks.generate_config(spec).optim.iters == 9
-    hifa = tasks.generate_config(tasks.JobSpec("generate", {"task": "generate", "method": "hifa"}))
+    assert spec.config().optim.iters == 9
+    hifa = tasks.JobSpec("generate", {"task": "generate", "method": "hifa"}).config()
     assert hifa.objective.name == "hifa" and hifa.timesteps.schedule == "sqrt"  # the method's own defaults
-
-
-def test_a_service_without_the_paint_task_refuses_paint_after_checking_the_mesh(monkeypatch) -> None:  # noqa: ANN001
-    from backend.errors import InputError
-
-    def missing(name: str) -> None:
-        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-    monkeypatch.setattr(tasks.importlib, "import_module", missing)
-    v, f = np.eye(3, dtype=np.float32), np.array([[0, 1, 2]])
-    with pytest.raises(tasks.UnsupportedTask) as err:
-        tasks.check_spec(tasks.JobSpec("paint", {"task": "paint", "prompt": "p"}, {"vertices": v, "faces": f}))
-    assert err.value.code == "unsupported_task" and "paint" in err.value.message
-    with pytest.raises(InputError):  # a bad mesh is still reported as such
-        tasks.check_spec(tasks.JobSpec("paint", {"task": "paint"}, {"vertices": v * 0, "faces": f}))
-    assert tasks.available() == ["generate"]
 
 
 def test_the_client_checks_a_submit_before_sending() -> None:

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
+from backend.catalog import PRESETS
 from backend.cli import main
 from backend.errors import ConfigError
-from backend.presets import PRESETS
 from backend.service import protocol, schema, tasks
 from backend.service.protocol import ProtocolError, decode
 from backend.tasks.distill import MAX_SEED
@@ -28,15 +28,25 @@ def test_every_ceiling_names_a_setting_and_every_scaling_setting_has_one() -> No
         if setting.type is int and schema.SCALING_NAME.search(setting.leaf):
             assert setting.ceiling is not None and setting.ceiling >= setting.default, path
     assert [p for p, s in known.items() if s.forbidden] == ["depth.model"]
-    for task, fields in schema.SPEC_FIELDS.items():  # each shorthand field is a setting of its task
-        config = GenerateConfig if task == "generate" else PaintConfig
-        assert set(fields.values()) <= set(schema.settings(config)), task
+    for task, config in (("generate", GenerateConfig), ("paint", PaintConfig)):  # each shorthand is a setting
+        assert set(tasks.submit_settings(task).values()) <= set(schema.settings(config)), task
     assert protocol.MAX_SEED == MAX_SEED == 2**63 - 1
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_each_preset_fits_under_the_ceilings(preset: str) -> None:
     tasks.check_spec(tasks.JobSpec.from_submit({"task": "generate", "prompt": "p", "preset": preset}, {}))
+
+
+def test_the_service_applies_paint_presets_as_the_command_line_does() -> None:
+    def paint(**fields: object) -> object:
+        return tasks.JobSpec("paint", {"task": "paint", "prompt": "p", **fields}).config()
+
+    draft = paint(preset="draft")
+    assert (draft.iters, draft.texture_size) == (1500, 512)  # the same pin as test_cli's
+    assert (paint(preset="draft", iterations=20).iters, paint(preset="draft", iterations=20).texture_size) == (20, 512)
+    high = paint(preset="high", overrides={"texture_size": 1024})
+    assert (high.iters, high.texture_size) == (10_000, 1024)  # the submit's own settings beat the preset
 
 
 def test_a_ceiling_refusal_names_the_submit_field_it_came_from() -> None:

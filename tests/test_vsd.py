@@ -12,13 +12,13 @@ from test_mixture import CAMS, tall_and_flat
 from tiny_config import TINY
 
 from backend.cli import main
+from backend.compose import method_overrides
 from backend.config import merge
 from backend.errors import ConfigError
 from backend.guidance.base import Prompt
 from backend.guidance.stable_diffusion import StableDiffusionGuidance
 from backend.guidance.target import TargetGuidance
 from backend.loop import Checkpointer
-from backend.methods import method_overrides
 from backend.objectives.config import ObjectiveConfig, build_objective
 from backend.objectives.vsd import VSDConfig
 from backend.tasks.generate import GenerateConfig, generate, prepare_generate

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from backend.catalog import DEFAULT_METHOD, METHODS
+from backend.compose import check_method, objective_class
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance
-from backend.methods import DEFAULT_METHOD, METHODS, check_method, objective_class
 from backend.objectives.base import Objective
 
 

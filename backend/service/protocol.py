@@ -17,11 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..catalog import MAX_FACES, MAX_PROMPT_CHARS, MAX_SEED, MAX_VERTICES, TASKS
+
 VERSION = 1
-MAX_PROMPT_CHARS = 1000  # the same limit the generate task enforces
-MAX_SEED = 2**63 - 1  # the same limit the tasks enforce: every seed a torch generator takes, and no more
-MAX_FACES = 2_000_000  # the same limit the backend's mesh validation enforces
-MAX_VERTICES = 3 * MAX_FACES
 MAX_PREVIEW_BYTES = 4 << 20
 LIVENESS = 5  # heartbeat intervals of silence after which the service counts a worker as gone
 
@@ -31,7 +29,7 @@ WORKER_TO_BROKER = frozenset({"ready", "heartbeat", "progress", "checkpoint", "r
 BROKER_TO_WORKER = frozenset({"task", "cancel", "heartbeat"})
 MESSAGE_TYPES = CLIENT_REQUESTS | SERVER_REPLIES | WORKER_TO_BROKER | BROKER_TO_WORKER
 
-TASK_NAMES = frozenset({"generate", "paint"})
+TASK_NAMES = frozenset(TASKS)
 JOB_STATES = frozenset({"queued", "running", "finished", "failed", "cancelled"})
 FINAL_STATES = frozenset({"finished", "failed", "cancelled"})  # a job in one of these never runs again
 DTYPES = frozenset({"uint8", "int32", "int64", "float16", "float32", "float64"})
@@ -164,7 +162,7 @@ SCHEMAS: dict[str, dict[str, F]] = {
     "reexport": {"job": _JOB, "export": F(dict, required=True), "watch": F(bool)},
     "heartbeat": {"time": F(float), "queue": F(int, lo=0), "workers": F(int, lo=0), "models": F(list, max_len=64)},
     "welcome": {"server": _str(200), "version": _str(64), "protocol": F(int), "tasks": F(list),
-                "methods": F(list), "presets": F(list), "models": F(list), "queue": F(int, lo=0),
+                "methods": F(list), "presets": F(list), "choices": F(dict), "models": F(list), "queue": F(int, lo=0),
                 "workers": F(int, lo=0), "limits": F(dict), "unavailable": F(dict)},
     "accepted": {"job": _JOB, "position": F(int, lo=0)},
     "job": {"job": F(dict, required=True)},
@@ -303,12 +301,13 @@ def check_arrays(kind: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
-    """The arrays a submit of `task` needs: generate an optional sketch, paint a mesh and optional UVs."""
-    have = set(arrays)
-    if task == "generate" and have not in (set(), {"vertices", "faces"}):
-        raise ProtocolError("bad_array", "a generate sketch needs both 'vertices' and 'faces' (and no 'uvs')")
-    if task == "paint" and not {"vertices", "faces"} <= have:
-        raise ProtocolError("bad_array", "a paint job needs the mesh's 'vertices' and 'faces'")
+    """The arrays a submit of `task` needs (its catalogue entry's `mesh`): a sketch is optional vertices and faces,
+    a mesh to paint required vertices and faces with optional UVs and face selection."""
+    have, kind = set(arrays), TASKS[task].mesh
+    if kind == "sketch" and have not in (set(), {"vertices", "faces"}):
+        raise ProtocolError("bad_array", f"a {task} sketch needs both 'vertices' and 'faces' (and no 'uvs')")
+    if kind == "paint" and not {"vertices", "faces"} <= have:
+        raise ProtocolError("bad_array", f"a {task} job needs the mesh's 'vertices' and 'faces'")
     if "faces" in arrays:
         faces, n = arrays["faces"], len(arrays["vertices"])
         if faces.size and (int(faces.min()) < 0 or int(faces.max()) >= n):
@@ -317,7 +316,7 @@ def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
         raise ProtocolError("bad_array", "'uvs' must have one [u, v] row per vertex")
     if "selected_faces" in arrays:
         selected, n = arrays["selected_faces"], len(arrays.get("faces", ()))
-        if task != "paint":
+        if kind != "paint":
             raise ProtocolError("bad_array", "'selected_faces' belongs to paint jobs only")
         if not selected.size:
             raise ProtocolError("bad_array", "'selected_faces' is empty: select at least one face to paint")

@@ -17,12 +17,6 @@ from typing import Any
 
 from backend.errors import ConfigError
 
-# submit fields that are settings: field → the dotted setting it sets, per task
-SPEC_FIELDS: dict[str, dict[str, str]] = {
-    "generate": {"prompt": "prompt", "negative": "negative", "seed": "seed", "iterations": "optim.iters"},
-    "paint": {"prompt": "prompt", "negative": "negative", "seed": "seed", "iterations": "iters"},
-}
-
 # the most this service runs of each setting that scales memory or time; the presets fit well inside
 CEILINGS: dict[str, int] = {
     "optim.iters": 100_000, "refine.iters": 20_000, "iters": 100_000, "finetune_iters": 20_000,
@@ -117,9 +111,12 @@ def _value(config: Any, path: str) -> Any:
     return config
 
 
-def check_ceilings(config: Any, task: str) -> None:
-    """Refuse a (validated) config that asks for more of a setting than this service runs, or a negative count."""
-    names = {setting: f"{setting} (the submit's `{field}`)" for field, setting in SPEC_FIELDS.get(task, {}).items()}
+def check_ceilings(config: Any, fields: dict[str, str] | None = None) -> None:
+    """Refuse a (validated) config that asks for more of a setting than this service runs, or a negative count.
+
+    `fields`: the submit's fields that set settings (field → dotted setting), so an error names the field too.
+    """
+    names = {setting: f"{setting} (the submit's `{field}`)" for field, setting in (fields or {}).items()}
     for path, setting in settings(type(config)).items():
         value, floor, limit = _value(config, path), setting.floor, setting.ceiling
         if floor is not None and value < floor:

@@ -23,9 +23,8 @@ from typing import Any
 import zmq
 
 from backend import __version__
+from backend.catalog import METHODS, PRESETS, TASKS, choices
 from backend.errors import LatentForgeError
-from backend.methods import METHODS
-from backend.presets import PRESETS
 from backend.service import checkpoint_wire, models, ownership, schema, tasks
 from backend.service.broker import Broker, WorkerPool
 from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
@@ -325,8 +324,9 @@ class Service:
         usable = len(self.unavailable) < len(self.config.models)
         return self._reply("welcome", message, {
             "server": "latentforge", "version": __version__, "protocol": VERSION,
-            "tasks": tasks.available() if usable else [],
-            "methods": list(METHODS), "presets": sorted(PRESETS), "models": self.config.models,
+            "tasks": list(TASKS) if usable else [],
+            "methods": list(METHODS), "presets": list(PRESETS), "models": self.config.models,
+            "choices": {"methods": choices(METHODS), "presets": choices(PRESETS)},
             "unavailable": {m: f"{why}; {models.HINT}" for m, why in self.unavailable.items()},
             "queue": len(self.broker.queue), "workers": len(self.broker.workers),
             "limits": self._limits()})

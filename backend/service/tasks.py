@@ -1,35 +1,30 @@
-"""What the service can run: a registry of tasks, each checked in the service and run in a worker.
+"""What the service runs: a submit's fields and arrays turned into a task's settings and inputs, checked in the
+service before a job is accepted and run in a worker.
 
-`TASKS` maps a submit's task name to `(spec, guidance, job_dir, on_event, cancel) -> ExportResult`.
-`CHECKS` holds the matching validation the service runs before a job is accepted, so a bad setting is
-refused to the client at once rather than failing later in a worker.
+Which tasks exist is `backend.catalog.TASKS`; how settings compose is `backend.compose`, the same as the
+command line's; each task's own checks and run are its module's `check_inputs` and `run_task`.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from backend.config import from_dict, merge
+from backend.catalog import SUBMIT_SETTINGS, TASKS
+from backend.compose import compose_config, config_type, nested, task_info, task_module
 from backend.errors import LatentForgeError
 from backend.events import EventSink
 from backend.export import ExportResult
 from backend.guidance.base import Guidance
-from backend.mesh import Frame, Mesh, validate_mesh
-from backend.methods import method_overrides
-from backend.presets import preset_overrides
+from backend.mesh import Mesh, validate_mesh
 from backend.service import schema
-from backend.service.protocol import a_or_an
-from backend.tasks.generate import GenerateConfig, generate
 
 OUTPUT_NAME = "asset.glb"
+MESH_NAMES = {"sketch": "sketch", "paint": "mesh to paint"}  # a task's mesh, as errors name it
 
 
 class UnsupportedTask(LatentForgeError):
@@ -38,6 +33,11 @@ class UnsupportedTask(LatentForgeError):
 
 class NotReexportable(LatentForgeError):
     code = "not_reexportable"
+
+
+def submit_settings(task: str) -> dict[str, str]:
+    """A submit's fields that are settings of `task` → dotted settings (`iterations` → the task's own)."""
+    return {**SUBMIT_SETTINGS, "iterations": task_info(task).iterations}
 
 
 @dataclass
@@ -53,72 +53,52 @@ class JobSpec:
         spec = {k: v for k, v in fields.items() if k not in ("id", "watch")}
         return JobSpec(spec["task"], spec, dict(arrays))
 
-    def mesh(self, what: str) -> Mesh:
+    def config(self) -> Any:
+        """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`."""
+        return compose_config(self.task, nested(self.fields, submit_settings(self.task)),
+                              self.fields.get("overrides", {}), method=self.fields.get("method"),
+                              preset=self.fields.get("preset"))
+
+    def mesh(self) -> Mesh | None:
+        """The task's mesh (a sketch, the mesh to paint), validated, or None when the submit carries none."""
+        if "vertices" not in self.arrays:
+            return None
+        what = MESH_NAMES[task_info(self.task).mesh]
         return validate_mesh(Mesh(self.arrays["vertices"], self.arrays["faces"], self.arrays.get("uvs")), what)
 
 
-TaskFn = Callable[[JobSpec, Guidance, Path, EventSink, threading.Event], ExportResult]
-
-
-def _nested(fields: dict[str, Any], mapping: dict[str, str]) -> dict:
-    """Submit fields → nested config overrides, e.g. iterations → {"optim": {"iters": ...}}."""
-    out: dict = {}
-    for key, path in mapping.items():
-        if key in fields:
-            *parents, leaf = path.split(".")
-            node = out
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = fields[key]
-    return out
-
-
-
-
-def _method(spec: JobSpec, config_type: type) -> dict:
-    """The overrides of the job's method: its `method` field, else the one its overrides name, else SDS."""
-    objective = spec.fields.get("overrides", {}).get("objective")
-    named = objective.get("name") if isinstance(objective, dict) else None
-    return method_overrides(str(spec.fields.get("method") or named or "sds"), config_type)
-
-
-def generate_config(spec: JobSpec) -> GenerateConfig:
-    """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`."""
-    config = merge(from_dict(GenerateConfig, {}), _method(spec, GenerateConfig))
-    config = merge(config, preset_overrides(spec.fields.get("preset", "standard")))
-    config = merge(config, _nested(spec.fields, schema.SPEC_FIELDS["generate"]))
-    return merge(config, spec.fields.get("overrides", {}))
-
-
-def _check_generate(spec: JobSpec) -> None:
-    schema.check_overrides(spec.fields.get("overrides", {}), GenerateConfig)
-    config = generate_config(spec)
+def check_spec(spec: JobSpec) -> None:
+    """Raise the `LatentForgeError` a client should see if `spec` cannot run; return if it can."""
+    if spec.task not in TASKS:
+        raise UnsupportedTask(f"unknown task {spec.task!r}", f"choose one of {', '.join(TASKS)}")
+    mesh = spec.mesh()  # the arrays are checked in full first
+    config = spec.config()
+    schema.check_overrides(spec.fields.get("overrides", {}), type(config))
     config.validate()
-    schema.check_ceilings(config, "generate")
-    if "vertices" in spec.arrays:
-        Frame.fit(spec.mesh("sketch").vertices)  # a sketch with no extent cannot place anything
+    schema.check_ceilings(config, submit_settings(spec.task))
+    task_module(spec.task).check_inputs(config, mesh, spec.arrays.get("selected_faces"))
 
 
-def _run_generate(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
-                  cancel: threading.Event) -> ExportResult:
-    # a sketch both shapes the field (Sketch-Shape loss) and places the asset where the sketch was
-    sketch = spec.mesh("sketch") if "vertices" in spec.arrays else None
-    return generate(generate_config(spec), guidance, job_dir / OUTPUT_NAME, sketch=sketch, on_event=on_event,
-                    cancel=cancel, job_dir=job_dir)
+def run_spec(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
+             cancel: threading.Event) -> ExportResult:
+    """Run a checked spec in `job_dir` (checkpoints, and the asset as `OUTPUT_NAME`)."""
+    return task_module(spec.task).run_task(spec.config(), guidance, spec.mesh(), spec.arrays.get("selected_faces"),
+                                           job_dir / OUTPUT_NAME, on_event=on_event, cancel=cancel, job_dir=job_dir)
 
 
 def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: dict | None) -> dict[str, Any]:
     """The spec that exports a generate job's trained field again: its own, with `export` settings merged
     into its overrides. `checkpoint` is the {"stage", "step"} of the job's saved checkpoint; it must be
     the one saved after the last optimisation stage, so that the job resumes straight into its export."""
-    spec = JobSpec(str(fields.get("task")), fields)
-    if spec.task != "generate":
-        raise NotReexportable(f"{a_or_an(spec.task)} job has no field to export again", "submit the job again")
+    task = str(fields.get("task"))
+    if task != "generate":
+        raise NotReexportable(f"only a generate job has a trained field to export again, not this {task} job",
+                              "submit the job again")
     overrides = dict(fields.get("overrides") or {})
     overrides["export"] = {**(overrides.get("export") or {}), **export}
-    changed = JobSpec(spec.task, {**fields, "overrides": overrides})
-    _check_generate(changed)  # the export settings obey every limit a submit's do
-    config = generate_config(changed)
+    changed = JobSpec(task, {**fields, "overrides": overrides})
+    check_spec(changed)  # the export settings obey every limit a submit's do
+    config = changed.config()
     trained = {"stage": 1 + (config.refine.iters > 0), "step": 0}
     if checkpoint != trained:
         raise NotReexportable("the job did not finish its optimisation, so it has no trained field to export "
@@ -126,69 +106,6 @@ def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: di
     return changed.fields
 
 
-def _paint_module() -> ModuleType:
-    try:
-        return importlib.import_module("backend.tasks.paint")
-    except ModuleNotFoundError as exc:
-        if exc.name != "backend.tasks.paint":
-            raise
-        raise UnsupportedTask("this service cannot paint meshes yet (its version has no paint task)",
-                              "update the service, or submit a generate job") from None
-
-
-def paint_config(spec: JobSpec, module: ModuleType) -> Any:
-    """Defaults, the method's defaults, the submit's fields, then its `overrides` (quality presets describe
-    generate jobs only)."""
-    preset_overrides(spec.fields.get("preset", "standard"))  # still refuse an unknown preset name
-    config = merge(from_dict(module.PaintConfig, {}), _method(spec, module.PaintConfig))
-    config = merge(config, _nested(spec.fields, schema.SPEC_FIELDS["paint"]))
-    return merge(config, spec.fields.get("overrides", {}))
-
-
-def _check_paint(spec: JobSpec) -> None:
-    mesh = spec.mesh("mesh to paint")  # the arrays are checked in full whether or not paint is available
-    module = _paint_module()
-    schema.check_overrides(spec.fields.get("overrides", {}), module.PaintConfig)
-    config = paint_config(spec, module)
-    config.validate()
-    schema.check_ceilings(config, "paint")
-    if mesh.uvs is not None:
-        module.check_uv_range(mesh.uvs)
-
-
-def _run_paint(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
-               cancel: threading.Event) -> ExportResult:
-    module = _paint_module()
-    return module.paint(paint_config(spec, module), guidance, spec.mesh("mesh to paint"), job_dir / OUTPUT_NAME,
-                        on_event=on_event, cancel=cancel, job_dir=job_dir, faces=spec.arrays.get("selected_faces"))
-
-
-TASKS: dict[str, TaskFn] = {"generate": _run_generate, "paint": _run_paint}
-CHECKS: dict[str, Callable[[JobSpec], None]] = {"generate": _check_generate, "paint": _check_paint}
-
-
-PROBES: dict[str, Callable[[], Any]] = {"paint": _paint_module}  # tasks that need code this version may lack
-
-
-def available() -> list[str]:
-    """The task names this service can run now."""
-    names = []
-    for name in TASKS:
-        try:
-            PROBES.get(name, lambda: None)()
-        except UnsupportedTask:
-            continue
-        names.append(name)
-    return names
-
-
 def config_types() -> list[type]:
-    """The config dataclass of each task this service can run now."""
-    return [GenerateConfig] + ([_paint_module().PaintConfig] if "paint" in available() else [])
-
-
-def check_spec(spec: JobSpec) -> None:
-    """Raise the `LatentForgeError` a client should see if `spec` cannot run; return if it can."""
-    if spec.task not in CHECKS:
-        raise UnsupportedTask(f"unknown task {spec.task!r}", f"choose one of {', '.join(TASKS)}")
-    CHECKS[spec.task](spec)
+    """The config dataclass of each task this service runs."""
+    return [config_type(name) for name in TASKS]

@@ -48,7 +48,7 @@ from backend.service.protocol import (
     encode,
     error_fields,
 )
-from backend.service.tasks import TASKS, JobSpec
+from backend.service.tasks import JobSpec, run_spec
 
 PROGRESS_EVERY_S = 0.1  # steps can be much faster than a client needs to hear about them
 PREVIEW_EVERY_S = 2.0  # previews are PNGs: at most this often
@@ -149,8 +149,8 @@ class JobRun:
         spec_fields = message.fields["spec"]
         spec = JobSpec(spec_fields["task"], spec_fields, arrays)
         start = time.perf_counter()
-        result = TASKS[spec.task](spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir,
-                                                                          worker), self.cancel)
+        result = run_spec(spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir, worker),
+                          self.cancel)
         mesh = result.mesh
         stats = {"vertices": len(mesh.vertices), "faces": len(mesh.faces),
                  "seconds": round(time.perf_counter() - start, 3), "worker": worker}

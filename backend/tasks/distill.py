@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
+from backend.catalog import MAX_PROMPT_CHARS, MAX_SEED
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, ignore
 from backend.guidance.base import Guidance, Prompt
@@ -29,9 +30,7 @@ from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode
 from backend.speed import SpeedConfig
 
-MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
 PERP_NEG = ("auto", "on", "off")
-MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 
 
 def check_prompt(prompt: str, negative: str = "") -> None:

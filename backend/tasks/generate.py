@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from backend.cameras import CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
-from backend.errors import ConfigError
+from backend.errors import ConfigError, InputError
 from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.export.from_mesh import export_surface
@@ -234,3 +235,21 @@ def generate(
     config.validate()
     out_path = glb_output(out_path)
     return run_job(prepare_generate(config, guidance, sketch, sketch_frame), out_path, on_event, cancel, job_dir)
+
+
+CONFIG = GenerateConfig
+
+
+def check_inputs(config: GenerateConfig, sketch: Mesh | None, selected_faces: np.ndarray | None = None) -> None:
+    """Refuse inputs a job could not use, before it is queued (the config is validated)."""
+    if selected_faces is not None:
+        raise InputError("a generate job paints no faces", "leave the face selection out")
+    if sketch is not None:
+        Frame.fit(sketch.vertices)  # a sketch with no extent cannot place anything
+
+
+def run_task(config: GenerateConfig, guidance: Guidance, sketch: Mesh | None, selected_faces: np.ndarray | None,
+             out_path: str | Path, on_event: EventSink = ignore, cancel: threading.Event | None = None,
+             job_dir: str | Path | None = None) -> ExportResult:
+    """A task's uniform entry: a sketch both shapes the field (Sketch-Shape loss) and places the asset."""
+    return generate(config, guidance, out_path, sketch=sketch, on_event=on_event, cancel=cancel, job_dir=job_dir)

@@ -257,3 +257,23 @@ def paint(
     config.validate()
     out_path = glb_output(out_path)
     return run_job(prepare_paint(config, guidance, mesh, faces), out_path, on_event, cancel, job_dir)
+
+
+CONFIG = PaintConfig
+
+
+def check_inputs(config: PaintConfig, mesh: Mesh | None, selected_faces: np.ndarray | None = None) -> None:
+    """Refuse inputs a job could not use, before it is queued (the config is validated)."""
+    if mesh is None:
+        raise InputError("a paint job needs the mesh to paint", "send its vertices and faces")
+    if mesh.uvs is not None:
+        check_uv_range(mesh.uvs)
+
+
+def run_task(config: PaintConfig, guidance: Guidance, mesh: Mesh | None, selected_faces: np.ndarray | None,
+             out_path: str | Path, on_event: EventSink = ignore, cancel: threading.Event | None = None,
+             job_dir: str | Path | None = None) -> PaintResult:
+    """A task's uniform entry: paint `mesh` (only `selected_faces` of it, when given)."""
+    check_inputs(config, mesh, selected_faces)
+    return paint(config, guidance, mesh, out_path, on_event=on_event, cancel=cancel, job_dir=job_dir,
+                 faces=selected_faces)
