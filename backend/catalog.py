@@ -63,6 +63,8 @@ METHODS: dict[str, Method] = {
     "vsd": Method("VSD", "backend.objectives.vsd:VSD",
                   "ProlificDreamer's variational score distillation: trains a LoRA of the model on the object's "
                   "own views, at a normal guidance scale (7.5): less over-saturated, slower"),
+    "csd": Method("CSD", "backend.objectives.csd:CSD",
+                  "Classifier score distillation: only the prompt's direction of the prior, without SDS's noise term"),
 }
 DEFAULT_METHOD = "sds"
 
