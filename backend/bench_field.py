@@ -102,9 +102,10 @@ def field_figures(job: Any, config: Any, device: torch.device) -> dict:
     n = config.optim.batch * config.resolution**2 * samples
     x = points_in_ball(n, config.nerf.bound, device)
     memory = Memory(device)
+    field = scene.field(rgb=False)  # the latent stage's, where a job spends most of its steps
 
     def forward_backward() -> None:
-        sigma, feats = scene.field(x)
+        sigma, feats = field(x)
         (sigma.sum() + feats.sum()).backward()
 
     def call() -> float:
@@ -127,7 +128,7 @@ def field_figures(job: Any, config: Any, device: torch.device) -> dict:
     encoded = upstream = None
     with torch.no_grad():
         _, nograd_peak, nograd_left = memory.measure(lambda: nerf.encoder(encoder_input))
-    _, field_peak, _ = memory.measure(lambda: scene.field(x))
+    _, field_peak, _ = memory.measure(lambda: field(x))
     for p, g in zip(params, saved, strict=True):
         p.grad = g
     return {
@@ -159,9 +160,10 @@ def form_field(job: Any, device: torch.device, step: Callable[[], object]) -> di
     edge = torch.tensor([[FORMED_RADIUS * nerf.config.bound, 0.0, 0.0]])
     with torch.no_grad():  # the output layer's density channel: exp(h + blob) = threshold on the ball's surface
         nerf.sigma_net[-1].bias[0] = math.log(grid.config.threshold) - float(nerf.blob(edge))
-    grid.update(scene.field, device)
+    field = scene.field(rgb=False)
+    grid.update(field, device)
     step()
-    _, seconds = wall(lambda: grid.update(scene.field, device), device)
+    _, seconds = wall(lambda: grid.update(field, device), device)
     update_ms = seconds * 1e3
     occupied = float((grid.density > grid.config.threshold).float().mean())
     return {"formed_radius": FORMED_RADIUS, "occupied_cells": occupied, "budget": grid.budget,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from backend.errors import ConfigError, ModelNotFoundError
 from backend.regularisers import scale_invariant_disparity
-from backend.tasks.distill import Regulariser, SceneRender
+from backend.scene.base import Regulariser, SceneRender
 
 DEPTH_HINT = ("give depth.model a folder saved with save_pretrained, or the hub id of a transformers "
               "depth-estimation model (e.g. Intel/dpt-hybrid-midas) that is cached or can be downloaded")
@@ -101,7 +101,7 @@ def depth_regulariser(depth: MonocularDepth, decode: Callable[[torch.Tensor], to
     early and lets go as details form (as HiFA's reference anneals it)."""
 
     def loss(render: SceneRender, step: int, total: int) -> torch.Tensor:
-        out = render.extras
+        out = render.rays
         with torch.no_grad():
             rgb = decode(render.image) if render.latent else render.image
         target = depth.disparity(rgb, out.depth.shape[-1])

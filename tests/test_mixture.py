@@ -155,12 +155,10 @@ def test_scenes_composite_over_the_random_background():
     config = merge(GenerateConfig(prompt="x"), {"resolution": 8, "render": {"samples": 8},
                                                 "nerf": {"levels": 2, "log2_table_size": 10, "max_resolution": 32}})
     cpu = torch.device("cpu")
-    scene = NeRFScene(config.nerf, config.render, config.resolution, cpu, torch.Generator().manual_seed(0),
-                      config.speed.resolve(cpu))
+    scene = NeRFScene(config.nerf, config.render, cpu, torch.Generator().manual_seed(0), config.speed.resolve(cpu))
     with torch.no_grad():
         scene.nerf.sigma_net[-1].bias[0] = -30.0  # empty space: every pixel is background
         latent = scene.render(cams, 8, "latent", train=False).image
-        scene.nerf.rgb = True
         rgb = scene.render(cams, 8, "albedo", train=False).image
     assert torch.allclose(latent, rgb_to_latent(purple)[:, :, None, None].expand_as(latent), atol=1e-4)
     assert torch.allclose(rgb, purple[:, :, None, None].expand_as(rgb), atol=1e-4)

@@ -66,15 +66,15 @@ def test_smoothness_removes_speckle_a_view_cannot_see_and_does_not_mark_texels_s
                           torch.as_tensor(mapped.uvs), 32)
     noise = torch.randn(scene.texture.shape, generator=torch.Generator().manual_seed(0)) * 0.05
     scene.texture.data += noise
-    before = float(scene.smoothness().detach())
-    scene.smoothness().backward()
+    before = float(scene.smoothness(rgb=False).detach())
+    scene.smoothness(rgb=False).backward()
     assert before > 0 and int(scene.seen.sum()) == 0, "the prior reaches texels, but no render has seen them"
     optimiser = torch.optim.Adam([scene.texture], lr=1e-2)
     for _ in range(50):
         optimiser.zero_grad()
-        scene.smoothness().backward()
+        scene.smoothness(rgb=False).backward()
         optimiser.step()
-    assert float(scene.smoothness().detach()) < 0.2 * before
+    assert float(scene.smoothness(rgb=False).detach()) < 0.2 * before
     scene.texture.grad = None
     out = scene.render(Cameras.orbit([30.0], [0.0], 3.0, 50.0), 16)
     out.image.sum().backward()

@@ -8,14 +8,16 @@ density becomes the DMTet grid's SDF, its colour field the mesh's texture).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from backend.cameras import Cameras
 from backend.latent import latent_to_rgb
+from backend.render.volume import VolumeRender
 
 #: render modes: the latent stage's 4 channels, or RGB as DreamFusion shades it (backend.shading.MODES)
 RENDER_MODES = ("latent", "albedo", "lit", "textureless")
@@ -25,9 +27,17 @@ PREVIEW_CAMERA = {"elevation": 15.0, "azimuth": 30.0, "radius": 1.4, "fov": 50.0
 
 @dataclass
 class SceneRender:
+    """A scene's render and what regularisers read from it; each scene fills what it has."""
+
     image: torch.Tensor  # [B, C, H, W]: latents (C = 4) or RGB in [0, 1] (C = 3)
     latent: bool
-    extras: Any = None  # what regularisers need (a VolumeRender, coverage, a MeshRender, ...)
+    opacity: torch.Tensor | None = None  # [B, H, W] how much of each pixel is object
+    rays: VolumeRender | None = None  # a volume render's samples: points, densities, weights, normals, depth
+    surface: tuple[torch.Tensor, torch.Tensor] | None = None  # an extracted mesh's (vertices [N, 3], faces [F, 3])
+
+
+# (render, step, total) → loss; step and total are the job's progress (see `backend.loop.Stage.step`)
+Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 
 
 class Scene(Protocol):

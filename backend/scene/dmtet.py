@@ -192,8 +192,9 @@ class DMTetScene:
 
     def render(self, cameras: Cameras, size: int, mode: str) -> SceneRender:
         vertices, faces = self.dmtet.surface()
-        out = render_surface(vertices, faces, cameras, size, self.color, self.nerf.background, mode)
-        return SceneRender(out.image, latent=False, extras=out)
+        out = render_surface(vertices, faces, cameras, size, self.color,
+                             lambda directions: self.nerf.background(directions, rgb=True), mode)
+        return SceneRender(out.image, latent=False, opacity=out.opacity, surface=(out.vertices, out.faces))
 
     def preview(self) -> np.ndarray:
         cams = Cameras.orbit(**PREVIEW_CAMERA, device=self.dmtet.sdf.device)

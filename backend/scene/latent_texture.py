@@ -52,7 +52,6 @@ class LatentTexture(nn.Module):
         self.register_buffer("seen", torch.zeros(size, size, dtype=torch.uint8, device=vertices.device))
         self.filtering = filtering
         self.supersample = supersample  # renders are rasterised at this many samples per pixel, each way
-        self.rgb = False
         # optional: texels kept as given, never optimised (partial paint); see `keep`
         self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # (latent [4, S, S], mask [S, S])
         self._kept_rgb: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -70,9 +69,9 @@ class LatentTexture(nn.Module):
         if rgb is not None and rgb_mask is not None:
             self._kept_rgb = (rgb.to(self.texture), rgb_mask.to(self.texture.device))
 
-    def _effective(self, rgb: bool | None = None, mark_seen: bool = False) -> torch.Tensor:
-        """The texture renders see: the optimised one with the kept texels in place."""
-        if self.rgb if rgb is None else rgb:
+    def _effective(self, rgb: bool, mark_seen: bool = False) -> torch.Tensor:
+        """The texture renders see (the RGB one with `rgb`, else the latent one), with the kept texels in place."""
+        if rgb:
             tex, kept = self.rgb_texture, self._kept_rgb
         else:
             tex, kept = self.texture, self._kept
@@ -81,14 +80,14 @@ class LatentTexture(nn.Module):
                 tex.register_hook(self._mark_seen)
         return tex if kept is None else torch.where(kept[1], kept[0], tex)
 
-    def smoothness(self) -> torch.Tensor:
-        """`texture_smoothness` of the texture being optimised (kept texels in place, so seams blend)."""
-        tex = self._effective()
+    def smoothness(self, rgb: bool) -> torch.Tensor:
+        """`texture_smoothness` of the RGB (`rgb`) or latent texture, kept texels in place so seams blend."""
+        tex = self._effective(rgb)
         size = tex.shape[-1]
         if size not in self._neighbours:
             charts = texel_charts(self.uvs, self.faces, size)
             self._neighbours[size] = tuple(m.to(tex) for m in chart_neighbours(charts))
-        return texture_smoothness(tex, *self._neighbours[size], edge=SMOOTH_EDGE[self.rgb])
+        return texture_smoothness(tex, *self._neighbours[size], edge=SMOOTH_EDGE[rgb])
 
     def filled_texture(self) -> torch.Tensor:
         """The latent texture with texels no gradient ever reached set to their nearest seen texel's value."""
@@ -102,14 +101,13 @@ class LatentTexture(nn.Module):
         return torch.as_tensor(np.ascontiguousarray(filled), device=tex.device).permute(2, 0, 1)
 
     def start_rgb(self, decoded: torch.Tensor) -> None:
-        """Switch to RGB fine-tuning, starting from the decoded latent texture unless resumed mid-way."""
+        """Start RGB fine-tuning from the decoded latent texture (unless a resumed job already started it)."""
         if not bool(self.rgb_started):
             self.rgb_texture.data.copy_(decoded)
             self.rgb_started.fill_(1)
-        self.rgb = True
 
     def render(self, cameras: Cameras, size: int, mode: str = "latent") -> SceneRender:
-        """Image [B, C, size, size] over the background; `extras` is the coverage [B, size, size].
+        """Image [B, C, size, size] over the background, with its coverage [B, size, size] as the opacity.
 
         Latents (mode "latent"), or RGB from the fine-tuning stage's texture, whose background is then the
         latent background seen through the linear latent→RGB map, or on steps whose cameras carry a random
@@ -128,4 +126,4 @@ class LatentTexture(nn.Module):
             bg = self.background(d).permute(0, 3, 1, 2)
             if rgb:
                 bg = latent_to_rgb(bg)
-        return SceneRender(color + (1 - coverage[:, None]) * bg, latent=not rgb, extras=coverage)
+        return SceneRender(color + (1 - coverage[:, None]) * bg, latent=not rgb, opacity=coverage)

@@ -68,7 +68,6 @@ class LatentNeRF(nn.Module):
         self.sigma_net = mlp(self.encoder.output_dim, 1 + 4, config.hidden_dim, config.hidden_layers)
         self.bg_net = DirectionalBackground(4, config.background_frequencies, config.background_hidden)
         self.decoder = LatentDecoderLayer()
-        self.rgb = False  # True in the RGB refinement stage
 
     def blob(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -83,9 +82,9 @@ class LatentNeRF(nn.Module):
     def density(self, x: torch.Tensor) -> torch.Tensor:
         return self.field(x)[0]
 
-    def color(self, features: torch.Tensor) -> torch.Tensor:
-        """Features [..., 4] in the current render space: latent, or RGB in [0, 1] after refinement."""
-        return self.decoder(features) if self.rgb else features
+    def color(self, features: torch.Tensor, rgb: bool) -> torch.Tensor:
+        """Features [..., 4] in a render's space: latent as they are, or RGB in [0, 1] through the 4→3 layer."""
+        return self.decoder(features) if rgb else features
 
     def rgb_at(self, x: torch.Tensor, spread: float = 0.02, normals: torch.Tensor | None = None) -> torch.Tensor:
         """RGB [N, 3] in [0, 1] at points [N, 3] (for baking), whichever stage the field is in.
@@ -107,18 +106,15 @@ class LatentNeRF(nn.Module):
         w = sigma.view(len(x), -1, 1) + 1e-6
         return (w * rgb).sum(1) / w.sum(1)
 
-    def background(self, directions: torch.Tensor) -> torch.Tensor:
-        """View directions [N, 3] → background features [N, C] in the current render space."""
-        return self.color(self.bg_net(directions))
+    def background(self, directions: torch.Tensor, rgb: bool) -> torch.Tensor:
+        """View directions [N, 3] → background features [N, C] in a render's space (latent or RGB)."""
+        return self.color(self.bg_net(directions), rgb)
 
-    @property
-    def channels(self) -> int:
-        return 3 if self.rgb else 4
-
-    def param_groups(self, lr: float, grid_lr_scale: float = 10.0) -> list[dict]:
-        """Latent-NeRF's optimiser groups: the hash table learns `grid_lr_scale` times faster."""
+    def param_groups(self, lr: float, grid_lr_scale: float = 10.0, rgb: bool = False) -> list[dict]:
+        """Latent-NeRF's optimiser groups: the hash table learns `grid_lr_scale` times faster; the 4→3 layer
+        learns only in stages that render RGB (`rgb`)."""
         return [
             {"params": list(self.encoder.parameters()), "lr": lr * grid_lr_scale},
             {"params": list(self.sigma_net.parameters()) + list(self.bg_net.parameters()), "lr": lr},
-            {"params": list(self.decoder.parameters()), "lr": lr if self.rgb else 0.0},
+            {"params": list(self.decoder.parameters()), "lr": lr if rgb else 0.0},
         ]

@@ -7,6 +7,8 @@ gradient (`backend.render.volume.Shader`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -22,40 +24,47 @@ from backend.speed import FieldSpeedConfig
 class NeRFScene:
     """The Latent-NeRF with its renderer: renders latents or RGB for a batch of cameras."""
 
-    def __init__(self, nerf: NeRFConfig, render: VolumeConfig, size: int, device: torch.device,
+    def __init__(self, nerf: NeRFConfig, render: VolumeConfig, device: torch.device,
                  generator: torch.Generator, speed: FieldSpeedConfig) -> None:
         self.nerf = LatentNeRF(nerf).to(device)
         self.renderer = VolumeRenderer(render, nerf.bound, speed.occupancy)
         self.generator = generator
-        self.size = size  # the preview's render size: the current stage's
         self._field = self.nerf.field
         if speed.compile_field != "off":
             # not static: the sample count differs between stages, previews and importance passes
             self._field = torch.compile(self.nerf.field, mode=speed.compile_field)
 
-    def field(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sigma, feats = self._field(x)
-        return sigma, self.nerf.color(feats)
+    def field(self, rgb: bool) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Points [N, 3] → (density [N], colour [N, C]) in a render's space: latent, or RGB (`rgb`)."""
+
+        def at(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            sigma, feats = self._field(x)
+            return sigma, self.nerf.color(feats, rgb)
+
+        return at
 
     def render(self, cameras: Cameras, size: int, mode: str, train: bool = True,
                normals: bool = False) -> SceneRender:
         """Latents (mode "latent") or RGB shaded as `mode` with the cameras' light; `normals` also when
         albedo is rendered (the orientation loss needs them)."""
         o, d = cameras.rays(size)
+        rgb = mode != "latent"
         shader = None
         if mode in ("lit", "textureless") or (normals and mode != "latent"):
             lit = None if mode in ("albedo", "latent") else (
                 lambda c, n, p, cam: shade(c, n, p, cameras.light, mode, cam))
             shader = Shader(self.nerf.density, lit)
-        background = self.nerf.background
         if cameras.background is not None:  # this step's random solid colours, one per camera
-            solid = solid_backdrop(cameras.background, latent=mode == "latent").repeat_interleave(size**2, 0)
+            solid = solid_backdrop(cameras.background, latent=not rgb).repeat_interleave(size**2, 0)
             background = lambda _directions: solid  # noqa: E731 - rays are flattened camera by camera
-        out = self.renderer.render(self.field, background, o, d, self.generator if train else None, shader)
-        return SceneRender(out.image, latent=mode == "latent", extras=out)
+        else:
+            background = lambda directions: self.nerf.background(directions, rgb)  # noqa: E731
+        out = self.renderer.render(self.field(rgb), background, o, d, self.generator if train else None, shader)
+        return SceneRender(out.image, latent=not rgb, opacity=out.opacity, rays=out)
 
-    def preview(self) -> np.ndarray:
+    def preview(self, size: int, rgb: bool) -> np.ndarray:
+        """The preview camera's view at `size`² in a stage's space (RGB as albedo, or latents)."""
         cams = Cameras.orbit(**PREVIEW_CAMERA, device=next(self.nerf.parameters()).device)
         with torch.no_grad():
-            out = self.render(cams, self.size, "albedo" if self.nerf.rgb else "latent", train=False)
+            out = self.render(cams, size, "albedo" if rgb else "latent", train=False)
         return to_preview(out.image, out.latent)

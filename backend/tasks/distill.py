@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
@@ -25,7 +26,7 @@ from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
 from backend.objectives import Objective, checkpointed
 from backend.objectives.config import ObjectiveConfig
-from backend.scene.base import SceneRender, to_preview  # noqa: F401 - the tasks' shared names
+from backend.scene.base import Regulariser, SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode
 from backend.speed import SpeedConfig
@@ -88,8 +89,6 @@ class DistillConfig:
             part.validate()
 
 
-# (render, step, total) → loss; step and total are the job's progress (see `backend.loop.Stage.step`)
-Regulariser = Callable[[SceneRender, int, int], torch.Tensor]
 
 
 @dataclass
@@ -124,6 +123,19 @@ class DistillStep:
                 total_loss = total_loss + weight * losses[name]
         losses["total"] = total_loss
         return losses
+
+
+def distill_stage(name: str, iters: int, step: DistillStep, enter: Callable[[], list[dict]], speed: SpeedConfig,
+                  preview: Callable[[], np.ndarray] | None = None, restart_schedules: bool = False,
+                  lr_scale: Callable[[int, int], float] | None = None, **adam: Any) -> Stage:
+    """A stage of `step`s whose optimiser trains `enter()`'s parameter groups (`enter` switches the scenes into
+    the stage and returns their groups) and the objective's own (VSD's LoRA), with Adam's `adam` settings:
+    the one place a stage's optimiser is built, so no stage can leave the objective's parameters out."""
+
+    def optimiser() -> torch.optim.Optimizer:
+        return speed.adam(enter() + step.objective.param_groups(), **adam)
+
+    return Stage(name, iters, optimiser, step, preview, restart_schedules=restart_schedules, lr_scale=lr_scale)
 
 
 @dataclass

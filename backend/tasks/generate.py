@@ -32,14 +32,23 @@ from backend.mesh import Frame, Mesh
 from backend.objectives.config import build_objective
 from backend.regularisers import orientation, ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig
-from backend.scene.base import PREVIEW_CAMERA  # noqa: F401 - where paint and older callers find it
 from backend.scene.dmtet import DMTet, DMTetScene, MeshStageConfig, laplacian_smoothness, normal_consistency
 from backend.scene.nerf import LatentNeRF, NeRFConfig
 from backend.scene.nerf_scene import NeRFScene
 from backend.shading import LightConfig
 from backend.sketch import SketchConfig, SketchShape
 from backend.speed import FieldSpeedConfig
-from backend.tasks.distill import DistillConfig, DistillJob, DistillStep, check_render_size, glb_output, run_job, set_up
+from backend.tasks.distill import (
+    DistillConfig,
+    DistillJob,
+    DistillStep,
+    Regulariser,
+    check_render_size,
+    distill_stage,
+    glb_output,
+    run_job,
+    set_up,
+)
 
 
 @dataclass
@@ -151,15 +160,15 @@ def prepare_generate(
         sketch_frame or guidance.suggested_frame() or Frame()).turned(config.front_yaw)
     generator, prompt = set_up(config, guidance, speed, frame)
 
-    scene = NeRFScene(config.nerf, config.render, config.resolution, device, generator, speed)
+    scene = NeRFScene(config.nerf, config.render, device, generator, speed)
     nerf = scene.nerf
     sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
-    regularisers = {"sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.extras.opacity))}
+    regularisers: dict[str, tuple[float, Regulariser]] = {
+        "sparsity": (config.optim.lambda_sparsity, lambda out, *_: sparsity(out.opacity))}
     if shape is not None:
-        regularisers["sketch"] = (config.sketch.weight,
-                                  lambda out, *_: shape.loss(out.extras.points, out.extras.sigmas))
+        regularisers["sketch"] = (config.sketch.weight, lambda out, *_: shape.loss(out.rays.points, out.rays.sigmas))
     regularisers["zvar"] = (config.optim.lambda_zvar, lambda out, step, total: ramp(step, total) * z_variance(
-        out.extras.t_mid, out.extras.weights))
+        out.rays.t_mid, out.rays.weights))
     if config.depth.weight > 0:
         regularisers["depth"] = (config.depth.weight, depth_regulariser(
             MonocularDepth.load(config.depth.model, device), guidance.decode))
@@ -168,23 +177,18 @@ def prepare_generate(
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers)
     orient = config.refine.lambda_orient
     refine_step = replace(step, lighting=config.shading, regularisers={**regularisers, "orient": (
-        orient, lambda out, *_: orientation(out.extras.normals, out.extras.directions, out.extras.weights))},
+        orient, lambda out, *_: orientation(out.rays.normals, out.rays.directions, out.rays.weights))},
         render=lambda cams: scene.render(cams, config.refine.resolution, cams.shading, normals=orient > 0))
-
-    def enter_latent() -> torch.optim.Optimizer:
-        nerf.rgb, scene.size = False, config.resolution
-        return speed.adam(nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale) + objective.param_groups(),
-                          betas=(0.9, 0.99), eps=1e-15)
-
-    def enter_refine() -> torch.optim.Optimizer:
-        nerf.rgb, scene.size = True, config.refine.resolution
-        return speed.adam(nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale) + objective.param_groups(),
-                          betas=(0.9, 0.99), eps=1e-15)
-
-    stages = [Stage("latent", config.optim.iters, enter_latent, step, scene.preview)]
+    adam = {"betas": (0.9, 0.99), "eps": 1e-15}
+    stages = [distill_stage("latent", config.optim.iters, step,
+                            lambda: nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale), speed,
+                            lambda: scene.preview(config.resolution, rgb=False), **adam)]
     if config.refine.iters:
-        stages.append(Stage("rgb_refine", config.refine.iters, enter_refine, refine_step, scene.preview,
-                            restart_schedules=config.refine.restart_schedules))
+        stages.append(distill_stage(
+            "rgb_refine", config.refine.iters, refine_step,
+            lambda: nerf.param_groups(config.refine.lr, config.optim.grid_lr_scale, rgb=True), speed,
+            lambda: scene.preview(config.refine.resolution, rgb=True),
+            restart_schedules=config.refine.restart_schedules, **adam))
     mesh = None
     if config.mesh.iters:
         mesh = DMTetScene(DMTet(config.mesh.grid_resolution, config.nerf.bound, device), nerf)
@@ -198,21 +202,19 @@ def mesh_stage(config: GenerateConfig, mesh: DMTetScene, step: DistillStep, spee
     c = config.mesh
     nerf = mesh.nerf
 
-    def regulariser(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
-        return lambda out, *_: fn(out.extras.vertices, out.extras.faces)
+    def regulariser(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Regulariser:
+        return lambda out, *_: fn(*out.surface)
 
     mesh_step = replace(step, lighting=config.shading, regularisers={
         "normal_consistency": (c.lambda_normal, regulariser(normal_consistency)),
         "laplacian": (c.lambda_laplacian, regulariser(laplacian_smoothness))},
         render=lambda cams: mesh.render(cams, c.resolution, cams.shading))
 
-    def enter() -> torch.optim.Optimizer:
-        nerf.rgb = True
+    def enter() -> list[dict]:
         mesh.dmtet.init_from_density(nerf.density, config.export.density_threshold, c.init_clamp)
-        return speed.adam(mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale)
-                          + step.objective.param_groups(), betas=(0.9, 0.99), eps=1e-15)
+        return mesh.dmtet.param_groups(c) + nerf.param_groups(c.lr_color, config.optim.grid_lr_scale, rgb=True)
 
-    return Stage("mesh", c.iters, enter, mesh_step, mesh.preview)
+    return distill_stage("mesh", c.iters, mesh_step, enter, speed, mesh.preview, betas=(0.9, 0.99), eps=1e-15)
 
 
 def generate(

@@ -26,7 +26,7 @@ from backend.export.progress import ExportProgress, estimate_texture_export_s
 from backend.export.unwrap import default_padding, unwrap
 from backend.guidance.base import Guidance
 from backend.latent import resize
-from backend.loop import Stage, final_anneal
+from backend.loop import final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives.config import build_objective
 from backend.render.atlas import atlas_raster
@@ -40,6 +40,7 @@ from backend.tasks.distill import (
     DistillJob,
     DistillStep,
     SceneRender,
+    distill_stage,
     glb_output,
     run_job,
     set_up,
@@ -160,7 +161,7 @@ class PaintJob(DistillJob):
         progress = ExportProgress(on_event, {"write": self.export_estimate_s()})
         progress.start("write")
         out_path, scene, size = Path(out_path), self.scene, self.config.texture_size
-        final = scene.rgb_texture.detach().clamp(0, 1) if scene.rgb else self.decoded()
+        final = scene.rgb_texture.detach().clamp(0, 1) if bool(scene.rgb_started) else self.decoded()
         texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
         covered = uv_coverage(scene.uvs, scene.faces, size).cpu().numpy()
         texture = fill_empty(texture, covered)
@@ -197,47 +198,48 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
                           filtering=config.texture_filter, supersample=config.supersample)
     if selection is not None:
         selection.hold(scene, guidance)
-    size = {"px": config.resolution}
 
-    def render(cams: Cameras) -> SceneRender:
-        return scene.render(cams, size["px"], cams.shading if scene.rgb else "latent")
+    def render_at(size: int, rgb: bool) -> Callable[[Cameras], SceneRender]:
+        """A stage's render: latents, or RGB shaded as the cameras' mode says, at `size`²."""
+        return lambda cams: scene.render(cams, size, cams.shading if rgb else "latent")
 
     def decoded() -> torch.Tensor:
         with torch.no_grad():
             rgb = guidance.decode(scene.filled_texture()[None].float())
         return resize(rgb, config.texture_size)[0].clamp(0, 1)
 
-    def preview() -> np.ndarray:
-        with torch.no_grad():
-            out = render(Cameras.orbit(**PREVIEW_CAMERA, device=device))
-        return to_preview(out.image, out.latent)
+    def preview_of(render: Callable[[Cameras], SceneRender]) -> Callable[[], np.ndarray]:
+        def preview() -> np.ndarray:
+            with torch.no_grad():
+                out = render(Cameras.orbit(**PREVIEW_CAMERA, device=device))
+            return to_preview(out.image, out.latent)
+
+        return preview
 
     sampler = CameraSampler(config.camera, generator, device, guidance.random_background)
     objective = build_objective(config.objective, guidance)
-    smooth = {"smoothness": (config.smoothness, lambda out, step, total: scene.smoothness())}
-    step = DistillStep(render, guidance, objective, config.timesteps, sampler, prompt, generator,
-                       regularisers=smooth)
+    latent_render = render_at(config.resolution, rgb=False)
+    step = DistillStep(latent_render, guidance, objective, config.timesteps, sampler, prompt, generator,
+                       regularisers={"smoothness": (config.smoothness, lambda *_: scene.smoothness(rgb=False))})
 
     def background() -> dict:  # a fresh group per optimiser: Adam fills its defaults into the dict
         return {"params": list(scene.background.parameters()), "lr": config.background_lr}
 
-    def enter_latent() -> torch.optim.Optimizer:
-        return speed.adam([{"params": [scene.texture]}, background(), *objective.param_groups()], lr=config.lr,
-                          betas=PAINT_BETAS)
-
-    def enter_finetune() -> torch.optim.Optimizer:
+    def enter_finetune() -> list[dict]:
         scene.start_rgb(decoded())
-        size["px"] = config.finetune_resolution
-        return speed.adam([{"params": [scene.rgb_texture]}, background(), *objective.param_groups()],
-                          lr=config.finetune_lr)
+        return [{"params": [scene.rgb_texture]}, background()]
 
     anneal = final_anneal(config.lr_anneal)
-    stages = [Stage("paint", config.iters, enter_latent, step, preview, lr_scale=anneal)]
+    stages = [distill_stage("paint", config.iters, step, lambda: [{"params": [scene.texture]}, background()], speed,
+                            preview_of(latent_render), lr_scale=anneal, lr=config.lr, betas=PAINT_BETAS)]
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
-        lit_step = replace(step, lighting=config.light)
-        stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview,
-                            restart_schedules=config.finetune_restart_schedules, lr_scale=anneal))
+        rgb_render = render_at(config.finetune_resolution, rgb=True)
+        lit_step = replace(step, lighting=config.light, render=rgb_render, regularisers={
+            "smoothness": (config.smoothness, lambda *_: scene.smoothness(rgb=True))})
+        stages.append(distill_stage("rgb_finetune", config.finetune_iters, lit_step, enter_finetune, speed,
+                                    preview_of(rgb_render), restart_schedules=config.finetune_restart_schedules,
+                                    lr_scale=anneal, lr=config.finetune_lr))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
                     scene=scene, mapped=mapped, vertex_map=vertex_map, decoded=decoded, selection=selection)
 
