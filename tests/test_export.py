@@ -12,7 +12,8 @@ import trimesh
 from PIL import Image
 
 from backend.errors import ConfigError, InputError
-from backend.export import ExportConfig, export_asset, extract_mesh, write_glb
+from backend.export import ExportConfig, export_asset, write_glb
+from backend.isosurface import extract_mesh
 from backend.mesh import Frame, Mesh, from_file_frame
 
 THRESHOLD = 10.0
@@ -126,25 +127,31 @@ def test_write_glb_round_trips_uv_orientation(tmp_path) -> None:  # noqa: ANN001
     assert (colours[top] == (255, 0, 0)).all() and (colours[~top] == (0, 0, 255)).all()
 
 
+def surface(density: object, cfg: ExportConfig) -> Mesh:
+    """The export's iso-surface step with `cfg`'s settings."""
+    return extract_mesh(density, cfg.grid_resolution, cfg.density_threshold, cfg.bound, cfg.max_faces, "cpu",
+                        cfg.memory_gb)
+
+
 def test_keeps_only_the_main_component() -> None:
     big, blob = sphere_density((-0.2, 0.0, 0.0), 0.45), sphere_density((0.75, 0.75, 0.75), 0.1)
-    mesh = extract_mesh(lambda x: torch.maximum(big(x), blob(x)), config(), "cpu")
+    mesh = surface(lambda x: torch.maximum(big(x), blob(x)), config())
     distance = np.linalg.norm(mesh.vertices - np.array([-0.2, 0.0, 0.0]), axis=1)
     assert np.abs(distance - 0.45).max() < 1.5 * 2 / 63
     assert mesh.uvs is None
 
 
 def test_simplifies_to_the_face_budget() -> None:
-    full = extract_mesh(sphere_density((0, 0, 0), 0.7), config(max_faces=2_000_000), "cpu")
+    full = surface(sphere_density((0, 0, 0), 0.7), config(max_faces=2_000_000))
     assert len(full.faces) > 2_000
-    mesh = extract_mesh(sphere_density((0, 0, 0), 0.7), config(max_faces=2_000), "cpu")
+    mesh = surface(sphere_density((0, 0, 0), 0.7), config(max_faces=2_000))
     assert 1_500 <= len(mesh.faces) <= 2_000
     assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - 0.7).max() < 0.05
 
 
 def test_grid_maps_exactly_to_unit_coordinates_and_closes_at_the_bound() -> None:
     # a linear field is interpolated exactly: the half-space x < 0.3, cut by the volume, is a closed box
-    mesh = extract_mesh(lambda x: THRESHOLD + 50.0 * (0.3 - x[:, 0]), config(grid_resolution=32), "cpu")
+    mesh = surface(lambda x: THRESHOLD + 50.0 * (0.3 - x[:, 0]), config(grid_resolution=32))
     np.testing.assert_allclose(mesh.vertices.min(0), [-1, -1, -1], atol=1e-6)
     np.testing.assert_allclose(mesh.vertices.max(0), [0.3, 1, 1], atol=1e-6)
     tm = trimesh.Trimesh(mesh.vertices, mesh.faces)
@@ -170,14 +177,14 @@ def test_no_surface_says_what_it_measured_and_a_threshold_that_works(shift: floa
     # the sphere field moved wholly below (or above) the threshold: before the shift it spans −52 … 35
     density = lambda x: sphere_density((0.0, 0.0, 0.0), 0.5)(x) + shift  # noqa: E731
     with pytest.raises(InputError) as info:
-        extract_mesh(density, config(grid_resolution=24), "cpu")
+        surface(density, config(grid_resolution=24))
     error = info.value
     assert error.code == "no_surface" and error.details["threshold"] == THRESHOLD
     peak, lowest = error.details["peak_density"], error.details["lowest_density"]
     assert (f"peak density is {peak:.3g}" if shift < 0 else f"lowest density is {lowest:.3g}") in error.message
     suggested = error.details["suggested_threshold"]
     assert lowest < suggested < peak and f"density_threshold = {suggested:g}" in error.hint
-    mesh = extract_mesh(density, config(grid_resolution=24, density_threshold=suggested), "cpu")
+    mesh = surface(density, config(grid_resolution=24, density_threshold=suggested))
     assert len(mesh.faces) > 100
 
 
@@ -225,7 +232,7 @@ def sphere_and_torus(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_coarse_to_fine_evaluates_fewer_points_and_matches_the_dense_grid() -> None:
-    from backend.export.isosurface import _marching_cubes, sample_grid, sample_near_surface
+    from backend.isosurface import _marching_cubes, sample_grid, sample_near_surface
 
     evaluated = [0]
 
@@ -259,7 +266,7 @@ def test_export_reports_every_sub_step_ending_at_its_total(sphere_export) -> Non
 
 
 def test_chunks_respect_the_memory_budget() -> None:
-    from backend.export.fields import BYTES_PER_POINT, chunk_points
+    from backend.fields import BYTES_PER_POINT, chunk_points
 
     calls: list[int] = []
 
@@ -267,5 +274,5 @@ def test_chunks_respect_the_memory_budget() -> None:
         calls.append(len(x))
         return sphere_density((0, 0, 0), 0.5)(x)
 
-    extract_mesh(density, config(grid_resolution=48, memory_gb=0.1), "cpu")
+    surface(density, config(grid_resolution=48, memory_gb=0.1))
     assert max(calls) <= chunk_points(0.1) and chunk_points(0.1) * BYTES_PER_POINT <= 0.1 * 2**30

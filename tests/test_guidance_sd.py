@@ -18,7 +18,8 @@ from tiny_sd import IMAGE_SIZE, LATENT_SIZE, TinySingleFile, build_components, t
 from backend.cameras import Cameras
 from backend.errors import InputError, ModelNotFoundError
 from backend.guidance.base import Prompt
-from backend.guidance.stable_diffusion import CONFIG_ENV, StableDiffusionGuidance
+from backend.guidance.sd_checkpoints import CONFIG_ENV
+from backend.guidance.stable_diffusion import StableDiffusionGuidance
 
 PROMPT = Prompt("a teddy bear", negative="blurry")
 MODULES = ("unet", "vae", "text_encoder")

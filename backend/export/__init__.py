@@ -2,7 +2,6 @@
 
 from backend.export.config import ExportConfig
 from backend.export.glb import write_glb
-from backend.export.isosurface import extract_mesh
 from backend.export.pipeline import ExportResult, export_asset
 
-__all__ = ["ExportConfig", "ExportResult", "export_asset", "extract_mesh", "write_glb"]
+__all__ = ["ExportConfig", "ExportResult", "export_asset", "write_glb"]

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 
-from backend.export.fields import Field, evaluate
 from backend.export.progress import ExportProgress
+from backend.fields import Field, evaluate
 from backend.mesh import Mesh
+from backend.render.atlas import fill_empty
 from backend.render.rasterize import interpolate, rasterize
 
 
@@ -63,10 +63,3 @@ def bake_texture(mesh: Mesh, color_fn: Field, size: int, device: torch.device | 
     texture = (colors.nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     return fill_empty(texture, covered.cpu().numpy())
 
-
-def fill_empty(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """`image` with every pixel outside `covered` set to its nearest covered pixel's value."""
-    if not covered.any():
-        return image
-    _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
-    return image[rows, cols]

@@ -18,14 +18,14 @@ import trimesh
 from backend.errors import InputError
 from backend.events import EventSink
 from backend.export.config import ExportConfig
-from backend.export.fields import Field
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
-from backend.export.isosurface import main_component
 from backend.export.normal_map import bake_from_surface
 from backend.export.pipeline import ExportResult
 from backend.export.progress import ExportProgress
 from backend.export.unwrap import atlas
+from backend.fields import Field
+from backend.isosurface import main_component
 from backend.mesh import Frame, Mesh
 
 

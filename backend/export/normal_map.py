@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import trimesh
 
-from backend.export.bake import fill_empty
-from backend.export.fields import Field, evaluate
 from backend.export.glb import _smooth_normals as smooth_normals
+from backend.fields import Field, evaluate
 from backend.mesh import Mesh
+from backend.render.atlas import fill_empty
 from backend.render.rasterize import interpolate, rasterize
 
 

@@ -13,12 +13,12 @@ from backend.errors import InputError
 from backend.events import EventSink
 from backend.export.bake import bake_texture
 from backend.export.config import ExportConfig
-from backend.export.fields import Field, chunk_points
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
-from backend.export.isosurface import extract_mesh
 from backend.export.progress import ExportProgress, estimate_substeps_s
 from backend.export.unwrap import atlas
+from backend.fields import Field, chunk_points
+from backend.isosurface import extract_mesh
 from backend.mesh import Frame, Mesh
 
 COLOR_STENCIL_POINTS = 8  # field points one colour query may evaluate (a stencil): sizes the bake's chunks
@@ -50,7 +50,9 @@ def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: Expor
     png_path = glb_path.with_suffix(".png")
     progress = ExportProgress(on_event, estimate_substeps_s(config, torch.device(device).type))
 
-    mesh = extract_mesh(density_fn, config, device, progress)
+    config.validate()
+    mesh = extract_mesh(density_fn, config.grid_resolution, config.density_threshold, config.bound,
+                        config.max_faces, device, config.memory_gb, progress)
     normals = np.asarray(trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).vertex_normals)
     progress.start("unwrap")
     unwrapped = atlas(mesh, config.texture_size, config.atlas_smoothing)

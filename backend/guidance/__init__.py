@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import re
 
-import torch
+# huggingface_hub reads these once, when first imported, and every model load imports it through this package
+# first: keep a download attempt with no network short (a user's own settings win)
+os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "5")
 
-from backend.errors import ConfigError
-from backend.guidance.base import Guidance, Prompt
+import torch  # noqa: E402
+
+from backend.errors import ConfigError  # noqa: E402
+from backend.guidance.base import Guidance, Prompt  # noqa: E402
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 

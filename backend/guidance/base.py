@@ -111,13 +111,11 @@ class Guidance(ABC):
     def describe(self) -> str:
         return type(self).__name__
 
-    def trainable_denoiser(self, rank: int) -> torch.nn.Module:
-        """A trainable ε_φ(z_t, t, c, y) of the scene's renders (VSD's second model), called as
-        `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w]. `rank` is a LoRA's, where the prior
-        has a U-Net to adapt; by default a small U-Net built in code (see `backend.guidance.trainable`)."""
-        from backend.guidance.trainable import SmallDenoiser
-
-        return SmallDenoiser(self.device)
+    def trainable_denoiser(self, rank: int) -> torch.nn.Module | None:
+        """A trainable ε_φ(z_t, t, c, y) of the scene's renders (VSD's second model) adapted from this prior's own
+        network, called as `model(z_t, t, prompt, cameras, keep_camera)` → ε [B, 4, h, w]; `rank` is a LoRA's.
+        None (the default) for a prior with no network to adapt: VSD then trains a small one from zero."""
+        return None
 
     def set_frame(self, frame: Frame) -> None:  # noqa: B027 - optional hook
         """Where the task placed the asset (its unit volume in world space); a prior that renders a known

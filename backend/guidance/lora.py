@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from peft import LoraConfig
@@ -20,8 +20,18 @@ from backend.cameras import Cameras
 from backend.guidance.base import Prompt, v_to_epsilon
 from backend.guidance.trainable import camera_condition, camera_embedding
 
-if TYPE_CHECKING:
-    from backend.guidance.stable_diffusion import StableDiffusionGuidance
+
+class AdaptablePrior(Protocol):
+    """What a LoRA of a prior's U-Net needs from the prior (Stable Diffusion's guidance has it)."""
+
+    unet: nn.Module
+    device: torch.device
+    prediction_type: str
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor: ...
+
+    def conditional_embeddings(self, prompt: Prompt, cameras: Cameras) -> torch.Tensor: ...
 
 ADAPTER = "vsd"
 # the attention projections, as diffusers' own LoRA training scripts adapt them
@@ -29,7 +39,7 @@ TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class LoRADenoiser(nn.Module):
-    def __init__(self, guidance: StableDiffusionGuidance, rank: int) -> None:
+    def __init__(self, guidance: AdaptablePrior, rank: int) -> None:
         super().__init__()
         unet = guidance.unet
         self._guidance = [guidance]  # in a list: the U-Net's frozen weights are not this module's state

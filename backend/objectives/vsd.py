@@ -25,6 +25,7 @@ import torch
 from backend.cameras import Cameras
 from backend.errors import ConfigError
 from backend.guidance.base import Guidance, Prompt
+from backend.guidance.trainable import SmallDenoiser
 from backend.objectives.sds import SDS
 from backend.schedules import TimestepConfig, uniform_timesteps
 from backend.transfer import to_device
@@ -71,7 +72,8 @@ class VSD(SDS):
 
     def __init__(self, guidance: Guidance, guidance_scale: float, settings: VSDConfig | None = None) -> None:
         super().__init__(guidance, guidance_scale, settings)
-        self.trainable = guidance.trainable_denoiser(self.settings.lora_rank)
+        adapted = guidance.trainable_denoiser(self.settings.lora_rank)
+        self.trainable = adapted if adapted is not None else SmallDenoiser(guidance.device)
 
     def param_groups(self) -> list[dict]:
         params = [p for p in self.trainable.parameters() if p.requires_grad]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -66,3 +67,11 @@ def chart_neighbours(charts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks [H, W−1] and [H−1, W]: a texel and its right (lower) neighbour lie in the same chart."""
     c = torch.as_tensor(charts)
     return (c[:, 1:] == c[:, :-1]) & (c[:, 1:] >= 0), (c[1:] == c[:-1]) & (c[1:] >= 0)
+
+
+def fill_empty(image: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """`image` with every pixel outside `covered` set to its nearest covered pixel's value."""
+    if not covered.any():
+        return image
+    _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
+    return image[rows, cols]

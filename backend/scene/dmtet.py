@@ -20,8 +20,8 @@ from torch import nn
 
 from backend.cameras import Cameras
 from backend.errors import ConfigError
-from backend.export.config import ExportConfig
-from backend.export.isosurface import extract_mesh
+from backend.isosurface import extract_mesh
+from backend.mesh import MAX_FACES
 from backend.render.marching_tets import TetGrid, marching_tets
 from backend.render.surface import antialias, rasterize_surface
 from backend.scene.base import PREVIEW_CAMERA, SceneRender, to_preview
@@ -102,9 +102,8 @@ class DMTet(nn.Module):
         its own values). Raises `InputError` when the density has no surface at that threshold."""
         if bool(self.initialised):
             return
-        iso = extract_mesh(density, ExportConfig(grid_resolution=2 * self.grid.resolution + 1,
-                                                 density_threshold=threshold, bound=self.grid.bound,
-                                                 max_faces=2_000_000), self.sdf.device)
+        iso = extract_mesh(density, 2 * self.grid.resolution + 1, threshold, self.grid.bound, MAX_FACES,
+                           self.sdf.device)
         points = self.grid.vertices.detach().cpu().double().numpy()
         s, *_ = igl.signed_distance(points, iso.vertices.astype(np.float64), iso.faces,
                                     sign_type=igl.SIGNED_DISTANCE_TYPE_FAST_WINDING_NUMBER)

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from backend.cameras import Cameras
-from backend.export.bake import fill_empty
 from backend.latent import latent_to_rgb, rgb_to_latent
 from backend.regularisers import texture_smoothness
-from backend.render.atlas import chart_neighbours, texel_charts
+from backend.render.atlas import chart_neighbours, fill_empty, texel_charts
 from backend.render.mesh_render import render_mesh
 from backend.scene.background import DirectionalBackground, solid_backdrop
 from backend.scene.base import SceneRender

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 
 from backend.errors import InputError
-from backend.export.bake import fill_empty
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh
-from backend.render.atlas import atlas_raster
+from backend.render.atlas import atlas_raster, fill_empty
 from backend.render.rasterize import interpolate
 
 DEFAULT_COLOR = 0.8  # Blender's default material grey, for meshes that bring no colour at all

@@ -19,7 +19,6 @@ import torch
 from backend.cameras import CameraConfig, Cameras, CameraSampler
 from backend.errors import ConfigError, InputError
 from backend.events import EventSink, ignore
-from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.progress import ExportProgress, estimate_texture_export_s
@@ -29,7 +28,7 @@ from backend.latent import resize
 from backend.loop import final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives.config import build_objective
-from backend.render.atlas import atlas_raster
+from backend.render.atlas import atlas_raster, fill_empty
 from backend.render.mesh_render import FILTERS
 from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture

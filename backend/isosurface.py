@@ -9,41 +9,61 @@ values as on the dense grid wherever the surface is, at a fraction of the field 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import trimesh
 from skimage.measure import marching_cubes
 
 from backend.errors import NoSurfaceError
-from backend.export.config import ExportConfig
-from backend.export.fields import Field, chunk_points, evaluate
-from backend.export.progress import ExportProgress
+from backend.fields import Field, chunk_points, evaluate
 from backend.mesh import Mesh
 
 COARSE_STRIDE = 4  # fine cells per coarse cell along each axis
 
 
-def extract_mesh(density_fn: Field, config: ExportConfig, device: torch.device | str = "cpu",
-                 progress: ExportProgress | None = None) -> Mesh:
-    """The largest connected surface where `density_fn` crosses the threshold, in the unit frame, no UVs.
+class Steps(Protocol):
+    """Where the work's sub-steps are reported (the export's progress events, or nowhere)."""
+
+    def start(self, name: str, total: int = 1) -> None: ...
+    def advance(self, steps: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class Unreported:
+    def start(self, name: str, total: int = 1) -> None:
+        pass
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def extract_mesh(density_fn: Field, resolution: int, level: float, bound: float, max_faces: int,
+                 device: torch.device | str = "cpu", memory_gb: float = 1.0, progress: Steps | None = None) -> Mesh:
+    """The largest connected surface where `density_fn` crosses `level`, sampled on a `resolution`³ grid over
+    [−bound, bound]³ and simplified to `max_faces`, in the unit frame, no UVs; field queries are chunked under
+    `memory_gb` of working memory.
 
     Faces wind counter-clockwise seen from outside: normals point from high density to low.
     """
-    config.validate()
-    progress = progress or ExportProgress(None, {})
-    level = float(config.density_threshold)
-    grid, coarse = sample_near_surface(density_fn, config.grid_resolution, config.bound, level, device,
-                                       chunk_points(config.memory_gb), progress)
+    progress = progress or Unreported()
+    level = float(level)
+    grid, coarse = sample_near_surface(density_fn, resolution, bound, level, device, chunk_points(memory_gb),
+                                       progress)
     progress.start("marching cubes")
-    verts, faces = _marching_cubes(grid, level, config.bound, measured=coarse)
+    verts, faces = _marching_cubes(grid, level, bound, measured=coarse)
     del grid
     progress.finish()
     progress.start("cleanup")
     mesh = clean(verts, faces)
     progress.finish()
     progress.start("simplify")
-    if len(mesh.faces) > config.max_faces:
-        mesh = mesh.simplify_quadric_decimation(face_count=config.max_faces)
+    if len(mesh.faces) > max_faces:
+        mesh = mesh.simplify_quadric_decimation(face_count=max_faces)
     progress.finish()
     return Mesh(np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64))
 
@@ -121,11 +141,11 @@ def _axis_nodes(resolution: int) -> np.ndarray:
 
 
 def sample_near_surface(density_fn: Field, resolution: int, bound: float, level: float,
-                        device: torch.device | str, chunk: int, progress: ExportProgress | None = None
+                        device: torch.device | str, chunk: int, progress: Steps | None = None
                         ) -> tuple[np.ndarray, np.ndarray]:
     """Densities [R, R, R] at the grid nodes, exact near the level set, a same-side stand-in elsewhere;
     and the coarse pass's densities, all exact."""
-    progress = progress or ExportProgress(None, {})
+    progress = progress or Unreported()
     axis = torch.linspace(-bound, bound, resolution, device=device)
     nodes = _axis_nodes(resolution)
     coarse_axis = axis[torch.as_tensor(nodes, device=axis.device)]
