@@ -225,6 +225,8 @@ def test_restart_fails_each_broken_job_with_its_reason_and_brings_back_the_rest(
 
 def test_a_failing_handler_answers_internal_and_the_service_keeps_serving(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     from backend.examples import example_target
+    from backend.service.board import JobBoard
+    from backend.service.requests import Requests
     from backend.service.server import Service, ServiceConfig
 
     service = Service(ServiceConfig(jobs_dir=tmp_path / "jobs", models=[f"target:{example_target()}"],
@@ -240,10 +242,10 @@ def test_a_failing_handler_answers_internal_and_the_service_keeps_serving(tmp_pa
             def broken(*_: object) -> None:
                 raise RuntimeError("an injected bug")
 
-            monkeypatch.setattr(Service, "_on_list", broken)
+            monkeypatch.setattr(Requests, "on_list", broken)
             refused(client.list, "internal", "an injected bug")
             # a reply that cannot be encoded (text no UTF-8 holds) is answered too
-            monkeypatch.setattr(Service, "_summary", lambda self, record: {"job": "\ud800"})
+            monkeypatch.setattr(JobBoard, "summary", lambda self, record: {"job": "\ud800"})
             refused(lambda: client.status(job), "internal")
             # and when even building the error fails, the last guard still answers
             monkeypatch.setattr(Service, "_answer", broken)

@@ -98,7 +98,7 @@ def test_limits_and_schemas_agree_with_the_backend() -> None:
         assert cls.code in protocol.ERROR_CODES
     # every code the service sends by name is documented
     source = "\n".join(p.read_text() for p in SERVICE.glob("*.py"))
-    used = {code for pattern in (r'Refused\(\s*"(\w+)"', r'error_fields\(\s*"(\w+)"', r'_end\(record, "\w+", "(\w+)"')
+    used = {code for pattern in (r'Refused\(\s*"(\w+)"', r'error_fields\(\s*"(\w+)"', r'\bend\(record, "\w+", "(\w+)"')
             for code in re.findall(pattern, source)}
     assert used and used <= set(protocol.ERROR_CODES), used - set(protocol.ERROR_CODES)
 

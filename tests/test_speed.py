@@ -17,8 +17,8 @@ import pytest
 import torch
 from tiny_config import TINY
 
-from backend.bench import PARTS, RANDOM_NOTE, uv_sphere
-from backend.bench_field import StorageTracker, points_in_ball
+from backend.bench.field import StorageTracker, points_in_ball
+from backend.bench.steps import PARTS, RANDOM_NOTE, uv_sphere
 from backend.cameras import VIEWS, CameraConfig, Cameras, CameraSampler
 from backend.cli import main
 from backend.config import from_dict

@@ -1,5 +1,7 @@
 """The service: a ROUTER for clients, a job store on disk, and a pool of workers (local processes or Ray).
 
+This module owns the sockets and the loop; `requests` answers clients, `board` follows jobs.
+
 One thread owns every socket. Each client message is decoded and validated (protocol, then the task's
 own settings) before anything is written or sent to a worker; a bad one gets an `error` reply and the
 loop goes on. Jobs persist in the store, so a restarted service requeues what was queued or running
@@ -15,68 +17,34 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import zmq
 
-from backend import __version__
-from backend.catalog import METHODS, PRESETS, TASKS, choices
 from backend.errors import LatentForgeError
-from backend.service import checkpoint_wire, models, ownership, schema, tasks
+from backend.service import models, ownership
+from backend.service.board import JobBoard
 from backend.service.broker import Broker, WorkerPool
-from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
+from backend.service.config import ServiceConfig
+from backend.service.jobs import JobStore, UnknownJob
 from backend.service.protocol import (
     CLIENT_REQUESTS,
-    MAX_FACES,
-    MAX_PROMPT_CHARS,
-    MAX_SEED,
-    MAX_VERTICES,
     REQUEST_ID,
     REQUEST_LIMITS,
-    VERSION,
     Frames,
-    Message,
     ProtocolError,
     decode,
     encode,
     error_fields,
 )
-from backend.service.retention import Retention, RetentionPolicy
+from backend.service.requests import Requests
+from backend.service.retention import Retention
 from backend.service.security import Curve, check_bind
 from backend.service.supervisor import LocalWorkers
 
 DRAIN = 100  # messages handled per socket per loop turn, so neither side starves the other
-MAX_LISTENERS = 256  # clients that get status pushes: the most recently heard that asked in their hello
 RELOAD_KEYS_S = 2.0  # how often the allow-list is re-read (and revoked keys are cut off)
 MAX_SESSIONS = 4096  # client identities remembered for revocation, most recent first
 SWEEP_S = 60.0  # how often the retention policy runs (also at start and whenever a job ends)
-
-
-class Refused(LatentForgeError):
-    """A valid request the service declines; `code` is one of the protocol's error codes."""
-
-    def __init__(self, code: str, message: str, hint: str | None = None) -> None:
-        super().__init__(message, hint)
-        self.code = code
-
-
-@dataclass
-class ServiceConfig:
-    jobs_dir: Path
-    models: list[str]
-    bind: str = "tcp://127.0.0.1:5555"
-    workers: int = 1  # local worker processes, one per entry of `devices`
-    devices: list[str] = field(default_factory=lambda: ["cpu"])
-    ray: str | None = None  # run jobs on this Ray cluster ("auto", "local" or an address), not local workers
-    ray_cpus: float = 1.0  # CPUs each Ray actor takes on a cluster without GPUs
-    keys_dir: Path | None = None
-    max_queued_per_client: int = 8
-    heartbeat_s: float = 1.0
-    max_crashes: int = 3  # a job that kills its worker this often is failed, not retried forever
-    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 class Service:
@@ -91,13 +59,11 @@ class Service:
         # models this machine surely cannot load: reported in welcome, and submits for them are refused
         self.unavailable: dict[str, str] = {m: why for m in config.models if (why := models.problem(m))}
         self.sessions: dict[bytes, str] = {}  # client identity → the owner it spoke for
+        self.board = JobBoard(self.store, self._send, config.max_crashes, self._sweep)
         self.broker = self._pool(config)
-        self.records: dict[str, JobRecord] = {}
-        self.subscribers: dict[str, set[bytes]] = {}
-        # clients whose hello asked for status pushes, most recently heard last; a ROUTER drops sends to
-        # ones that have gone
-        self.listeners: OrderedDict[bytes, None] = OrderedDict()
-        self._pushed_status: dict[str, Any] | None = None
+        self.board.pool = self.broker
+        self.requests = Requests(config, self.board, self.unavailable, lambda: self.curve is not None)
+        self._pushed_status: dict | None = None
         self.context = zmq.Context()
         self.curve: Curve | None = None
         self.sockets: list[zmq.Socket] = []
@@ -105,13 +71,17 @@ class Service:
         self._link_dir: str | None = None
         self.endpoint = ""
 
+    @property
+    def records(self) -> dict:
+        return self.board.records
+
     def _pool(self, config: ServiceConfig) -> WorkerPool:
         """Where jobs run: the service's own worker processes, or actors on a Ray cluster."""
         if config.ray is None:
-            return Broker(self, config.heartbeat_s)
+            return Broker(self.board, config.heartbeat_s)
         from backend.service.ray_runner import RayWorkers
 
-        return RayWorkers(self, config.ray, config.models, config.workers, config.devices[0], config.ray_cpus)
+        return RayWorkers(self.board, config.ray, config.models, config.workers, config.devices[0], config.ray_cpus)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -144,7 +114,7 @@ class Service:
         else:
             link = "tcp://127.0.0.1:*"
         self.local_link = self._listen(zmq.ROUTER, link, False)
-        self._recover()
+        self.board.recover()
         self._sweep()
         for model, why in self.unavailable.items():
             print(f"service: cannot serve the model {model}: {why}", file=sys.stderr, flush=True)
@@ -153,16 +123,6 @@ class Service:
             self.local = LocalWorkers(self.local_link.last_endpoint.decode(), usable,
                                       self.config.devices[: self.config.workers], self.config.heartbeat_s)
             self.local.start()
-
-    def _recover(self) -> None:
-        """Requeue what a previous run left queued or running; everything else is served as it is."""
-        for record in self.store.load_all():
-            self.records[record.id] = record
-            if record.state in FINAL_STATES:
-                continue
-            if record.state == "running":
-                record.crashes += 1  # the service died while the job ran
-            self._requeue_or_end(record, "the service stopped while it ran", front=False)
 
     def serve(self, stop: threading.Event) -> None:
         poller = zmq.Poller()
@@ -202,8 +162,7 @@ class Service:
         gone = {identity for identity, owner in self.sessions.items() if owner in revoked}
         for identity in gone:
             del self.sessions[identity]
-        for watchers in self.subscribers.values():
-            watchers -= gone
+        self.board.forget_watchers(gone)
         print(f"service: {len(revoked)} client key(s) left the allow-list; closed {len(gone)} session(s)",
               file=sys.stderr, flush=True)
 
@@ -222,10 +181,10 @@ class Service:
         if self.local is not None:
             for pid in self.local.reap():
                 self.broker.remove_pid(pid, self.local_link)
-        if (self.local is not None and self.local.given_up() and self.remote_link is None
+        if (self.local is not None and self.local.given_up()
                 and len(self.unavailable) < len(self.config.models)):
             self._workers_failed()
-        self._dispatch()
+        self.board.dispatch()
         self._push_status()
 
     def _workers_failed(self) -> None:
@@ -235,7 +194,7 @@ class Service:
         for record in list(self.records.values()):
             if record.state == "queued":
                 self.broker.dequeue(record.id)
-                self._end(record, "failed", "model_not_found", f"model {record.model}: {why}", models.HINT)
+                self.board.end(record, "failed", "model_not_found", f"model {record.model}: {why}", models.HINT)
 
     def close(self) -> None:
         """Stop workers and sockets; running jobs go back to queued (a clean stop is not a crash)."""
@@ -280,12 +239,11 @@ class Service:
             if len(self.sessions) > MAX_SESSIONS:
                 del self.sessions[next(iter(self.sessions))]
         request_id = None
-        if identity in self.listeners:
-            self.listeners.move_to_end(identity)
+        self.requests.heard(identity)
         try:
             message = decode([p.buffer for p in parts[1:]], REQUEST_LIMITS, CLIENT_REQUESTS)
             request_id = message.id
-            return getattr(self, f"_on_{message.type}")(identity, owner, message)
+            return getattr(self.requests, f"on_{message.type}")(identity, owner, message)
         except ProtocolError as exc:
             return encode("error", error_fields(exc.code, exc.message, request_id=exc.request_id))
         except UnknownJob as exc:
@@ -298,259 +256,26 @@ class Service:
             return encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}", "see the service's log",
                                                 request_id=request_id))
 
-    @staticmethod
-    def _reply(kind: str, request: Message, fields: dict[str, Any], arrays: dict | None = None,
-               blobs: dict | None = None) -> Frames:
-        if request.id is not None:
-            fields = {"id": request.id, **fields}
-        return encode(kind, fields, arrays, blobs)
-
-    def _record(self, job: str, owner: str) -> JobRecord:
-        record = self.records.get(job)
-        # another client's job is as unknown as one that never existed
-        if record is None or not ownership.owns(owner, record.owner, self.curve is not None):
-            raise UnknownJob(f"no job {job!r} of yours on this service")
-        return record
-
-    def _summary(self, record: JobRecord) -> dict[str, Any]:
-        return {**record.summary(), "position": self.broker.position(record.id)}
-
-    def _on_hello(self, identity: bytes, owner: str, message: Message) -> Frames:
-        if message.fields.get("watch"):
-            self.listeners[identity] = None
-            self.listeners.move_to_end(identity)
-            while len(self.listeners) > MAX_LISTENERS:
-                self.listeners.popitem(last=False)
-        usable = len(self.unavailable) < len(self.config.models)
-        return self._reply("welcome", message, {
-            "server": "latentforge", "version": __version__, "protocol": VERSION,
-            "tasks": list(TASKS) if usable else [],
-            "methods": list(METHODS), "presets": list(PRESETS), "models": self.config.models,
-            "choices": {"methods": choices(METHODS), "presets": choices(PRESETS)},
-            "unavailable": {m: f"{why}; {models.HINT}" for m, why in self.unavailable.items()},
-            "queue": len(self.broker.queue), "workers": len(self.broker.workers),
-            "limits": self._limits()})
-
-    def _limits(self) -> dict[str, Any]:
-        return {"max_prompt_chars": MAX_PROMPT_CHARS, "max_faces": MAX_FACES, "max_vertices": MAX_VERTICES,
-                "max_message_bytes": REQUEST_LIMITS.max_message_bytes, "max_seed": MAX_SEED,
-                "max_queued_per_client": self.config.max_queued_per_client,
-                "ceilings": schema.ceilings(*tasks.config_types()),
-                "keep_days": self.config.retention.max_age_days, "disk_budget_gb": self.config.retention.max_disk_gb}
-
-    def _on_submit(self, identity: bytes, owner: str, message: Message) -> Frames:
-        model = message.fields.get("model") or self.config.models[0]
-        if model not in self.config.models:
-            raise Refused("unknown_model", f"this service does not serve the model {model[:200]!r}",
-                          f"use one of: {', '.join(self.config.models)}")
-        if model in self.unavailable:
-            raise Refused("model_not_found", f"this service cannot load the model {model}: "
-                          f"{self.unavailable[model]}", models.HINT)
-        queued = sum(1 for r in self.records.values() if r.owner == owner and r.state == "queued")
-        if queued >= self.config.max_queued_per_client:
-            raise Refused("queue_full", f"you already have {queued} queued jobs, the most this service allows",
-                          "wait for one to start, or cancel one")
-        spec = tasks.JobSpec.from_submit({**message.fields, "model": model}, message.arrays)
-        tasks.check_spec(spec)
-        record = self.store.create(spec.fields, spec.arrays, owner)
-        self.records[record.id] = record
-        self.broker.enqueue(record.id)
-        if message.fields.get("watch", True):
-            self.subscribers.setdefault(record.id, set()).add(identity)
-        return self._reply("accepted", message, {"job": record.id, "position": self.broker.position(record.id)})
-
-    def _on_status(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"], owner)
-        if message.fields.get("watch") and record.state not in FINAL_STATES:
-            self.subscribers.setdefault(record.id, set()).add(identity)
-        return self._reply("job", message, {"job": self._summary(record)})
-
-    def _on_list(self, identity: bytes, owner: str, message: Message) -> Frames:
-        state = message.fields.get("state")
-        keys_on = self.curve is not None
-        records = [r for r in self.records.values() if (state is None or r.state == state)
-                   and ownership.owns(owner, r.owner, keys_on)]
-        records = records[-message.fields.get("limit", 100):]
-        return self._reply("jobs", message, {"jobs": [self._summary(r) for r in records]})
-
-    def _on_cancel(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"], owner)
-        if record.state == "queued":
-            self.broker.dequeue(record.id)
-            self._end(record, "cancelled", "cancelled", "the job was cancelled before it started")
-        elif record.state == "running":
-            record.cancel_requested = True
-            self.store.save(record)
-            self.broker.cancel(record.id)
-        return self._reply("job", message, {"job": self._summary(record)})
-
-    def _on_fetch(self, identity: bytes, owner: str, message: Message) -> Frames:
-        record = self._record(message.fields["job"], owner)
-        if record.state in ("failed", "cancelled"):
-            error = record.error or {}
-            raise Refused(error.get("code", "job_failed"), error.get("message", f"the job {record.state}"),
-                          error.get("hint"))
-        if record.state != "finished":
-            raise Refused("not_finished", f"job {record.id} is {record.state}, it has no result yet",
-                          "wait for its result message, or poll its status")
-        try:
-            arrays, texture, glb_path = self.store.load_result(record.id)
-            blobs = {"texture": texture}
-            if (normal_map := self.store.load_normal_map(record.id)) is not None:
-                blobs["normal_map"] = normal_map
-            if message.fields.get("glb"):
-                blobs["glb"] = glb_path.read_bytes()
-        except Exception as exc:  # a damaged or deleted result folder: that job's problem, not the service's
-            raise Refused("job_failed", f"the result files of job {record.id} cannot be read ({exc})"[:500],
-                          "submit the job again") from None
-        return self._reply("result", message, {"job": record.id, "glb_path": str(glb_path),
-                                               "stats": record.stats or {}}, arrays, blobs)
-
-    def _on_heartbeat(self, identity: bytes, owner: str, message: Message) -> Frames:
-        return self._reply("heartbeat", message, {"time": time.time(), **self._status()})
-
-    def _status(self) -> dict[str, Any]:
-        """What a client's server panel shows; heartbeats carry it."""
-        return {"queue": len(self.broker.queue), "workers": len(self.broker.workers), "models": self.config.models}
+    def _send(self, identity: bytes, frames: Frames) -> None:
+        self.front.send_multipart([identity, *frames], copy=False)  # dropped if that client has gone
 
     def _push_status(self) -> None:
         """A heartbeat (no id) to every client that asked for it, as soon as workers, queue or models change."""
-        status = self._status()
+        status = self.requests.status()
         if status == self._pushed_status:
             return
         self._pushed_status = status
         frames = encode("heartbeat", {"time": time.time(), **status})
-        for identity in self.listeners:
-            self.front.send_multipart([identity, *frames], copy=False)
+        for identity in self.requests.listeners:
+            self._send(identity, frames)
 
-    def _on_reexport(self, identity: bytes, owner: str, message: Message) -> Frames:
-        """Export a failed job's trained field again with other export settings, without training again:
-        the job is queued once more with its spec's export settings changed, and resumes from the checkpoint
-        saved at the end of its optimisation."""
-        record = self._record(message.fields["job"], owner)
-        if record.state != "failed":
-            raise Refused("not_reexportable", f"job {record.id} is {record.state}: only a job whose export failed "
-                          "can be exported again", "wait for it to end, or submit a new job")
-        if not self.store.has_checkpoint(record.id):
-            raise Refused("not_reexportable", f"job {record.id} kept no checkpoint of its trained field",
-                          "submit the job again")
-        spec = tasks.reexport_spec(self.store.spec(record.id), message.fields["export"], record.checkpoint)
-        self.store.save_spec(record.id, spec)
-        record.state, record.error, record.progress, record.cancel_requested = "queued", None, None, False
-        self.store.save(record)
-        self.broker.enqueue(record.id)
-        if message.fields.get("watch", True):
-            self.subscribers.setdefault(record.id, set()).add(identity)
-        return self._reply("job", message, {"job": self._summary(record)})
-
-    def _reexport_offer(self, record: JobRecord, details: dict | None) -> dict | None:
-        """An error's details, with `reexport`: whether a reexport could reuse the job's trained field."""
-        if details is None:
-            return None
-        try:
-            tasks.reexport_spec(self.store.spec(record.id), {}, record.checkpoint)
-            possible = self.store.has_checkpoint(record.id)
-        except (LatentForgeError, OSError, ValueError):
-            possible = False
-        return {**details, "reexport": possible}
-
-    def _notify(self, job: str, frames: Frames, last: bool = False) -> None:
-        for identity in list(self.subscribers.get(job, ())):
-            self.front.send_multipart([identity, *frames], copy=False)  # dropped if that client has gone
-        if last:
-            self.subscribers.pop(job, None)
-
-    # ------------------------------------------------------------------------------------------ jobs
-
-    def _end(self, record: JobRecord, state: str, code: str | None = None, message: str = "",
-             hint: str | None = None, details: dict | None = None) -> None:
-        record.state = state
-        if code is not None:
-            record.error = {"code": code, "message": message, "hint": hint, **({"details": details} if details else {})}
-            self._notify(record.id, encode("error", error_fields(code, message, hint, job=record.id,
-                                                                 details=details)), last=True)
-        self.store.save(record)
-        # it never runs again, so what it was given goes now; except a trained field whose export can be redone
-        # with other settings (its inputs and checkpoint then age out with the job)
-        if state in ("failed", "cancelled") and not (details or {}).get("reexport"):
-            self.store.drop_inputs(record.id)
-        self._sweep()
-
-    def _requeue_or_end(self, record: JobRecord, why: str, front: bool = True) -> None:
-        if record.cancel_requested:
-            self._end(record, "cancelled", "cancelled", "the job was cancelled")
-        elif record.crashes > self.config.max_crashes:
-            self._end(record, "failed", "worker_lost", f"the job stopped its worker {record.crashes} times "
-                      f"(last: {why})", "try a lower quality preset or a smaller input")
-        else:
-            record.state = "queued"
-            self.store.save(record)
-            # a job that was running was submitted before everything still queued
-            self.broker.enqueue(record.id, front=front)
-
-    def _dispatch(self) -> None:
-        for job, worker in self.broker.match(lambda j: self.records[j].model):
-            record = self.records[job]
-            try:
-                frames = self._task_frames(record)
-            except Exception as exc:  # missing, truncated or tampered files: fail this job, serve the rest
-                self.broker.release(worker)
-                self._end(record, "failed", "job_failed", f"the job's files cannot be read ({exc})",
-                          "submit the job again")
-                continue
-            record.state, record.worker, record.progress = "running", worker.name, None
-            record.attempts += 1
-            self.store.save(record)
-            self.broker.send(worker, frames)
-
-    def _task_frames(self, record: JobRecord) -> Frames:
-        saved = self.store.load_checkpoint(record.id)
-        skeleton, checkpoint = saved if saved is not None else (None, {})
-        return encode("task", {"job": record.id, "spec": self.store.spec(record.id), "checkpoint": skeleton,
-                               "attempt": record.attempts},
-                      {**self.store.inputs(record.id), **checkpoint})
-
-    # broker callbacks
+    # ------------------------------------------------------------------------------------------ workers
 
     def _on_worker(self, sock: zmq.Socket) -> None:
         try:
             self.broker.receive(sock)
         except Exception:  # a bug, or a disk error while saving: log it and keep serving
             traceback.print_exc()
-
-    def job_message(self, job: str, message: Message, worker: Any) -> None:
-        record = self.records[job]
-        fields = message.fields
-        if message.type == "progress":
-            record.progress = {k: fields.get(k) for k in ("stage", "step", "total", "eta_s", "losses")}
-            self._notify(job, encode("progress", fields, blobs=message.blobs))
-        elif message.type == "checkpoint":
-            self.store.save_checkpoint(job, fields["state"], message.arrays)
-            record.checkpoint = checkpoint_wire.position(fields["state"])
-            self.store.save(record)
-        elif message.type == "result" and not {"texture", "glb"} <= set(message.blobs):
-            self._end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
-        elif message.type == "result":
-            glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
-                                              message.blobs["glb"], message.blobs.get("normal_map"))
-            record.stats = fields.get("stats") or {}
-            self._end(record, "finished")
-            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs}
-            self._notify(job, encode("result", {"job": job, "glb_path": str(glb_path), "stats": record.stats},
-                                     message.arrays, images), last=True)
-        elif fields["code"] == "busy":
-            self.broker.enqueue(job, front=True)
-            record.state = "queued"
-            self.store.save(record)
-        else:
-            state = "cancelled" if fields["code"] == "cancelled" else "failed"
-            self._end(record, state, fields["code"], fields["message"], fields.get("hint"),
-                      self._reexport_offer(record, fields.get("details")))
-
-    def job_lost(self, job: str, worker: Any, why: str) -> None:
-        record = self.records[job]
-        record.crashes += 1
-        self._requeue_or_end(record, why)
 
 
 def _request_id(parts: list[zmq.Frame]) -> str | None:

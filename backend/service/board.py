@@ -1,0 +1,175 @@
+"""The service's jobs between their submit and their end: records, who watches each, and what the worker pool
+reports (progress, checkpoints, results, errors, lost workers). It is the pool's `JobHost`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from backend.errors import LatentForgeError
+from backend.service import checkpoint_wire, ownership, tasks
+from backend.service.broker import WorkerPool
+from backend.service.jobs import FINAL_STATES, JobRecord, JobStore, UnknownJob
+from backend.service.protocol import Frames, Message, encode, error_fields
+
+Send = Callable[[bytes, Frames], None]  # (client identity, frames): dropped if that client has gone
+
+
+class JobBoard:
+    def __init__(self, store: JobStore, send: Send, max_crashes: int, on_end: Callable[[], None]) -> None:
+        self.store = store
+        self.send = send
+        self.max_crashes = max_crashes
+        self.on_end = on_end  # after a job ends: the retention policy runs
+        self.records: dict[str, JobRecord] = {}
+        self.subscribers: dict[str, set[bytes]] = {}
+        self.pool: WorkerPool | None = None  # set once the service has made its pool (which reports here)
+
+    # -------------------------------------------------------------------------------------------- lookups
+
+    def record(self, job: str, owner: str, keys_on: bool) -> JobRecord:
+        record = self.records.get(job)
+        # another client's job is as unknown as one that never existed
+        if record is None or not ownership.owns(owner, record.owner, keys_on):
+            raise UnknownJob(f"no job {job!r} of yours on this service")
+        return record
+
+    def summary(self, record: JobRecord) -> dict[str, Any]:
+        return {**record.summary(), "position": self.pool.position(record.id)}
+
+    def queued_by(self, owner: str) -> int:
+        return sum(1 for r in self.records.values() if r.owner == owner and r.state == "queued")
+
+    def watch(self, job: str, identity: bytes) -> None:
+        self.subscribers.setdefault(job, set()).add(identity)
+
+    def forget_watchers(self, gone: set[bytes]) -> None:
+        for watchers in self.subscribers.values():
+            watchers -= gone
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+
+    def recover(self) -> None:
+        """Requeue what a previous run left queued or running; everything else is served as it is."""
+        for record in self.store.load_all():
+            self.records[record.id] = record
+            if record.state in FINAL_STATES:
+                continue
+            if record.state == "running":
+                record.crashes += 1  # the service died while the job ran
+            self.requeue_or_end(record, "the service stopped while it ran", front=False)
+
+    def add(self, record: JobRecord) -> None:
+        self.records[record.id] = record
+        self.pool.enqueue(record.id)
+
+    def notify(self, job: str, frames: Frames, last: bool = False) -> None:
+        for identity in list(self.subscribers.get(job, ())):
+            self.send(identity, frames)
+        if last:
+            self.subscribers.pop(job, None)
+
+    def end(self, record: JobRecord, state: str, code: str | None = None, message: str = "",
+            hint: str | None = None, details: dict | None = None) -> None:
+        record.state = state
+        if code is not None:
+            record.error = {"code": code, "message": message, "hint": hint, **({"details": details} if details else {})}
+            self.notify(record.id, encode("error", error_fields(code, message, hint, job=record.id,
+                                                                details=details)), last=True)
+        self.store.save(record)
+        # it never runs again, so what it was given goes now; except a trained field whose export can be redone
+        # with other settings (its inputs and checkpoint then age out with the job)
+        if state in ("failed", "cancelled") and not (details or {}).get("reexport"):
+            self.store.drop_inputs(record.id)
+        self.on_end()
+
+    def requeue_or_end(self, record: JobRecord, why: str, front: bool = True) -> None:
+        if record.cancel_requested:
+            self.end(record, "cancelled", "cancelled", "the job was cancelled")
+        elif record.crashes > self.max_crashes:
+            self.end(record, "failed", "worker_lost", f"the job stopped its worker {record.crashes} times "
+                     f"(last: {why})", "try a lower quality preset or a smaller input")
+        else:
+            record.state = "queued"
+            self.store.save(record)
+            # a job that was running was submitted before everything still queued
+            self.pool.enqueue(record.id, front=front)
+
+    def cancel(self, record: JobRecord) -> None:
+        if record.state == "queued":
+            self.pool.dequeue(record.id)
+            self.end(record, "cancelled", "cancelled", "the job was cancelled before it started")
+        elif record.state == "running":
+            record.cancel_requested = True
+            self.store.save(record)
+            self.pool.cancel(record.id)
+
+    def dispatch(self) -> None:
+        """Hand queued jobs to idle workers that serve their model."""
+        for job, worker in self.pool.match(lambda j: self.records[j].model):
+            record = self.records[job]
+            try:
+                frames = self.task_frames(record)
+            except Exception as exc:  # missing, truncated or tampered files: fail this job, serve the rest
+                self.pool.release(worker)
+                self.end(record, "failed", "job_failed", f"the job's files cannot be read ({exc})",
+                         "submit the job again")
+                continue
+            record.state, record.worker, record.progress = "running", worker.name, None
+            record.attempts += 1
+            self.store.save(record)
+            self.pool.send(worker, frames)
+
+    def task_frames(self, record: JobRecord) -> Frames:
+        saved = self.store.load_checkpoint(record.id)
+        skeleton, checkpoint = saved if saved is not None else (None, {})
+        return encode("task", {"job": record.id, "spec": self.store.spec(record.id), "checkpoint": skeleton,
+                               "attempt": record.attempts},
+                      {**self.store.inputs(record.id), **checkpoint})
+
+    def reexport_offer(self, record: JobRecord, details: dict | None) -> dict | None:
+        """An error's details, with `reexport`: whether a reexport could reuse the job's trained field."""
+        if details is None:
+            return None
+        try:
+            tasks.reexport_spec(self.store.spec(record.id), {}, record.checkpoint)
+            possible = self.store.has_checkpoint(record.id)
+        except (LatentForgeError, OSError, ValueError):
+            possible = False
+        return {**details, "reexport": possible}
+
+    # -------------------------------------------------------------------------------------------- the pool's reports
+
+    def job_message(self, job: str, message: Message, worker: Any) -> None:
+        record = self.records[job]
+        fields = message.fields
+        if message.type == "progress":
+            record.progress = {k: fields.get(k) for k in ("stage", "step", "total", "eta_s", "losses")}
+            self.notify(job, encode("progress", fields, blobs=message.blobs))
+        elif message.type == "checkpoint":
+            self.store.save_checkpoint(job, fields["state"], message.arrays)
+            record.checkpoint = checkpoint_wire.position(fields["state"])
+            self.store.save(record)
+        elif message.type == "result" and not {"texture", "glb"} <= set(message.blobs):
+            self.end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
+        elif message.type == "result":
+            glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
+                                              message.blobs["glb"], message.blobs.get("normal_map"))
+            record.stats = fields.get("stats") or {}
+            self.end(record, "finished")
+            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs}
+            self.notify(job, encode("result", {"job": job, "glb_path": str(glb_path), "stats": record.stats},
+                                    message.arrays, images), last=True)
+        elif fields["code"] == "busy":
+            self.pool.enqueue(job, front=True)
+            record.state = "queued"
+            self.store.save(record)
+        else:
+            state = "cancelled" if fields["code"] == "cancelled" else "failed"
+            self.end(record, state, fields["code"], fields["message"], fields.get("hint"),
+                     self.reexport_offer(record, fields.get("details")))
+
+    def job_lost(self, job: str, worker: Any, why: str) -> None:
+        record = self.records[job]
+        record.crashes += 1
+        self.requeue_or_end(record, why)
