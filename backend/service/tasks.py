@@ -156,15 +156,22 @@ def _check_paint(spec: JobSpec) -> None:
     config = paint_config(spec, module)
     config.validate()
     schema.check_ceilings(config, "paint")
-    if mesh.uvs is not None:
-        module.check_uv_range(mesh.uvs)
+    # UDIM tiles, the texture's size and the look of the faces, as the job will read them
+    module.texture_layout(config, mesh, spec.arrays.get("selected_faces"), _appearance(spec))
+
+
+def _appearance(spec: JobSpec) -> Any:
+    from backend.tasks.appearance import Appearance
+
+    return Appearance.from_wire(spec.arrays)
 
 
 def _run_paint(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
                cancel: threading.Event) -> ExportResult:
     module = _paint_module()
     return module.paint(paint_config(spec, module), guidance, spec.mesh("mesh to paint"), job_dir / OUTPUT_NAME,
-                        on_event=on_event, cancel=cancel, job_dir=job_dir, faces=spec.arrays.get("selected_faces"))
+                        on_event=on_event, cancel=cancel, job_dir=job_dir, faces=spec.arrays.get("selected_faces"),
+                        appearance=_appearance(spec))
 
 
 TASKS: dict[str, TaskFn] = {"generate": _run_generate, "paint": _run_paint}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from backend.cameras import CameraConfig, Cameras, CameraSampler
-from backend.errors import ConfigError, InputError
+from backend.errors import ConfigError
 from backend.events import EventSink, ignore
 from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
@@ -35,6 +35,7 @@ from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.shading import LightConfig
 from backend.speed import SpeedConfig
+from backend.tasks.appearance import MAX_SIDE, Appearance
 from backend.tasks.distill import (
     DistillConfig,
     DistillJob,
@@ -45,7 +46,8 @@ from backend.tasks.distill import (
     set_up,
     to_preview,
 )
-from backend.tasks.face_selection import Selection, select_faces
+from backend.tasks.face_selection import Selection, check_faces, select_faces
+from backend.tasks.udim import TileLayout, split_by_tile, tile_layout
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 # the least gutter between the charts of an atlas made for painting: one latent texel, so no latent texel
@@ -109,29 +111,55 @@ class PaintConfig(DistillConfig):
 class PaintResult:
     mesh: Mesh  # the input's vertices (split along UV seams), faces in the input's order, UVs, texture
     vertex_map: np.ndarray  # [V] index of the input vertex each output vertex copies
-    texture: np.ndarray  # [S, S, 3] uint8
+    texture: np.ndarray  # [S, S, 3] uint8 (UDIM: every tile in one atlas, as the GLB holds them)
     glb_path: Path
     png_path: Path
+    tiles: dict[int, Path] = field(default_factory=dict)  # UDIM: each tile's image, <name>.<tile>.png
 
 
-def check_uv_range(uv: np.ndarray) -> np.ndarray:
-    """`uv` if every coordinate lies in the [0, 1] square (to float precision); else a clear error."""
-    if len(uv) and (uv.min() < -1e-4 or uv.max() > 1 + 1e-4):
-        raise InputError(f"the paint mesh's UVs leave the [0, 1] square (range {uv.min():.3g} … {uv.max():.3g})",
-                         "pack the UVs into [0, 1] (UDIM tiles are not supported) or remove the UV map "
-                         "so the mesh is unwrapped automatically")
-    return uv
+def check_uvs(mesh: Mesh) -> TileLayout | None:
+    """The UDIM tiles a mesh's UVs lie in (None for the [0, 1] square, or no UVs); `InputError` for UVs
+    paint cannot use (left of or below tile 1001, past u = 10, a face across tiles)."""
+    return tile_layout(mesh)
+
+
+def has_own_uvs(mesh: Mesh) -> bool:
+    """Whether a mesh has UVs paint keeps: present and not all degenerate."""
+    if mesh.uvs is None:
+        return False
+    uv = mesh.uvs
+    e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
+    return bool(np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8)
+
+
+@dataclass
+class Surface:
+    """A mesh as paint reads it: the UVs renders use (an atlas in [0, 1]) and the UVs the result keeps."""
+
+    mapped: Mesh  # the input's vertices (split along seams and UDIM tile borders), faces in its order, atlas UVs
+    vertex_map: np.ndarray  # [V] the input vertex each vertex of `mapped` copies
+    uvs: np.ndarray  # [V, 2] the UVs the result carries: the mesh's own (UDIM tiles too) or the new atlas
+    layout: TileLayout | None  # UDIM: where each tile sits in the atlas
+
+
+def paint_surface(mesh: Mesh, texture_size: int) -> Surface:
+    """The mesh with usable UVs: its own when it has them (UDIM tiles laid out in one atlas), else an
+    xatlas atlas."""
+    mesh = validate_mesh(mesh, "paint mesh")
+    if has_own_uvs(mesh):
+        layout = check_uvs(mesh)
+        if layout is None:
+            return Surface(mesh, np.arange(len(mesh.vertices)), mesh.uvs, None)
+        mapped, vertex_map = split_by_tile(mesh, layout)
+        return Surface(mapped, vertex_map, mesh.uvs[vertex_map], layout)
+    mapped, vertex_map = unwrap(mesh, texture_size, padding=max(PAINT_PADDING, default_padding(texture_size)))
+    return Surface(mapped, vertex_map, mapped.uvs, None)
 
 
 def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
-    """The mesh with usable UVs: its own when it has them, else an xatlas atlas (and the vertex map)."""
-    mesh = validate_mesh(mesh, "paint mesh")
-    if mesh.uvs is not None:
-        uv = check_uv_range(mesh.uvs)
-        e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
-        if np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8:
-            return mesh, np.arange(len(mesh.vertices))
-    return unwrap(mesh, texture_size, padding=max(PAINT_PADDING, default_padding(texture_size)))
+    """The mesh with the UVs it is painted through (see `paint_surface`) and the vertex map."""
+    surface = paint_surface(mesh, texture_size)
+    return surface.mapped, surface.vertex_map
 
 
 def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,8 +172,7 @@ class PaintJob(DistillJob):
     """Everything `paint` wires together: the textured mesh, its stages and the final decode."""
 
     scene: LatentTexture
-    mapped: Mesh  # the mesh with the UVs it is painted through
-    vertex_map: np.ndarray
+    surface: Surface  # the mesh with the UVs it is painted through
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
     selection: Selection | None = None  # partial paint: the faces painted and the texels kept
 
@@ -166,25 +193,58 @@ class PaintJob(DistillJob):
         texture = fill_empty(texture, covered)
         if self.selection is not None:
             texture = self.selection.compose(texture)
-        result_mesh = self.mapped.copy_with(texture=texture, vertex_colors=None)
+        mapped = self.surface.mapped.copy_with(texture=texture, vertex_colors=None)
         png_path = out_path.with_suffix(".png")
-        write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
+        # the GLB reads the atlas (glTF has no UDIM); the result's arrays keep the mesh's own UVs
+        files = {out_path: glb_bytes(mapped, texture), png_path: png_bytes(texture)}
+        tiles = {}
+        if self.surface.layout is not None:
+            for tile, image in self.surface.layout.split(texture).items():
+                tiles[tile] = out_path.with_name(f"{out_path.stem}.{tile}.png")
+                files[tiles[tile]] = png_bytes(image)
+        write_atomically(files)
         progress.finish()
-        return PaintResult(result_mesh, self.vertex_map, texture, out_path, png_path)
+        return PaintResult(mapped.copy_with(uvs=self.surface.uvs), self.surface.vertex_map, texture, out_path,
+                           png_path, tiles)
 
 
-def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None) -> PaintJob:
-    """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
-
-    With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`.
-    """
+def texture_layout(config: PaintConfig, mesh: Mesh, faces: np.ndarray | None,
+                   appearance: Appearance | None) -> tuple[PaintConfig, Surface, Selection | None]:
+    """The painted texture's size (a partial paint copies the image its faces show: that image's size),
+    the surface painted, and the selection. `config.texture_size` is one UDIM tile's side; the config
+    returned has the atlas's."""
+    mesh = validate_mesh(mesh, "paint mesh")
+    layout = check_uvs(mesh) if has_own_uvs(mesh) else None
+    reference = None
+    if faces is not None:
+        faces = check_faces(faces, len(mesh.faces))
+        appearance = appearance or Appearance.of_mesh(mesh)
+        found = appearance.reference(mesh.uvs[mesh.faces], faces, layout) if has_own_uvs(mesh) else None
+        if found is not None:
+            reference, side = found
+            config = replace(config, texture_size=side)
+    grid = layout.grid if layout is not None else 1
+    if config.texture_size * grid > MAX_SIDE:
+        raise ConfigError(f"{len(layout.tiles)} UDIM tiles of {config.texture_size}² texels are painted in one "
+                          f"{config.texture_size * grid}² atlas, over the limit of {MAX_SIDE}²",
+                          f"paint tiles of {MAX_SIDE // grid // VAE_FACTOR * VAE_FACTOR}² or less, or fewer tiles")
+    surface = paint_surface(mesh, config.texture_size)
+    config = replace(config, texture_size=config.texture_size * grid)
     selection = None
     if faces is not None:
-        mesh = validate_mesh(mesh, "paint mesh")
-        config = replace(config, texture_size=Selection.texture_size_for(mesh, config.texture_size))
-    mapped, vertex_map = uv_mapped(mesh, config.texture_size)
-    if faces is not None:
-        selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
+        selection = select_faces(mesh, surface.mapped, faces, config.texture_size, appearance, layout, reference)
+    return config, surface, selection
+
+
+def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None,
+                  appearance: Appearance | None = None) -> PaintJob:
+    """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
+
+    With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`;
+    `appearance` is how every face looks now (default: the mesh's own texture or colours).
+    """
+    config, surface, selection = texture_layout(config, mesh, faces, appearance)
+    mapped = surface.mapped
     device = guidance.device
     speed = config.speed.resolve(device)
     frame = Frame.fit(mapped.vertices, yaw=config.front_yaw)
@@ -239,7 +299,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
         stages.append(Stage("rgb_finetune", config.finetune_iters, enter_finetune, lit_step, preview,
                             restart_schedules=config.finetune_restart_schedules, lr_scale=anneal))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
-                    scene=scene, mapped=mapped, vertex_map=vertex_map, decoded=decoded, selection=selection)
+                    scene=scene, surface=surface, decoded=decoded, selection=selection)
 
 
 def paint(
@@ -251,9 +311,11 @@ def paint(
     cancel: threading.Event | None = None,
     job_dir: str | Path | None = None,
     faces: np.ndarray | None = None,
+    appearance: Appearance | None = None,
 ) -> PaintResult:
-    """Paint `mesh` (only `faces` of it, when given) for `config.prompt` under `guidance`; write `out_path`
-    (GLB) and the texture (PNG)."""
+    """Paint `mesh` (only `faces` of it, when given, around the look `appearance` gives the others) for
+    `config.prompt` under `guidance`; write `out_path` (GLB), the texture (PNG) and, for UDIM UVs, one
+    PNG per tile."""
     config.validate()
     out_path = glb_output(out_path)
-    return run_job(prepare_paint(config, guidance, mesh, faces), out_path, on_event, cancel, job_dir)
+    return run_job(prepare_paint(config, guidance, mesh, faces, appearance), out_path, on_event, cancel, job_dir)
