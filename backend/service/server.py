@@ -398,6 +398,7 @@ class Service:
             blobs = {"texture": texture}
             if (normal_map := self.store.load_normal_map(record.id)) is not None:
                 blobs["normal_map"] = normal_map
+            blobs.update(self.store.load_tiles(record.id))
             if message.fields.get("glb"):
                 blobs["glb"] = glb_path.read_bytes()
         except Exception as exc:  # a damaged or deleted result folder: that job's problem, not the service's
@@ -531,11 +532,12 @@ class Service:
         elif message.type == "result" and not {"texture", "glb"} <= set(message.blobs):
             self._end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
         elif message.type == "result":
+            tiles = {k: v for k, v in message.blobs.items() if k.startswith("tile.")}
             glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
-                                              message.blobs["glb"], message.blobs.get("normal_map"))
+                                              message.blobs["glb"], message.blobs.get("normal_map"), tiles)
             record.stats = fields.get("stats") or {}
             self._end(record, "finished")
-            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs}
+            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs} | tiles
             self._notify(job, encode("result", {"job": job, "glb_path": str(glb_path), "stats": record.stats},
                                      message.arrays, images), last=True)
         elif fields["code"] == "busy":
