@@ -157,7 +157,7 @@ def _check_paint(spec: JobSpec) -> None:
     config.validate()
     schema.check_ceilings(config, "paint")
     # UDIM tiles, the texture's size and the look of the faces, as the job will read them
-    module.texture_layout(config, mesh, spec.arrays.get("selected_faces"), _appearance(spec))
+    module.plan_texture(config, mesh, spec.arrays.get("selected_faces"), _appearance(spec))
 
 
 def _appearance(spec: JobSpec) -> Any:

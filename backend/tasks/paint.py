@@ -208,18 +208,31 @@ class PaintJob(DistillJob):
                            png_path, tiles)
 
 
-def texture_layout(config: PaintConfig, mesh: Mesh, faces: np.ndarray | None,
-                   appearance: Appearance | None) -> tuple[PaintConfig, Surface, Selection | None]:
-    """The painted texture's size (a partial paint copies the image its faces show: that image's size),
-    the surface painted, and the selection. `config.texture_size` is one UDIM tile's side; the config
-    returned has the atlas's."""
+@dataclass
+class TexturePlan:
+    """What a paint's texture will be, checked before any work: its size and the image it copies."""
+
+    config: PaintConfig  # with `texture_size` the atlas's side (UDIM: the tiles' cells together)
+    tile_size: int  # one tile's side (the whole texture's without UDIM)
+    layout: TileLayout | None
+    faces: np.ndarray | None  # the selected faces, checked
+    appearance: Appearance | None  # how every face looks now (partial paint)
+    reference: int | None  # the appearance's image that the texture copies
+
+
+def plan_texture(config: PaintConfig, mesh: Mesh, faces: np.ndarray | None,
+                 appearance: Appearance | None) -> TexturePlan:
+    """The painted texture's plan; `InputError` or `ConfigError` for what cannot be painted. A partial
+    paint copies the image its faces show through the paint UVs, at that image's size; `config.texture_size`
+    is one UDIM tile's side."""
     mesh = validate_mesh(mesh, "paint mesh")
-    layout = check_uvs(mesh) if has_own_uvs(mesh) else None
+    own = has_own_uvs(mesh)
+    layout = check_uvs(mesh) if own else None
     reference = None
     if faces is not None:
         faces = check_faces(faces, len(mesh.faces))
         appearance = appearance or Appearance.of_mesh(mesh)
-        found = appearance.reference(mesh.uvs[mesh.faces], faces, layout) if has_own_uvs(mesh) else None
+        found = appearance.reference(mesh.uvs[mesh.faces], faces, layout) if own else None
         if found is not None:
             reference, side = found
             config = replace(config, texture_size=side)
@@ -228,12 +241,8 @@ def texture_layout(config: PaintConfig, mesh: Mesh, faces: np.ndarray | None,
         raise ConfigError(f"{len(layout.tiles)} UDIM tiles of {config.texture_size}² texels are painted in one "
                           f"{config.texture_size * grid}² atlas, over the limit of {MAX_SIDE}²",
                           f"paint tiles of {MAX_SIDE // grid // VAE_FACTOR * VAE_FACTOR}² or less, or fewer tiles")
-    surface = paint_surface(mesh, config.texture_size)
-    config = replace(config, texture_size=config.texture_size * grid)
-    selection = None
-    if faces is not None:
-        selection = select_faces(mesh, surface.mapped, faces, config.texture_size, appearance, layout, reference)
-    return config, surface, selection
+    return TexturePlan(replace(config, texture_size=config.texture_size * grid), config.texture_size, layout, faces,
+                       appearance, reference)
 
 
 def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None,
@@ -243,8 +252,15 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`;
     `appearance` is how every face looks now (default: the mesh's own texture or colours).
     """
-    config, surface, selection = texture_layout(config, mesh, faces, appearance)
+    mesh = validate_mesh(mesh, "paint mesh")
+    plan = plan_texture(config, mesh, faces, appearance)
+    config = plan.config
+    surface = paint_surface(mesh, plan.tile_size)
     mapped = surface.mapped
+    selection = None
+    if plan.faces is not None:
+        selection = select_faces(mesh, mapped, plan.faces, config.texture_size, plan.appearance, plan.layout,
+                                 plan.reference)
     device = guidance.device
     speed = config.speed.resolve(device)
     frame = Frame.fit(mapped.vertices, yaw=config.front_yaw)
