@@ -7,7 +7,7 @@ Events are plain dicts, `{"type": ..., ...}`:
   whenever its status changes, and answers ours
 - accepted {request, job}, job {job: summary}: a submit's id, a status or cancel's answer
 - progress {job, stage, step, total, eta_s, losses, blobs: {preview?}}
-- result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats}
+- result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats, tiles: {UDIM tile: PNG}}
 - error {job?, request?, code, message, hint, details?}
 """
 
@@ -47,7 +47,7 @@ def result_event(result: JobResult) -> Event:
     if result.normal_png is not None:
         blobs["normal_map"] = result.normal_png
     return {"type": "result", "job": result.job, "arrays": arrays, "blobs": blobs, "glb_path": result.glb_path,
-            "stats": result.stats}
+            "stats": result.stats, "tiles": result.tiles}
 
 
 def error_event(exc: ServiceError, **where: Any) -> Event:

@@ -29,7 +29,7 @@ from backend.render.rasterize import interpolate
 from backend.tasks.udim import FIRST_TILE, TILES_PER_ROW, TileLayout
 
 FLAT, CORNERS = -1, -2  # a slot's source when it is not an image: its flat colour, or the per-corner colours
-DEFAULT_COLOR = 0.8  # Blender's default material grey (display value), for a mesh that brings no colour
+DEFAULT_COLOR = float(linear_to_srgb(0.8))  # Blender's default surface grey (linear 0.8) as it shows
 LATENT_FACTOR = 8  # texels per latent texel: a painted texture's side is a multiple of it
 MIN_SIDE, MAX_SIDE = 64, 4096
 IMAGE_PREFIX = "image."  # submit arrays image.<k>.<tile>: image k's UDIM tile (a plain image is tile 1001)

@@ -39,9 +39,11 @@ def face_tiles(uvs: np.ndarray, faces: np.ndarray) -> np.ndarray:
     tiles = FIRST_TILE + cell[:, 0] + TILES_PER_ROW * cell[:, 1]
     if across.size:
         f = int(across[0])
-        spans = sorted({int(FIRST_TILE + c[0] + TILES_PER_ROW * c[1]) for c in np.floor(corners[f]).astype(int)})
-        raise InputError(f"face {f} of the paint mesh crosses UDIM tiles ({', '.join(map(str, spans))}): "
-                         f"{len(across):,} faces do", "split the UV islands at the tile borders")
+        nudged = corners[f] + (corners[f].mean(0) - corners[f]) * 1e-3  # a corner on a border: the face's side
+        spans = sorted({int(FIRST_TILE + c[0] + TILES_PER_ROW * c[1]) for c in np.floor(nudged).astype(int)})
+        others = f" ({len(across):,} faces do)" if len(across) > 1 else ""
+        raise InputError(f"face {f} of the paint mesh crosses UDIM tiles ({', '.join(map(str, spans))}){others}",
+                         "split the UV islands at the tile borders, or pack the UVs into [0, 1]")
     return tiles
 
 
