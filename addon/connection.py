@@ -250,11 +250,14 @@ class Connection:
         message = self._client.poll(self.poll_s)
         while message is not None:
             self._last_contact = time.monotonic()
-            event: Event = {"type": message.type, **message.fields}
-            if message.arrays:
-                event["arrays"] = dict(message.arrays)
-            if message.blobs:
-                event["blobs"] = dict(message.blobs)
+            if message.type == "result":  # the same event as a fetched result's
+                event: Event = result_event(JobResult.from_message(message))
+            else:
+                event = {"type": message.type, **message.fields}
+                if message.arrays:
+                    event["arrays"] = dict(message.arrays)
+                if message.blobs:
+                    event["blobs"] = dict(message.blobs)
             job = event.get("job")
             if isinstance(job, str) and job in self._following:
                 if message.type in ("result", "error"):

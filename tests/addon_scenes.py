@@ -99,6 +99,8 @@ def edit_select(obj: object, polygons: list[int]) -> None:
         v.select = v.index in corners
     for e in mesh.edges:
         e.select = all(k in corners for k in e.vertices)
+    for other in bpy.context.scene.objects:
+        other.select_set(other == obj)
     bpy.context.view_layer.objects.active = obj
     bpy.context.tool_settings.mesh_select_mode = (False, False, True)
     bpy.ops.object.mode_set(mode="EDIT")
