@@ -72,14 +72,14 @@ def procedural_material(name: str, viewport: tuple[float, float, float]) -> obje
 
 def checker_cube(second: object | None = None) -> object:
     """A unit cube standing on z = 0: a packed 64² checker ("Checker") on five faces and `second` (default
-    a plain red material, "Red") on its bottom face."""
+    a plain red material, "Red") on its front (−Y) face."""
     bpy = support.modules()[0]
     bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.0, 0.0, 0.5))
     cube = bpy.context.object
     cube.data.materials.append(image_material("Checker", packed_image("Checker", checker_pixels())))
     cube.data.materials.append(second or plain_material("Red", (0.8, 0.02, 0.02)))
     for p in cube.data.polygons:
-        p.material_index = 1 if p.normal.z < -0.9 else 0
+        p.material_index = 1 if p.normal.y < -0.9 else 0
     return cube
 
 

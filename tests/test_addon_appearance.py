@@ -40,7 +40,7 @@ def test_an_image_slot_and_a_plain_slot_are_sent_as_blender_holds_them(bpy: Modu
     assert paint.uv_map == "UVMap" and paint.copies == "Checker" and list(paint.polygons) == top
     assert list(paint.slots) == [0] and paint.notes == []
     np.testing.assert_array_equal(through.uvs, mesh.uv_maps["UVMap"])
-    np.testing.assert_array_equal(arrays["face_slots"], np.where(np.isin(mesh.polygons, polygons_facing(cube, 2, -1.0)),
+    np.testing.assert_array_equal(arrays["face_slots"], np.where(np.isin(mesh.polygons, polygons_facing(cube, 1, -1.0)),
                                                                  1, 0))
     np.testing.assert_array_equal(arrays["slot_sources"], [0, -1])
     np.testing.assert_allclose(arrays["slot_colors"][1], (0.8, 0.02, 0.02), atol=1e-6)  # linear, as in Blender
