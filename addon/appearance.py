@@ -24,6 +24,7 @@ import numpy as np
 from ..backend.service.protocol import MAX_IMAGE_SIDE, MAX_IMAGES, REQUEST_LIMITS
 from .geometry import TriangleMesh
 
+SOURCE_PROPERTY = "latentforge_source"  # on a painted copy: the name of the image (material) it copies
 FIRST_TILE = 1001
 DEFAULT_LINEAR = (0.8, 0.8, 0.8)  # Blender's surface colour for faces without a material
 COLOUR_INPUTS = ("Base Color", "Color")  # the Principled BSDF's, then a Diffuse BSDF's or an Emission's
@@ -177,8 +178,14 @@ def pixels(image: bpy.types.Image, material: str) -> np.ndarray:
     while rgb.shape[2] < 3:  # a one- or two-channel image is grey
         rgb = np.concatenate([rgb, rgb[..., :1]], 2)
     if not image.is_float and image.colorspace_settings.name == "sRGB":
-        return np.round(rgb * 255).astype(np.uint8)  # byte images hand out their stored bytes / 255
-    return np.clip(rgb, 0.0, 1.0).astype(np.float16)  # what a texel can show; float16 halves the bytes
+        out = np.round(rgb * 255).astype(np.uint8)  # byte images hand out their stored bytes / 255
+    else:
+        out = np.clip(rgb, 0.0, 1.0).astype(np.float16)  # what a texel can show; float16 halves the bytes
+    if out.nbytes > REQUEST_LIMITS.max_array_bytes:
+        raise ValueError(f"The image \u201c{image.name}\u201d is {w}\u00d7{h}, {out.nbytes / 2**20:,.0f} MB as "
+                         f"pixels, over the {REQUEST_LIMITS.max_array_bytes / 2**20:,.0f} MB one image may be: "
+                         "scale it down for painting")
+    return out
 
 
 def tile_pixels(image: bpy.types.Image, tile: int, material: str) -> np.ndarray:

@@ -20,11 +20,9 @@ import bpy
 import numpy as np
 
 from . import results
-from .appearance import Looks, appearance_arrays, colour_socket, read_looks
+from .appearance import SOURCE_PROPERTY, Looks, appearance_arrays, colour_socket, read_looks
 from .geometry import TriangleMesh
 from .jobs import Job, PaintPlan
-
-SOURCE_PROPERTY = "latentforge_source"  # on a painted copy: the name of the image (material) it copies
 
 
 def plan_paint(obj: bpy.types.Object, mesh: TriangleMesh,
@@ -37,7 +35,8 @@ def plan_paint(obj: bpy.types.Object, mesh: TriangleMesh,
     appearance = appearance_arrays(obj, mesh, looks) if selected is not None else None
     polygons, first = np.unique(mesh.polygons[faces], return_index=True)
     copied = looks.copied_image(faces, uv_map)
-    plan = PaintPlan(polygons, looks.face_slots[faces][first], uv_map, copied.name if copied else None, looks.notes)
+    source = copied.get(SOURCE_PROPERTY, copied.name) if copied is not None else None  # a repaint: the original
+    plan = PaintPlan(polygons, looks.face_slots[faces][first], uv_map, source, looks.notes)
     return plan, replace(mesh, uvs=mesh.uv_maps.get(uv_map) if uv_map else None), appearance
 
 
