@@ -23,7 +23,7 @@ from backend.export.bake import fill_empty
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.progress import ExportProgress, estimate_texture_export_s
-from backend.export.unwrap import default_padding, unwrap
+from backend.export.unwrap import default_padding
 from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.loop import Stage, final_anneal
@@ -35,7 +35,7 @@ from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.shading import LightConfig
 from backend.speed import SpeedConfig
-from backend.tasks.appearance import MAX_SIDE, Appearance
+from backend.tasks.appearance import Appearance
 from backend.tasks.distill import (
     DistillConfig,
     DistillJob,
@@ -46,8 +46,8 @@ from backend.tasks.distill import (
     set_up,
     to_preview,
 )
-from backend.tasks.face_selection import Selection, check_faces, select_faces
-from backend.tasks.udim import TileLayout, split_by_tile, tile_layout
+from backend.tasks.face_selection import Selection, select_faces
+from backend.tasks.paint_surface import Surface, paint_surface, plan_texture
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 # the least gutter between the charts of an atlas made for painting: one latent texel, so no latent texel
@@ -117,48 +117,14 @@ class PaintResult:
     tiles: dict[int, Path] = field(default_factory=dict)  # UDIM: each tile's image, <name>.<tile>.png
 
 
-def check_uvs(mesh: Mesh) -> TileLayout | None:
-    """The UDIM tiles a mesh's UVs lie in (None for the [0, 1] square, or no UVs); `InputError` for UVs
-    paint cannot use (left of or below tile 1001, past u = 10, a face across tiles)."""
-    return tile_layout(mesh)
-
-
-def has_own_uvs(mesh: Mesh) -> bool:
-    """Whether a mesh has UVs paint keeps: present and not all degenerate."""
-    if mesh.uvs is None:
-        return False
-    uv = mesh.uvs
-    e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
-    return bool(np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8)
-
-
-@dataclass
-class Surface:
-    """A mesh as paint reads it: the UVs renders use (an atlas in [0, 1]) and the UVs the result keeps."""
-
-    mapped: Mesh  # the input's vertices (split along seams and UDIM tile borders), faces in its order, atlas UVs
-    vertex_map: np.ndarray  # [V] the input vertex each vertex of `mapped` copies
-    uvs: np.ndarray  # [V, 2] the UVs the result carries: the mesh's own (UDIM tiles too) or the new atlas
-    layout: TileLayout | None  # UDIM: where each tile sits in the atlas
-
-
-def paint_surface(mesh: Mesh, texture_size: int) -> Surface:
-    """The mesh with usable UVs: its own when it has them (UDIM tiles laid out in one atlas), else an
-    xatlas atlas."""
-    mesh = validate_mesh(mesh, "paint mesh")
-    if has_own_uvs(mesh):
-        layout = check_uvs(mesh)
-        if layout is None:
-            return Surface(mesh, np.arange(len(mesh.vertices)), mesh.uvs, None)
-        mapped, vertex_map = split_by_tile(mesh, layout)
-        return Surface(mapped, vertex_map, mesh.uvs[vertex_map], layout)
-    mapped, vertex_map = unwrap(mesh, texture_size, padding=max(PAINT_PADDING, default_padding(texture_size)))
-    return Surface(mapped, vertex_map, mapped.uvs, None)
+def atlas_padding(texture_size: int) -> int:
+    """Texels between the charts of an atlas made for painting."""
+    return max(PAINT_PADDING, default_padding(texture_size))
 
 
 def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
     """The mesh with the UVs it is painted through (see `paint_surface`) and the vertex map."""
-    surface = paint_surface(mesh, texture_size)
+    surface = paint_surface(mesh, texture_size, atlas_padding(texture_size))
     return surface.mapped, surface.vertex_map
 
 
@@ -208,43 +174,6 @@ class PaintJob(DistillJob):
                            png_path, tiles)
 
 
-@dataclass
-class TexturePlan:
-    """What a paint's texture will be, checked before any work: its size and the image it copies."""
-
-    config: PaintConfig  # with `texture_size` the atlas's side (UDIM: the tiles' cells together)
-    tile_size: int  # one tile's side (the whole texture's without UDIM)
-    layout: TileLayout | None
-    faces: np.ndarray | None  # the selected faces, checked
-    appearance: Appearance | None  # how every face looks now (partial paint)
-    reference: int | None  # the appearance's image that the texture copies
-
-
-def plan_texture(config: PaintConfig, mesh: Mesh, faces: np.ndarray | None,
-                 appearance: Appearance | None) -> TexturePlan:
-    """The painted texture's plan; `InputError` or `ConfigError` for what cannot be painted. A partial
-    paint copies the image its faces show through the paint UVs, at that image's size; `config.texture_size`
-    is one UDIM tile's side."""
-    mesh = validate_mesh(mesh, "paint mesh")
-    own = has_own_uvs(mesh)
-    layout = check_uvs(mesh) if own else None
-    reference = None
-    if faces is not None:
-        faces = check_faces(faces, len(mesh.faces))
-        appearance = appearance or Appearance.of_mesh(mesh)
-        found = appearance.reference(mesh.uvs[mesh.faces], faces, layout) if own else None
-        if found is not None:
-            reference, side = found
-            config = replace(config, texture_size=side)
-    grid = layout.grid if layout is not None else 1
-    if config.texture_size * grid > MAX_SIDE:
-        raise ConfigError(f"{len(layout.tiles)} UDIM tiles of {config.texture_size}² texels are painted in one "
-                          f"{config.texture_size * grid}² atlas, over the limit of {MAX_SIDE}²",
-                          f"paint tiles of {MAX_SIDE // grid // VAE_FACTOR * VAE_FACTOR}² or less, or fewer tiles")
-    return TexturePlan(replace(config, texture_size=config.texture_size * grid), config.texture_size, layout, faces,
-                       appearance, reference)
-
-
 def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None,
                   appearance: Appearance | None = None) -> PaintJob:
     """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
@@ -255,7 +184,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     mesh = validate_mesh(mesh, "paint mesh")
     plan = plan_texture(config, mesh, faces, appearance)
     config = plan.config
-    surface = paint_surface(mesh, plan.tile_size)
+    surface = paint_surface(mesh, plan.tile_size, atlas_padding(plan.tile_size))
     mapped = surface.mapped
     selection = None
     if plan.faces is not None:
