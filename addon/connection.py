@@ -7,7 +7,7 @@ Events are plain dicts, `{"type": ..., ...}`:
   whenever its status changes, and answers ours
 - accepted {request, job}, job {job: summary}: a submit's id, a status or cancel's answer
 - progress {job, stage, step, total, eta_s, losses, blobs: {preview?}}
-- result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats}
+- result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats, tiles: {UDIM tile: PNG}}
 - error {job?, request?, code, message, hint, details?}
 """
 
@@ -47,7 +47,7 @@ def result_event(result: JobResult) -> Event:
     if result.normal_png is not None:
         blobs["normal_map"] = result.normal_png
     return {"type": "result", "job": result.job, "arrays": arrays, "blobs": blobs, "glb_path": result.glb_path,
-            "stats": result.stats}
+            "stats": result.stats, "tiles": result.tiles}
 
 
 def error_event(exc: ServiceError, **where: Any) -> Event:
@@ -250,11 +250,14 @@ class Connection:
         message = self._client.poll(self.poll_s)
         while message is not None:
             self._last_contact = time.monotonic()
-            event: Event = {"type": message.type, **message.fields}
-            if message.arrays:
-                event["arrays"] = dict(message.arrays)
-            if message.blobs:
-                event["blobs"] = dict(message.blobs)
+            if message.type == "result":  # the same event as a fetched result's
+                event: Event = result_event(JobResult.from_message(message))
+            else:
+                event = {"type": message.type, **message.fields}
+                if message.arrays:
+                    event["arrays"] = dict(message.arrays)
+                if message.blobs:
+                    event["blobs"] = dict(message.blobs)
             job = event.get("job")
             if isinstance(job, str) and job in self._following:
                 if message.type in ("result", "error"):

@@ -7,7 +7,7 @@ loop triangles (no edit to the object), and read with `foreach_get` into numpy i
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
@@ -29,6 +29,8 @@ class TriangleMesh:
     uvs: np.ndarray | None = None  # [F, 3, 2] float32
     loops: np.ndarray | None = None  # [F, 3] int32: the original mesh's loop of each corner
     polygons: np.ndarray | None = None  # [F] int32: the original mesh's polygon each triangle comes from
+    uv_maps: dict[str, np.ndarray] = field(default_factory=dict)  # every UV map's [F, 3, 2], by name
+    render_uv_map: str | None = None  # the UV map materials read when they name none (the active render one)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(axis=0), self.vertices.max(axis=0)
@@ -100,10 +102,13 @@ def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_u
         if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
             # The painted texture is mapped back onto the object's own loops, so they must be the same.
             raise ValueError(f"\"{obj.name}\" has modifiers that change its topology: apply them before painting")
-        if with_uvs and mesh.uv_layers.active is not None:
-            per_loop = _read(mesh.uv_layers.active.uv, "vector", 2, np.float32)
-            uvs = per_loop[loops]
-        return TriangleMesh(world, faces, uvs, loops, polygons)
+        uv_maps, render = {}, None
+        if with_uvs:
+            uv_maps = {layer.name: _read(layer.uv, "vector", 2, np.float32)[loops] for layer in mesh.uv_layers}
+            render = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
+            if mesh.uv_layers.active is not None:
+                uvs = uv_maps[mesh.uv_layers.active.name]
+        return TriangleMesh(world, faces, uvs, loops, polygons, uv_maps, render)
     finally:
         evaluated.to_mesh_clear()
 

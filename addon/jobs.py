@@ -58,6 +58,17 @@ def stage_label(stage: str) -> str:
 
 
 @dataclass
+class PaintPlan:
+    """What a paint sent, so its result lands on the right faces and leaves the rest as they are."""
+
+    polygons: np.ndarray  # [P] the painted polygons (all of them in Object Mode)
+    slots: np.ndarray  # [P] their material slot when sent
+    uv_map: str | None  # the UV map painted through; None: the service made new UVs
+    copies: str | None = None  # the image the painted texture copies (its name), if any
+    notes: list[str] = field(default_factory=list)  # slots kept around the paint as their viewport colour
+
+
+@dataclass
 class Job:
     """One scene's job, from the click to its result or error."""
 
@@ -78,6 +89,7 @@ class Job:
     sketch: list[int] = field(default_factory=list)  # session_uids of the objects to hide and collect
     target: int | None = None  # paint: the painted object's session_uid
     loops: np.ndarray | None = None  # paint: the mesh loop of each sent vertex
+    paint: PaintPlan | None = None  # paint: what was painted, through which UV map
     anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the new object's origin goes
     started: float = field(default_factory=time.monotonic)
     preview_at: float = 0.0

@@ -12,7 +12,7 @@ import bpy
 import numpy as np
 from bpy.props import EnumProperty, StringProperty
 
-from . import geometry, preferences, results, timers
+from . import geometry, painting, preferences, results, timers
 from .addresses import parse_address
 from .jobs import Job
 from .local_backend import serve_command
@@ -113,9 +113,13 @@ class LATENTFORGE_OT_paint(_SubmitJob):
             obj.update_from_editmode()  # edits and the selection live in the edit mesh until written back
         mesh = geometry.export_objects([obj], context.evaluated_depsgraph_get(), with_uvs=True)
         selected = geometry.selected_triangles(obj, mesh)  # Edit Mode: only the selected faces
+        job.paint, mesh, appearance = painting.plan_paint(obj, mesh, selected)  # through the UV map chosen
+        for note in job.paint.notes:
+            self.report({"WARNING"}, note)
         vertices, faces, uvs = geometry.per_vertex_uvs(mesh)
         job.target, job.loops = obj.session_uid, mesh.loops
         arrays = {"vertices": vertices, "faces": faces} | ({"uvs": uvs} if uvs is not None else {})
+        arrays |= {"appearance": appearance} if appearance is not None else {}
         return arrays | ({"selected_faces": selected} if selected is not None else {})
 
 
@@ -225,6 +229,8 @@ def save_result_files(folder: Path, event: dict[str, Any]) -> Path:
     """The texture and, where this computer can reach it, the GLB, into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "texture.png").write_bytes(event["blobs"]["texture"])
+    for tile, png in event.get("tiles", {}).items():  # a UDIM paint's tiles
+        (folder / f"texture.{tile}.png").write_bytes(png)
     if glb := event.get("blobs", {}).get("glb"):
         (folder / "asset.glb").write_bytes(glb)
     elif (path := event.get("glb_path")) and Path(path).is_file():  # a local server's own copy
@@ -271,8 +277,8 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
         arrays, texture = event["arrays"], event["blobs"]["texture"]
         vertices, faces, uvs = np.asarray(arrays["vertices"], dtype=np.float32), arrays["faces"], arrays.get("uvs")
         target = timers.object_by_uid(job.target) if job.target is not None else None
-        if target is not None and uvs is not None and job.loops is not None and len(faces) == len(job.loops):
-            return results.apply_painted(target, job.prompt, uvs[faces], job.loops, texture)
+        if target is not None and uvs is not None and job.paint is not None and len(faces) == len(job.loops):
+            return painting.apply_painted(target, job, uvs[faces], texture, event.get("tiles", {}))
         sketch = [o for uid in job.sketch if (o := timers.object_by_uid(uid)) is not None]
         world, anchor = placement(job, vertices)
         return results.import_generated(scene, job.prompt, world, faces, uvs, texture, anchor, sketch,

@@ -112,6 +112,8 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             wrapped(box, job.message, icon="ERROR")
             if (threshold := job.reexport_threshold) is not None:
                 box.operator("latentforge.reexport", text=f"Re-export at {threshold:g}", icon="MOD_REMESH")
+        for note in job.paint.notes if job.paint is not None else ():  # slots kept as their viewport colour
+            wrapped(box, note, icon="INFO")
         if job.job:
             box.label(text=f"Job {job.job}")
         image = bpy.data.images.get(job.preview) if job.preview else None

@@ -102,6 +102,7 @@ def add_normal_map(material: bpy.types.Material, image: bpy.types.Image, uv_laye
 
 
 def set_uv_layer(mesh: bpy.types.Mesh, name: str, per_loop: np.ndarray) -> bpy.types.MeshUVLoopLayer:
+    """A new mesh's UV map (the active and render one)."""
     layer = mesh.uv_layers.get(name) or mesh.uv_layers.new(name=name)
     layer.uv.foreach_set("vector", np.ascontiguousarray(per_loop, dtype=np.float32).ravel())
     mesh.uv_layers.active = layer
@@ -159,40 +160,6 @@ def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, 
         mesh.materials.append(material)
     if sketch:
         collect_sketch(scene, sketch, name)
-    return obj
-
-
-def apply_painted(obj: bpy.types.Object, prompt: str, corner_uvs: np.ndarray, loops: np.ndarray,
-                  texture_png: bytes) -> bpy.types.Object:
-    """Give `obj` the painted texture: a UV map (reusing the one it had when the service kept it) and a
-    material. `corner_uvs` [F, 3, 2] are the UVs of the sent triangles' corners and `loops` [F, 3] the
-    mesh loop of each corner; the mesh's vertices and faces are untouched. An object in Edit Mode (a
-    partial paint) leaves it for the write, or leaving it later would write the old UVs back."""
-    if obj.mode == "EDIT":
-        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
-                                       selected_editable_objects=[obj]):
-            bpy.ops.object.mode_set(mode="OBJECT")
-            try:
-                return apply_painted(obj, prompt, corner_uvs, loops, texture_png)
-            finally:
-                bpy.ops.object.mode_set(mode="EDIT")
-    mesh = obj.data
-    per_loop = np.zeros((len(mesh.loops), 2), dtype=np.float32)
-    per_loop[np.asarray(loops).ravel()] = np.asarray(corner_uvs, dtype=np.float32).reshape(-1, 2)
-    layer = mesh.uv_layers.active
-    if layer is not None:
-        current = np.empty(len(mesh.loops) * 2, dtype=np.float32)
-        layer.uv.foreach_get("vector", current)
-        if not np.allclose(current.reshape(-1, 2), per_loop, atol=1e-5):
-            layer = None
-    if layer is None:
-        layer = set_uv_layer(mesh, UV_LAYER, per_loop)
-    name = name_from_prompt(prompt)
-    replaced = [m for m in mesh.materials if m is not None]
-    mesh.materials.clear()
-    mesh.materials.append(textured_material(name, load_png(f"{name} texture", texture_png), layer.name))
-    remove_unused(replaced)
-    tag(obj, prompt)
     return obj
 
 

@@ -195,8 +195,10 @@ def cmd_paint(args: argparse.Namespace) -> int:
     from backend.mesh import load_mesh
     from backend.tasks.face_selection import check_faces, load_faces
     from backend.tasks.paint import paint
+    from backend.tasks.udim import refuse_in_files
 
     mesh = load_mesh(args.mesh, "paint mesh")
+    refuse_in_files(mesh)
     faces = check_faces(load_faces(args.faces), len(mesh.faces)) if args.faces else None
     warn_cpu_schedule("paint", config, args, spec, device)
     guidance = build_guidance(spec, device)

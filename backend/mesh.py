@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.catalog import MAX_FACES
+from backend.colour import linear_to_srgb, to_bytes
 from backend.errors import InputError
 
 _Y_UP_TO_Z_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float64)  # (x, y, z) → (x, −z, y)
@@ -23,7 +24,7 @@ class Mesh:
     vertices: np.ndarray  # [V, 3] float32
     faces: np.ndarray  # [F, 3] int64
     uvs: np.ndarray | None = None  # [V, 2] float32, per vertex (seams split vertices)
-    vertex_colors: np.ndarray | None = None  # [V, 3] float32 in [0, 1]
+    vertex_colors: np.ndarray | None = None  # [V, 3] float32 in [0, 1], display (sRGB-encoded) values
     texture: np.ndarray | None = None  # [H, W, 3] uint8, sampled with `uvs` (v up, glTF-style flip handled)
 
     def copy_with(self, **changes: object) -> Mesh:
@@ -118,7 +119,11 @@ def from_file_frame(vertices: np.ndarray) -> np.ndarray:
 
 
 def load_mesh(path: str | Path, what: str = "mesh") -> Mesh:
-    """Load a GLB/glTF, OBJ or PLY file (all its meshes merged) into the internal z-up frame."""
+    """Load a GLB/glTF, OBJ or PLY file (all its meshes merged) into the internal z-up frame.
+
+    glTF's vertex colours and base-colour factors are linear (its spec); they become display values here,
+    so a mesh renders with the colours a glTF viewer shows. OBJ and PLY colours are display values already.
+    """
     import trimesh
 
     typed, path = str(path), Path(path)  # errors name the path as the user typed it
@@ -126,12 +131,15 @@ def load_mesh(path: str | Path, what: str = "mesh") -> Mesh:
         raise InputError(f"the {what} file {typed!r} does not exist")
     if path.suffix.lower() not in (".glb", ".gltf", ".obj", ".ply"):
         raise InputError(f"the {what} file {typed!r} is not a mesh file", "use .glb, .gltf, .obj or .ply")
+    gltf = path.suffix.lower() in (".glb", ".gltf")
     try:
-        loaded = trimesh.load(path, process=False)
+        loaded, linear = _load_gltf(path) if gltf else (trimesh.load(path, process=False), {})
     except Exception as exc:  # trimesh raises many types for corrupt files
         raise InputError(f"cannot read the {what} file {typed!r}: {exc}") from exc
     if isinstance(loaded, trimesh.Scene):
         geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh)] if loaded.geometry else []
+        if gltf:
+            geoms = [_to_display(g, linear.get(g.metadata.get("name"))) for g in geoms]
         if len(geoms) > 1:
             # several meshes: colours survive only as vertex colours
             geoms = [_as_vertex_coloured(g) for g in geoms]
@@ -139,6 +147,45 @@ def load_mesh(path: str | Path, what: str = "mesh") -> Mesh:
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise InputError(f"the {what} file {typed!r} holds no triangles")
     return validate_mesh(_from_trimesh(loaded), what)
+
+
+def _load_gltf(path: Path):  # noqa: ANN202 - (trimesh.Scene, {geometry name: [V, 3] linear float colours})
+    """A glTF file as trimesh loads it, and each geometry's `COLOR_0` at full precision: trimesh would
+    round the linear values to 8 bits, which dark colours cannot afford once they are encoded (up to 6 levels)."""
+    import trimesh
+    from trimesh.exchange.gltf import load_glb, load_gltf
+
+    with path.open("rb") as fh:
+        if path.suffix.lower() == ".glb":
+            kwargs = load_glb(fh)
+        else:
+            kwargs = load_gltf(fh, resolver=trimesh.resolvers.FilePathResolver(path))
+    linear = {}
+    for name, geometry in kwargs.get("geometry", {}).items():
+        geometry["process"] = False
+        colors = geometry.get("vertex_colors")
+        if colors is not None:
+            colors = np.asarray(colors)
+            scale = np.iinfo(colors.dtype).max if np.issubdtype(colors.dtype, np.integer) else 1.0
+            linear[name] = colors[:, :3].astype(np.float64) / scale  # normalised integers or floats
+    return trimesh.load(kwargs), linear
+
+
+def _to_display(mesh, linear: np.ndarray | None):  # noqa: ANN001, ANN202 - trimesh types
+    """A glTF geometry with its vertex colours and base-colour factor encoded as display (sRGB) values."""
+    visual = mesh.visual
+    if getattr(visual, "kind", None) == "vertex":
+        if linear is None or len(linear) != len(mesh.vertices):
+            linear = np.asarray(visual.vertex_colors[:, :3], np.float64) / 255.0
+        alpha = np.asarray(visual.vertex_colors[:, 3:4], np.uint8)
+        mesh = mesh.copy()
+        mesh.visual.vertex_colors = np.concatenate([to_bytes(linear_to_srgb(linear)), alpha], axis=1)
+    elif (factor := getattr(getattr(visual, "material", None), "baseColorFactor", None)) is not None:
+        mesh = mesh.copy()
+        # trimesh holds the factor as 8-bit linear levels
+        encoded = to_bytes(linear_to_srgb(np.asarray(factor[:3], np.float64) / 255.0))
+        mesh.visual.material.baseColorFactor = np.concatenate([encoded, np.asarray(factor[3:4], np.uint8)])
+    return mesh
 
 
 def _as_vertex_coloured(mesh):  # noqa: ANN001, ANN202 - trimesh types

@@ -120,3 +120,29 @@ def chamfer(a: Mesh, b: Mesh, samples: int = 20000, seed: int = 0) -> float:
     from scipy.spatial import cKDTree
 
     return float((cKDTree(pb).query(pa)[0].mean() + cKDTree(pa).query(pb)[0].mean()) / 2)
+
+
+def write_linear_coloured_glb(path, vertices: np.ndarray, faces: np.ndarray, linear: np.ndarray) -> None:
+    """A GLB whose `COLOR_0` holds `linear` [V, 3] as 32-bit floats (trimesh would write 8-bit levels), as
+    Blender's exporter writes colour attributes. Vertices are written as given (glTF's y-up frame)."""
+    import json
+    import struct
+
+    blobs = [np.asarray(faces, np.uint32).tobytes(), np.asarray(vertices, np.float32).tobytes(),
+             np.asarray(linear, np.float32).tobytes()]
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    views = [{"buffer": 0, "byteOffset": int(o), "byteLength": len(b)} for o, b in zip(offsets, blobs, strict=False)]
+    v = np.asarray(vertices, np.float32)
+    accessors = [{"bufferView": 0, "componentType": 5125, "count": int(np.size(faces)), "type": "SCALAR"},
+                 {"bufferView": 1, "componentType": 5126, "count": len(v), "type": "VEC3",
+                  "min": v.min(0).tolist(), "max": v.max(0).tolist()},
+                 {"bufferView": 2, "componentType": 5126, "count": len(v), "type": "VEC3"}]
+    gltf = {"asset": {"version": "2.0"}, "scene": 0, "scenes": [{"nodes": [0]}], "nodes": [{"mesh": 0}],
+            "meshes": [{"primitives": [{"attributes": {"POSITION": 1, "COLOR_0": 2}, "indices": 0, "mode": 4}]}],
+            "accessors": accessors, "bufferViews": views, "buffers": [{"byteLength": int(offsets[-1])}]}
+    head = json.dumps(gltf).encode()
+    head += b" " * (-len(head) % 4)
+    body = b"".join(blobs)
+    body += b"\0" * (-len(body) % 4)
+    chunks = struct.pack("<I4s", len(head), b"JSON") + head + struct.pack("<I4s", len(body), b"BIN\0") + body
+    path.write_bytes(struct.pack("<4sII", b"glTF", 2, 12 + len(chunks)) + chunks)

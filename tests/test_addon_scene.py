@@ -137,18 +137,57 @@ def test_generated_result_becomes_a_textured_object_and_the_sketch_is_hidden(bpy
     assert all(len(o.users_collection) == 1 for o in sketch)  # moved, not duplicated or deleted
 
 
-def test_paint_result_reuses_the_mesh_and_keeps_its_vertices(bpy: ModuleType) -> None:
-    results = support.submodule("results")
+def paint_job(cube: object, prompt: str, uv_map: str | None = None, polygons: np.ndarray | None = None) -> object:
+    """A finished paint job of `cube` (all its faces unless `polygons`), as the Paint operator leaves it."""
+    jobs = support.submodule("jobs")
+    mesh = cube.data
+    polygons = np.arange(len(mesh.polygons)) if polygons is None else np.asarray(polygons)
+    slots = np.empty(len(mesh.polygons), np.int32)
+    mesh.polygons.foreach_get("material_index", slots)
+    loops = np.array([[p.loop_indices[0], p.loop_indices[k], p.loop_indices[k + 1]] for p in mesh.polygons
+                      for k in (1, 2)], np.int32)  # a quad's two triangles
+    job = jobs.Job(scene=0, task="paint", prompt=prompt, loops=loops)
+    job.paint = jobs.PaintPlan(polygons, slots[polygons], uv_map)
+    return job
+
+
+def service_uvs(cube: object, job: object) -> np.ndarray:
+    """[F, 3, 2] new UVs for the sent triangles' corners, one per mesh loop (as a service's unwrap gives)."""
+    per_loop = np.random.default_rng(0).random((len(cube.data.loops), 2)).astype(np.float32)
+    return per_loop[job.loops]
+
+
+def test_a_paint_result_adds_a_slot_and_keeps_the_vertices_uv_maps_and_materials(bpy: ModuleType) -> None:
+    painting, results = support.submodule("painting"), support.submodule("results")
     cube = add(bpy, "cube", (0.0, 0.0, 0.0))
     before, loops_before = support.mesh_arrays(cube)
-    loops = np.arange(len(cube.data.loops), dtype=np.int32)[: 6 * 3].reshape(-1, 3)  # any corner → loop map
-    corner_uvs = np.random.default_rng(0).random((len(loops), 3, 2)).astype(np.float32)
-    results.apply_painted(cube, "oak", corner_uvs, loops, support.png_bytes((0.5, 0.3, 0.1, 1)))
+    job = paint_job(cube, "oak", uv_map="UVMap")
+    corner_uvs = service_uvs(cube, job)
+    painting.apply_painted(cube, job, corner_uvs, support.png_bytes((0.5, 0.3, 0.1, 1)), {})
     after, loops_after = support.mesh_arrays(cube)
     np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(loops_before, loops_after)
-    assert cube.data.uv_layers.active.name == results.UV_LAYER  # its own UVs differ, so a new map
-    assert [m.name for m in cube.data.materials] == ["Oak"]
+    # the service's UVs differ from UVMap: a new map, while UVMap stays the one materials read by default
+    assert [layer.name for layer in cube.data.uv_layers] == ["UVMap", results.UV_LAYER]
+    assert cube.data.uv_layers["UVMap"].active_render
+    assert [m.name if m else None for m in cube.data.materials] == [None, "Oak"]  # no material, still on slot 0
+    assert {p.material_index for p in cube.data.polygons} == {1}
+
+
+def test_painting_again_keeps_the_artists_slot_and_leaves_nothing_of_the_first_paint(bpy: ModuleType) -> None:
+    painting, results = support.submodule("painting"), support.submodule("results")
+    cube = add(bpy, "cube", (0.0, 0.0, 0.0))
+    own = bpy.data.materials.new("Artist's own")  # an artist's material keeps its slot, used or not
+    cube.data.materials.append(own)
+    for prompt in ("oak", "walnut"):
+        job = paint_job(cube, prompt, uv_map=results.UV_LAYER)
+        corner_uvs = service_uvs(cube, job)  # the same both times: the service kept the first paint's UVs
+        painting.apply_painted(cube, job, corner_uvs, support.png_bytes((0.5, 0.3, 0.1, 1)), {})
+    assert [m.name for m in cube.data.materials] == ["Artist's own", "Artist's own (Walnut)"]
+    assert cube[results.PROMPT_PROPERTY] == "walnut" and own.users == 1
+    assert sorted(m.name for m in bpy.data.materials) == ["Artist's own", "Artist's own (Walnut)"]
+    assert [i.name for i in bpy.data.images] == ["Walnut texture"]
+    assert [layer.name for layer in cube.data.uv_layers] == ["UVMap", results.UV_LAYER]  # the second paint's reused
 
 
 LONG_PROMPT = ("a weathered bronze statue of a monkey holding a lantern, green patina in the folds, moss on "
@@ -173,20 +212,6 @@ def test_long_prompts_give_whole_word_names_and_stay_on_the_object(bpy: ModuleTy
     assert obj.name.split()[-1].lower() not in results.DANGLING
     assert image.name == f"{obj.name} texture" and material.name == obj.name
     assert obj[results.PROMPT_PROPERTY] == prompt
-
-
-def test_painting_again_replaces_the_material_and_leaves_nothing_behind(bpy: ModuleType) -> None:
-    results = support.submodule("results")
-    cube = add(bpy, "cube", (0.0, 0.0, 0.0))
-    own = bpy.data.materials.new("Artist's own")  # an artist's material is never removed, used or not
-    cube.data.materials.append(own)
-    loops = np.arange(len(cube.data.loops), dtype=np.int32)[: 6 * 3].reshape(-1, 3)
-    corner_uvs = np.random.default_rng(0).random((len(loops), 3, 2)).astype(np.float32)
-    for prompt in ("oak", "walnut"):
-        results.apply_painted(cube, prompt, corner_uvs, loops, support.png_bytes((0.5, 0.3, 0.1, 1)))
-    assert [m.name for m in cube.data.materials] == ["Walnut"] and cube[results.PROMPT_PROPERTY] == "walnut"
-    assert sorted(m.name for m in bpy.data.materials) == ["Artist's own", "Walnut"]
-    assert [i.name for i in bpy.data.images] == ["Walnut texture"]
 
 
 def test_a_result_is_one_undo_step(bpy: ModuleType) -> None:

@@ -237,8 +237,9 @@ def test_paint_keeps_the_mesh_and_adds_a_material(bpy: ModuleType, service: Serv
     assert list(bpy.context.scene.objects) == [sphere]  # the same object, nothing new
     # its own UV map when the service kept it, else a new one the texture is read through
     assert [layer.name for layer in sphere.data.uv_layers] == (own_uvs if has_uvs else ["LatentForge"])
-    material = sphere.data.materials[0]
-    assert material.name == "Mossy stone"
+    assert [m.name if m else None for m in sphere.data.materials] == [None, "Mossy stone"]  # a new slot
+    assert {p.material_index for p in sphere.data.polygons} == {1}
+    material = sphere.data.materials[1]
     uv_node = next(n for n in material.node_tree.nodes if n.type == "UVMAP")
     assert uv_node.uv_map == sphere.data.uv_layers.active.name
     image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
@@ -266,7 +267,9 @@ def test_paint_in_edit_mode_paints_only_the_selected_faces(bpy: ModuleType, serv
     assert job.state == "finished", job.message
     assert cube.mode == "EDIT"  # the result was written without leaving the user's mode
     bpy.ops.object.mode_set(mode="OBJECT")
-    material = mesh.materials[0]
+    assert [m.name if m else None for m in mesh.materials] == [None, "Painted lid"]  # on a new slot
+    assert [p.material_index for p in mesh.polygons] == [int(p.index in top) for p in mesh.polygons]
+    material = mesh.materials[1]
     image = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE").image
     layer = mesh.uv_layers[next(n for n in material.node_tree.nodes if n.type == "UVMAP").uv_map]
     w, h = image.size
@@ -280,9 +283,9 @@ def test_paint_in_edit_mode_paints_only_the_selected_faces(bpy: ModuleType, serv
         centre = uv[list(p.loop_indices)].mean(0)
         texel = pixels[min(int(centre[1] * h), h - 1), min(int(centre[0] * w), w - 1)]
         if p.index in top:
-            assert np.abs(texel - 204).max() > 8, texel  # painted
-        else:
-            np.testing.assert_array_equal(texel, [204, 204, 204])  # kept: the default grey of an untextured mesh
+            assert np.abs(texel - 231).max() > 8, texel  # painted
+        else:  # around it, the new image holds how the faces kept look: Blender's grey (linear 0.8), as shown
+            np.testing.assert_array_equal(texel, [231, 231, 231])
 
 
 def test_lists_come_from_the_welcome_and_a_draft_paint_runs_the_draft_schedule(bpy: ModuleType,

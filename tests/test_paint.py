@@ -69,11 +69,16 @@ def test_own_uvs_are_kept_and_missing_or_flat_ones_unwrapped():
     assert np.array_equal(unwrapped.vertices, v[vmap])
 
 
-def test_uvs_out_of_range_are_refused_and_nothing_is_written(tmp_path):
+@pytest.mark.parametrize(("low", "high", "message"), [
+    (0, 3, r"face \d+ of the paint mesh crosses UDIM tiles"),  # random UVs: faces across tile borders
+    (-2, -1, "left of or below the first UDIM tile"),
+    (10, 11, "UDIM tiles end at u = 10"),
+])
+def test_uvs_no_udim_tile_holds_are_refused_and_nothing_is_written(tmp_path, low, high, message):
     box = two_tone_box()
-    tiled = box.copy_with(vertex_colors=None, uvs=np.random.default_rng(0).uniform(0, 3, (len(box.vertices), 2))
+    tiled = box.copy_with(vertex_colors=None, uvs=np.random.default_rng(0).uniform(low, high, (len(box.vertices), 2))
                           .astype(np.float32))
-    with pytest.raises(InputError, match=r"leave the \[0, 1\] square"):
+    with pytest.raises(InputError, match=message):
         paint(merge(PaintConfig(prompt="x"), QUICK), TargetGuidance(box), tiled, tmp_path / "x.glb")
     assert list(tmp_path.iterdir()) == []
 

@@ -130,12 +130,12 @@ def test_no_setting_passes_its_ceiling_or_names_a_path(idle, fields: dict, code:
     still_serving(idle, idle.bystander)
 
 
-def test_paint_uvs_outside_the_unit_square_are_refused_at_submit(idle) -> None:  # noqa: ANN001
+def test_paint_uvs_across_udim_tiles_are_refused_at_submit(idle) -> None:  # noqa: ANN001
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)
     uvs = np.array([[0, 0], [1.5, 0], [0, 1]], np.float32)
     with idle.client() as client:
         refused(lambda: client.submit("paint it", "paint", vertices=vertices, faces=[[0, 1, 2]], uvs=uvs),
-                "bad_input", "[0, 1]")
+                "bad_input", "crosses UDIM tiles (1001, 1002)")
     still_serving(idle, idle.bystander)
 
 

@@ -153,11 +153,12 @@ class JobBoard:
         elif message.type == "result" and not {"texture", "glb"} <= set(message.blobs):
             self.end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
         elif message.type == "result":
+            tiles = {k: v for k, v in message.blobs.items() if k.startswith("tile.")}  # a UDIM paint's images
             glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
-                                              message.blobs["glb"], message.blobs.get("normal_map"))
+                                              message.blobs["glb"], message.blobs.get("normal_map"), tiles)
             record.stats = fields.get("stats") or {}
             self.end(record, "finished")
-            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs}
+            images = {k: message.blobs[k] for k in ("texture", "normal_map") if k in message.blobs} | tiles
             self.notify(job, encode("result", {"job": job, "glb_path": str(glb_path), "stats": record.stats},
                                     message.arrays, images), last=True)
         elif fields["code"] == "busy":

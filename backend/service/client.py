@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +79,14 @@ class JobResult:
     glb: bytes | None  # the GLB itself, when fetched with glb=True
     stats: dict[str, Any]
     normal_png: bytes | None = None  # a refined mesh's tangent-space normal map
+    tiles: dict[int, bytes] = field(default_factory=dict)  # a UDIM paint: each tile's texture (PNG)
 
     @staticmethod
     def from_message(message: Message) -> JobResult:
         a, b, f = message.arrays, message.blobs, message.fields
+        tiles = {int(name[len("tile."):]): png for name, png in b.items() if name.startswith("tile.")}
         return JobResult(f["job"], a["vertices"], a["faces"], a.get("uvs"), a.get("vertex_map"), b["texture"],
-                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"))
+                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"), tiles)
 
 
 def _error(message: Message) -> ServiceError:
@@ -167,10 +169,12 @@ class Client:
                method: str | None = None, seed: int | None = None, iterations: int | None = None,
                preset: str | None = None, model: str | None = None, overrides: dict | None = None,
                vertices: np.ndarray | None = None, faces: np.ndarray | None = None, uvs: np.ndarray | None = None,
-               selected_faces: np.ndarray | None = None, watch: bool = True) -> str:
+               selected_faces: np.ndarray | None = None, appearance: dict[str, np.ndarray] | None = None,
+               watch: bool = True) -> str:
         """Submit a job; returns its id. A generate's optional sketch or a paint's mesh goes in
         vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint; `selected_faces` [N]: paint only those
-        triangles). With `watch`, its events stream here."""
+        triangles; `appearance`: how its faces look now, the arrays PROTOCOL.md lists). With `watch`, its
+        events stream here."""
         given = {"task": task, "prompt": prompt, "negative": negative, "method": method, "seed": seed,
                  "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch}
         fields = {k: v for k, v in given.items() if v is not None}
@@ -184,6 +188,7 @@ class Client:
             arrays["uvs"] = np.asarray(uvs, dtype=np.float32)
         if selected_faces is not None:
             arrays["selected_faces"] = np.asarray(selected_faces, dtype=np.int64).reshape(-1)
+        arrays.update(appearance or {})
         try:  # the service checks all of this again; checking here gives the same error without a round trip
             protocol.check_fields("submit", fields)
             protocol.check_arrays("submit", arrays)

@@ -237,11 +237,14 @@ class JobStore:
     # --- results
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
-                    normal_png: bytes | None = None) -> Path:
+                    normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None) -> Path:
+        """`tiles`: a UDIM paint's images by blob name (tile.<number>), kept as tile.<number>.png."""
         folder = self.folder(job_id) / RESULT
         files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
         if normal_png is not None:
             files[folder / NORMAL_PNG] = normal_png
+        for name, png in (tiles or {}).items():
+            files[folder / f"{name}.png"] = png
         write_atomically(files)
         (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
         return folder / ASSET_GLB
@@ -251,6 +254,12 @@ class JobStore:
         with np.load(folder / MESH_NPZ, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
         return arrays, (folder / TEXTURE_PNG).read_bytes(), folder / ASSET_GLB
+
+    def load_tiles(self, job_id: str) -> dict[str, bytes]:
+        """A UDIM paint result's images by blob name (tile.<number>); none for other results."""
+        folder = self.folder(job_id) / RESULT
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("tile.*.png"))
+                if protocol.TILE_BLOB.fullmatch(p.stem)}
 
     def load_normal_map(self, job_id: str) -> bytes | None:
         """The result's tangent-space normal map (PNG), when its export baked one."""

@@ -21,6 +21,10 @@ from ..catalog import MAX_FACES, MAX_PROMPT_CHARS, MAX_SEED, MAX_VERTICES, TASKS
 
 VERSION = 1
 MAX_PREVIEW_BYTES = 4 << 20
+MAX_SLOTS = 32767  # a paint submit's material slots: Blender's limit
+MAX_IMAGES = 64  # image arrays (images × UDIM tiles) one paint submit may carry
+MAX_IMAGE_SIDE = 16384
+FIRST_TILE, LAST_TILE = 1001, 1999  # UDIM tile numbers: ten per row, 99 rows
 LIVENESS = 5  # heartbeat intervals of silence after which the service counts a worker as gone
 
 CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "reexport", "heartbeat"})
@@ -98,7 +102,7 @@ class Limits:
     max_depth: int = 8  # nesting of JSON objects and lists in header fields
 
 
-REQUEST_LIMITS = Limits(max_message_bytes=256 << 20, max_header_bytes=64 << 10, max_frames=8,
+REQUEST_LIMITS = Limits(max_message_bytes=256 << 20, max_header_bytes=64 << 10, max_frames=16 + MAX_IMAGES,
                         max_array_bytes=128 << 20)
 # replies from an authenticated server, and the broker ↔ worker link (results, checkpoints)
 TRUSTED_LIMITS = Limits(max_message_bytes=4 << 30, max_header_bytes=4 << 20, max_frames=4096,
@@ -246,6 +250,7 @@ class ArrayRule:
     columns: int | None  # shape [N, columns], 0 for [N]; None: any shape
     max_rows: int = 0
     finite: bool = False
+    image: bool = False  # [H, W, 3], each side in [1, MAX_IMAGE_SIDE]
 
 
 _VERTS = ArrayRule(frozenset({"float32"}), 3, MAX_VERTICES, finite=True)
@@ -258,20 +263,49 @@ _SELECTED_FACES = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_FACES)
 _VERTEX_MAP = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_VERTICES)
 _ANY = ArrayRule(DTYPES, None)
 CHECKPOINT_PREFIX = "ckpt."  # arrays of a checkpoint are named ckpt.0, ckpt.1, ...
+# a paint's appearance: how each face looks now, so that what is not painted is kept (see PROTOCOL.md)
+_APPEARANCE = {
+    "face_slots": ArrayRule(frozenset({"int32", "int64"}), 0, MAX_FACES),  # [F] each face's material slot
+    "slot_colors": ArrayRule(frozenset({"float32"}), 3, MAX_SLOTS, finite=True),  # [S, 3] linear RGB
+    "slot_sources": ArrayRule(frozenset({"int32", "int64"}), 0, MAX_SLOTS),  # [S] image k, -1 flat, -2 corners
+    "image_uvs": ArrayRule(frozenset({"float32"}), 2, 3 * MAX_FACES, finite=True),  # [3F, 2] per corner
+    "corner_colors": ArrayRule(frozenset({"float32"}), 3, 3 * MAX_FACES, finite=True),  # [3F, 3] linear RGB
+}
+IMAGE_ARRAY = re.compile(r"image\.(\d{1,2})\.(\d{4})")  # image.<k>.<UDIM tile>: [H, W, 3], row 0 at v = 1
+# uint8: sRGB bytes; float: linear values
+_IMAGE = ArrayRule(frozenset({"uint8", "float16", "float32"}), None, finite=True, image=True)
+TILE_BLOB = re.compile(r"tile\.(\d{4})")  # a paint result's UDIM tile: PNG
 
-ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": {**_MESH, "selected_faces": _SELECTED_FACES},
+ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": {**_MESH, "selected_faces": _SELECTED_FACES, **_APPEARANCE},
                                           "result": {**_MESH, "vertex_map": _VERTEX_MAP},
-                                          "task": {**_MESH, "selected_faces": _SELECTED_FACES}}
+                                          "task": {**_MESH, "selected_faces": _SELECTED_FACES, **_APPEARANCE}}
 CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
+IMAGE_ARRAYS = frozenset({"submit", "task"})
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
     "result": {"texture": 1 << 30, "glb": 2 << 30},
 }
+TILE_BLOBS = frozenset({"result"})
+MAX_TILE_BYTES = 1 << 30
+
+
+def image_index(name: str) -> tuple[int, int] | None:
+    """(k, tile) of an appearance image array's name, or None."""
+    found = IMAGE_ARRAY.fullmatch(name)
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
+
+
+def _blob_limit(kind: str, name: str) -> int | None:
+    if kind in TILE_BLOBS and TILE_BLOB.fullmatch(name) and FIRST_TILE <= int(name[5:]) <= LAST_TILE:
+        return MAX_TILE_BYTES
+    return BLOBS.get(kind, {}).get(name)
 
 
 def _array_rule(kind: str, name: str) -> ArrayRule:
     if kind in CHECKPOINT_ARRAYS and name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit():
         return _ANY
+    if kind in IMAGE_ARRAYS and image_index(name) is not None:
+        return _IMAGE
     rule = ARRAYS.get(kind, {}).get(name)
     if rule is None:
         raise ProtocolError("bad_array", f"{a_or_an(kind)} message carries no array named {name!r}")
@@ -290,7 +324,11 @@ def _check_array(name: str, rule: ArrayRule, array: np.ndarray) -> None:
         if array.shape[0] > rule.max_rows:
             raise ProtocolError("too_large", f"array {name!r} has {array.shape[0]:,} rows, over the limit "
                                              f"of {rule.max_rows:,}")
-    if rule.finite and not np.isfinite(array).all():
+    if rule.image and (array.ndim != 3 or array.shape[2] != 3 or not
+                           (1 <= array.shape[0] <= MAX_IMAGE_SIDE and 1 <= array.shape[1] <= MAX_IMAGE_SIDE)):
+        raise ProtocolError("bad_array", f"array {name!r} must be an RGB image [H, W, 3] with sides in "
+                                         f"[1, {MAX_IMAGE_SIDE}], got {list(array.shape)}")
+    if rule.finite and array.dtype.kind == "f" and not np.isfinite(array).all():
         raise ProtocolError("bad_array", f"array {name!r} contains NaN or infinite values")
 
 
@@ -322,6 +360,44 @@ def check_mesh_arrays(task: str, arrays: dict[str, np.ndarray]) -> None:
             raise ProtocolError("bad_array", "'selected_faces' is empty: select at least one face to paint")
         if int(selected.min()) < 0 or int(selected.max()) >= n:
             raise ProtocolError("bad_array", f"'selected_faces' index faces outside [0, {n})")
+    check_appearance(task, arrays)
+
+
+def check_appearance(task: str, arrays: dict[str, np.ndarray]) -> None:
+    """A paint submit's appearance arrays agree with each other and with its mesh (see PROTOCOL.md)."""
+    images = {name: index for name in arrays if (index := image_index(name)) is not None}
+    present = [name for name in (*_APPEARANCE, *images) if name in arrays]
+    if not present:
+        return
+    if TASKS[task].mesh != "paint":
+        raise ProtocolError("bad_array", f"{present[0]!r} belongs to paint jobs only")
+    missing = [name for name in ("face_slots", "slot_colors", "slot_sources") if name not in arrays]
+    if missing:
+        raise ProtocolError("bad_array", f"a paint's appearance needs {missing[0]!r} beside {present[0]!r}")
+    n_faces, slots, sources = len(arrays["faces"]), len(arrays["slot_colors"]), arrays["slot_sources"]
+    face_slots = arrays["face_slots"]
+    if len(face_slots) != n_faces:
+        raise ProtocolError("bad_array", f"'face_slots' must have one slot per face ({n_faces}), got {len(face_slots)}")
+    if len(sources) != slots or not slots:
+        raise ProtocolError("bad_array", f"'slot_sources' must have one row per row of 'slot_colors' ({slots})")
+    if n_faces and (int(face_slots.min()) < 0 or int(face_slots.max()) >= slots):
+        raise ProtocolError("bad_array", f"'face_slots' index slots outside [0, {slots})")
+    if len(images) > MAX_IMAGES:
+        raise ProtocolError("too_large", f"{len(images)} image arrays, over the limit of {MAX_IMAGES}")
+    sent = {k for k, _ in images.values()}
+    used = {int(k) for k in sources if k >= 0}
+    if int(sources.min()) < -2 or sent != used:
+        raise ProtocolError("bad_array", "'slot_sources' must hold -2, -1 or the index k of an image sent as "
+                                         "'image.<k>.<tile>', and every image sent must be used")
+    bad_tile = [name for name, (_, tile) in images.items() if not FIRST_TILE <= tile <= LAST_TILE]
+    if bad_tile:
+        raise ProtocolError("bad_array", f"array {bad_tile[0]!r} names no UDIM tile ({FIRST_TILE}-{LAST_TILE})")
+    for name, source in (("image_uvs", used), ("corner_colors", -2 in set(sources.tolist()))):
+        if bool(source) != (name in arrays):
+            raise ProtocolError("bad_array", f"'{name}' must be sent exactly when a slot's source needs it")
+        if name in arrays and len(arrays[name]) != 3 * n_faces:
+            raise ProtocolError("bad_array", f"'{name}' must have one row per face corner ({3 * n_faces}), "
+                                             f"got {len(arrays[name])}")
 
 
 # ------------------------------------------------------------------------------------------ encode/decode
@@ -479,16 +555,16 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
         _array_rule(kind, spec["name"])  # an unexpected name is refused before its frame is read
         message.arrays[spec["name"]] = _decode_array(spec, frame, limits)
     check_arrays(kind, message.arrays)
-    allowed_blobs = BLOBS.get(kind, {})
     for spec, frame in zip(blob_specs, frames[1 + len(array_specs):], strict=True):
         name, size = spec["name"], spec["size"]
-        if name not in allowed_blobs:
+        limit = _blob_limit(kind, name)
+        if limit is None:
             raise ProtocolError("bad_frames", f"{a_or_an(kind)} message carries no blob named {name!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size != len(frame):
             raise ProtocolError("bad_frames", f"blob {name!r} declares {str(size)[:20]} bytes but its frame "
                                               f"has {len(frame):,}")
-        if size > allowed_blobs[name]:
-            raise ProtocolError("too_large", f"blob {name!r} is over {allowed_blobs[name]:,} bytes")
+        if size > limit:
+            raise ProtocolError("too_large", f"blob {name!r} is over {limit:,} bytes")
         message.blobs[name] = bytes(frame)
     if kind == "submit":
         check_mesh_arrays(fields["task"], message.arrays)

@@ -134,6 +134,7 @@ class Requests:
             blobs = {"texture": texture}
             if (normal_map := self.store.load_normal_map(record.id)) is not None:
                 blobs["normal_map"] = normal_map
+            blobs.update(self.store.load_tiles(record.id))
             if message.fields.get("glb"):
                 blobs["glb"] = glb_path.read_bytes()
         except Exception as exc:  # a damaged or deleted result folder: that job's problem, not the service's

@@ -76,14 +76,14 @@ def check_spec(spec: JobSpec) -> None:
     schema.check_overrides(spec.fields.get("overrides", {}), type(config))
     config.validate()
     schema.check_ceilings(config, submit_settings(spec.task))
-    task_module(spec.task).check_inputs(config, mesh, spec.arrays.get("selected_faces"))
+    task_module(spec.task).check_inputs(config, mesh, spec.arrays)
 
 
 def run_spec(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
              cancel: threading.Event) -> ExportResult:
     """Run a checked spec in `job_dir` (checkpoints, and the asset as `OUTPUT_NAME`)."""
-    return task_module(spec.task).run_task(spec.config(), guidance, spec.mesh(), spec.arrays.get("selected_faces"),
-                                           job_dir / OUTPUT_NAME, on_event=on_event, cancel=cancel, job_dir=job_dir)
+    return task_module(spec.task).run_task(spec.config(), guidance, spec.mesh(), spec.arrays, job_dir / OUTPUT_NAME,
+                                           on_event=on_event, cancel=cancel, job_dir=job_dir)
 
 
 def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: dict | None) -> dict[str, Any]:

@@ -159,6 +159,8 @@ class JobRun:
         blobs = {"texture": Path(result.png_path).read_bytes(), "glb": Path(result.glb_path).read_bytes()}
         if getattr(result, "normal_map_path", None) is not None:  # a refined mesh's tangent-space normal map
             blobs["normal_map"] = Path(result.normal_map_path).read_bytes()
+        for tile, path in getattr(result, "tiles", {}).items():  # a UDIM paint's image per tile
+            blobs[f"tile.{tile}"] = Path(path).read_bytes()
         arrays = {"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs,
                   "vertex_map": getattr(result, "vertex_map", None)}  # paint results map back to the input
         return encode("result", {"job": self.job, "stats": stats}, {k: v for k, v in arrays.items() if v is not None},

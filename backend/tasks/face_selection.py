@@ -1,11 +1,13 @@
 """Partial paint: which texels the selected faces own, what the rest of the texture keeps, seam blending.
 
 Every texel of the atlas belongs to the face whose covered texels are nearest to it (its own face when a
-triangle covers it; gutters go to the nearest chart). Texels of selected faces are painted; all others
-come back byte for byte as they were: the mesh's own texture when it has one and its own UVs are used,
-else its vertex (material) colours baked into the new atlas, else a neutral grey. Inside the selection,
-painted colours ramp up over a few texels from the nearest kept texel, so the new paint blends into
-the old across the seam.
+triangle covers it). Only the texels of the selected faces change, and the gutter texels within
+`padding` texels of them that they own (so mip-map lookups at their edges read their own colour); every
+other texel comes back byte for byte: gutters between other charts, other charts, other UDIM tiles.
+What they come back as is the *base*: the image the selected faces read through the paint UVs (a
+painted copy of it, for the add-on), else the mesh's look (`Appearance`) baked into the new atlas. The
+look of the unselected faces (the *context*) is what renders show around the painted part, and inside
+the selection the new paint ramps up over a few texels from it, so the new paint blends in across the seam.
 """
 
 from __future__ import annotations
@@ -21,11 +23,9 @@ from scipy.ndimage import distance_transform_edt
 from backend.errors import InputError
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh
-from backend.render.atlas import atlas_raster, fill_empty
-from backend.render.rasterize import interpolate
-
-DEFAULT_COLOR = 0.8  # Blender's default material grey, for meshes that bring no colour at all
-LATENT_FACTOR = 8  # texels per latent texel
+from backend.render.atlas import atlas_raster
+from backend.tasks.appearance import LATENT_FACTOR, Appearance
+from backend.tasks.udim import TileLayout, face_tiles
 
 
 def load_faces(path: str | Path) -> np.ndarray:
@@ -60,73 +60,65 @@ def check_faces(faces: np.ndarray, n_faces: int) -> np.ndarray:
     return np.unique(faces)
 
 
+def padding_for(size: int) -> int:
+    """Texels of gutter around the selected faces that are painted with them (and the seam's feather)."""
+    return max(2, size // 256)
+
+
 @dataclass
 class Selection:
     painted: np.ndarray  # [S, S] bool: texels the selected faces own
     weight: np.ndarray  # [S, S] float in [0, 1]: share of the new paint in each texel (0 outside `painted`)
-    base: np.ndarray  # [S, S, 3] uint8: the texture every other texel keeps
-
-    @staticmethod
-    def texture_size_for(mesh: Mesh, requested: int) -> int:
-        """A textured mesh keeps its own texture's size (so kept texels stay byte-identical)."""
-        if mesh.texture is None or mesh.uvs is None:
-            return requested
-        h, w = mesh.texture.shape[:2]
-        if h != w or h % LATENT_FACTOR or not 64 <= h <= 4096:
-            raise InputError(f"the mesh's texture is {w}×{h}; partial paint needs a square texture whose side is "
-                             "a multiple of 8 in [64, 4096]", "resize the texture image first")
-        return h
+    base: np.ndarray  # [S, S, 3] uint8: what every texel outside `painted` comes back as
+    context: np.ndarray  # [S, S, 3] uint8: how the unselected faces look (renders hold it; seams blend from it)
 
     def compose(self, painted: np.ndarray) -> np.ndarray:
-        """The final texture: `painted` [S, S, 3] uint8 blended in over the selected texels, `base` elsewhere."""
+        """The final texture: `painted` [S, S, 3] uint8 blended over the context in the selected texels,
+        `base` elsewhere."""
         w = self.weight[..., None]
-        blend = np.round(w * painted.astype(np.float32) + (1 - w) * self.base.astype(np.float32))
+        blend = np.round(w * painted.astype(np.float32) + (1 - w) * self.context.astype(np.float32))
         return np.where(self.painted[..., None], blend.clip(0, 255).astype(np.uint8), self.base)
 
     def hold(self, scene, guidance: Guidance) -> None:  # noqa: ANN001 - a LatentTexture
-        """Fix the scene's texels outside the selection at the base texture (latent: its encoding)."""
+        """Fix the scene's texels outside the selection at the context (latent: its encoding)."""
         device = scene.texture.device
-        base = torch.as_tensor(self.base, device=device).permute(2, 0, 1).float() / 255.0
+        context = torch.as_tensor(self.context, device=device).permute(2, 0, 1).float() / 255.0
         with torch.no_grad():
-            latent = guidance.encode(base[None].to(guidance.device))[0].to(device)
+            latent = guidance.encode(context[None].to(guidance.device))[0].to(device)
         latent = F.interpolate(latent[None], size=scene.texture.shape[-2:], mode="area")[0]
         painted = torch.as_tensor(self.painted, device=device)
         # a latent texel is free when any texel under it is painted
         free = F.max_pool2d(painted[None, None].float(), LATENT_FACTOR)[0, 0] > 0
         rgb_kept = ~painted if scene.rgb_texture.numel() else None
-        scene.keep(latent, ~free, base if rgb_kept is not None else None, rgb_kept)
+        scene.keep(latent, ~free, context if rgb_kept is not None else None, rgb_kept)
 
 
-def base_texture(mesh: Mesh, mapped: Mesh, vertex_map: np.ndarray, size: int) -> np.ndarray:
-    """What the unselected texels keep: the mesh's texture if it is painted through its own UVs, else its
-    vertex colours baked into `mapped`'s atlas, else `DEFAULT_COLOR`."""
-    own_uvs = mesh.uvs is not None and np.array_equal(vertex_map, np.arange(len(mesh.vertices))) and \
-        np.array_equal(mapped.uvs, mesh.uvs)
-    if mesh.texture is not None and own_uvs:
-        return np.ascontiguousarray(mesh.texture[..., :3], np.uint8)
-    if mesh.vertex_colors is None:
-        return np.full((size, size, 3), round(DEFAULT_COLOR * 255), np.uint8)
-    rast = atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
-    colors = torch.as_tensor(mesh.vertex_colors[vertex_map], dtype=torch.float32)
-    baked = interpolate(colors, rast, torch.as_tensor(mapped.faces))[0]
-    texture = (baked.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    return fill_empty(texture, (rast[0, ..., 3] > 0).numpy())
-
-
-def select_faces(mesh: Mesh, mapped: Mesh, vertex_map: np.ndarray, faces: np.ndarray, size: int,
-                 feather: int | None = None) -> Selection:
-    """The `Selection` of `faces` (indices into `mesh.faces`, the same as `mapped.faces`)."""
+def select_faces(mesh: Mesh, mapped: Mesh, faces: np.ndarray, size: int, appearance: Appearance | None = None,
+                 layout: TileLayout | None = None, reference: int | None = None,
+                 padding: int | None = None) -> Selection:
+    """The `Selection` of `faces` (indices into `mesh.faces`, the same as `mapped.faces`), `mapped` being
+    the mesh with the paint's atlas UVs. `reference` is the appearance's image the texture copies."""
     faces = check_faces(faces, len(mesh.faces))
+    appearance = appearance or Appearance.of_mesh(mesh)
     raster = atlas_raster(torch.as_tensor(mapped.uvs), torch.as_tensor(mapped.faces), size)
     ids = raster[0, ..., 3].long().numpy()  # face + 1, 0 where empty
     covered = ids > 0
-    _, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
+    distance, (rows, cols) = distance_transform_edt(~covered, return_indices=True)
     owner = ids[rows, cols] - 1  # every texel's nearest face
-    painted = np.isin(owner, faces)
+    padding = padding_for(size) if padding is None else padding
+    painted = np.isin(owner, faces) & (distance <= padding)
+    if layout is not None:  # a texel is painted only for a face of its own tile
+        painted &= layout.cells(size) == face_tiles(mesh.uvs, mesh.faces)[owner]
     kept_covered = covered & ~painted
-    feather = max(2, size // 256) if feather is None else feather
     if kept_covered.any():
-        weight = np.clip(distance_transform_edt(~kept_covered) / feather, 0, 1)
+        weight = np.clip(distance_transform_edt(~kept_covered) / padding, 0, 1)
     else:
         weight = np.ones((size, size))
-    return Selection(painted, np.where(painted, weight, 0.0), base_texture(mesh, mapped, vertex_map, size))
+    context = appearance.bake(mapped, size)
+    base = context
+    if reference is not None:
+        base = appearance.reference_atlas(reference, layout)
+        # faces that show the reference through these UVs look like it, gutters included
+        own = appearance.reads_through(mesh.uvs[mesh.faces]) & (appearance.sources[appearance.face_slots] == reference)
+        context = np.where(own[owner][..., None], base, context)
+    return Selection(painted, np.where(painted, weight, 0.0), base, context)

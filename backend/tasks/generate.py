@@ -21,7 +21,7 @@ from torch import nn
 
 from backend.cameras import CameraSampler
 from backend.depth import DepthConfig, MonocularDepth, depth_regulariser
-from backend.errors import ConfigError, InputError
+from backend.errors import ConfigError
 from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.export.from_mesh import export_surface
@@ -242,15 +242,14 @@ def generate(
 CONFIG = GenerateConfig
 
 
-def check_inputs(config: GenerateConfig, sketch: Mesh | None, selected_faces: np.ndarray | None = None) -> None:
-    """Refuse inputs a job could not use, before it is queued (the config is validated)."""
-    if selected_faces is not None:
-        raise InputError("a generate job paints no faces", "leave the face selection out")
+def check_inputs(config: GenerateConfig, sketch: Mesh | None, arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Refuse inputs a job could not use, before it is queued (the config is validated); `arrays` are the
+    submit's other arrays (the protocol has checked that a generate submit carries none but its sketch)."""
     if sketch is not None:
         Frame.fit(sketch.vertices)  # a sketch with no extent cannot place anything
 
 
-def run_task(config: GenerateConfig, guidance: Guidance, sketch: Mesh | None, selected_faces: np.ndarray | None,
+def run_task(config: GenerateConfig, guidance: Guidance, sketch: Mesh | None, arrays: dict[str, np.ndarray],
              out_path: str | Path, on_event: EventSink = ignore, cancel: threading.Event | None = None,
              job_dir: str | Path | None = None) -> ExportResult:
     """A task's uniform entry: a sketch both shapes the field (Sketch-Shape loss) and places the asset."""

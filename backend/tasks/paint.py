@@ -22,7 +22,7 @@ from backend.events import EventSink, ignore
 from backend.export.files import write_atomically
 from backend.export.glb import glb_bytes, png_bytes
 from backend.export.progress import ExportProgress, estimate_texture_export_s
-from backend.export.unwrap import default_padding, unwrap
+from backend.export.unwrap import default_padding
 from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.loop import final_anneal
@@ -34,6 +34,7 @@ from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
 from backend.shading import LightConfig
 from backend.speed import SpeedConfig
+from backend.tasks.appearance import Appearance
 from backend.tasks.distill import (
     DistillConfig,
     DistillJob,
@@ -46,6 +47,7 @@ from backend.tasks.distill import (
     to_preview,
 )
 from backend.tasks.face_selection import Selection, select_faces
+from backend.tasks.paint_surface import Surface, paint_surface, plan_texture
 
 VAE_FACTOR = 8  # texels of the final texture per latent texel
 # the least gutter between the charts of an atlas made for painting: one latent texel, so no latent texel
@@ -109,29 +111,21 @@ class PaintConfig(DistillConfig):
 class PaintResult:
     mesh: Mesh  # the input's vertices (split along UV seams), faces in the input's order, UVs, texture
     vertex_map: np.ndarray  # [V] index of the input vertex each output vertex copies
-    texture: np.ndarray  # [S, S, 3] uint8
+    texture: np.ndarray  # [S, S, 3] uint8 (UDIM: every tile in one atlas, as the GLB holds them)
     glb_path: Path
     png_path: Path
+    tiles: dict[int, Path] = field(default_factory=dict)  # UDIM: each tile's image, <name>.<tile>.png
 
 
-def check_uv_range(uv: np.ndarray) -> np.ndarray:
-    """`uv` if every coordinate lies in the [0, 1] square (to float precision); else a clear error."""
-    if len(uv) and (uv.min() < -1e-4 or uv.max() > 1 + 1e-4):
-        raise InputError(f"the paint mesh's UVs leave the [0, 1] square (range {uv.min():.3g} … {uv.max():.3g})",
-                         "pack the UVs into [0, 1] (UDIM tiles are not supported) or remove the UV map "
-                         "so the mesh is unwrapped automatically")
-    return uv
+def atlas_padding(texture_size: int) -> int:
+    """Texels between the charts of an atlas made for painting."""
+    return max(PAINT_PADDING, default_padding(texture_size))
 
 
 def uv_mapped(mesh: Mesh, texture_size: int) -> tuple[Mesh, np.ndarray]:
-    """The mesh with usable UVs: its own when it has them, else an xatlas atlas (and the vertex map)."""
-    mesh = validate_mesh(mesh, "paint mesh")
-    if mesh.uvs is not None:
-        uv = check_uv_range(mesh.uvs)
-        e1, e2 = uv[mesh.faces[:, 1]] - uv[mesh.faces[:, 0]], uv[mesh.faces[:, 2]] - uv[mesh.faces[:, 0]]
-        if np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() > 1e-8:
-            return mesh, np.arange(len(mesh.vertices))
-    return unwrap(mesh, texture_size, padding=max(PAINT_PADDING, default_padding(texture_size)))
+    """The mesh with the UVs it is painted through (see `paint_surface`) and the vertex map."""
+    surface = paint_surface(mesh, texture_size, atlas_padding(texture_size))
+    return surface.mapped, surface.vertex_map
 
 
 def uv_coverage(uvs: torch.Tensor, faces: torch.Tensor, size: int) -> torch.Tensor:
@@ -144,8 +138,7 @@ class PaintJob(DistillJob):
     """Everything `paint` wires together: the textured mesh, its stages and the final decode."""
 
     scene: LatentTexture
-    mapped: Mesh  # the mesh with the UVs it is painted through
-    vertex_map: np.ndarray
+    surface: Surface  # the mesh with the UVs it is painted through
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
     selection: Selection | None = None  # partial paint: the faces painted and the texels kept
 
@@ -166,25 +159,37 @@ class PaintJob(DistillJob):
         texture = fill_empty(texture, covered)
         if self.selection is not None:
             texture = self.selection.compose(texture)
-        result_mesh = self.mapped.copy_with(texture=texture, vertex_colors=None)
+        mapped = self.surface.mapped.copy_with(texture=texture, vertex_colors=None)
         png_path = out_path.with_suffix(".png")
-        write_atomically({out_path: glb_bytes(result_mesh, texture), png_path: png_bytes(texture)})
+        # the GLB reads the atlas (glTF has no UDIM); the result's arrays keep the mesh's own UVs
+        files = {out_path: glb_bytes(mapped, texture), png_path: png_bytes(texture)}
+        tiles = {}
+        if self.surface.layout is not None:
+            for tile, image in self.surface.layout.split(texture).items():
+                tiles[tile] = out_path.with_name(f"{out_path.stem}.{tile}.png")
+                files[tiles[tile]] = png_bytes(image)
+        write_atomically(files)
         progress.finish()
-        return PaintResult(result_mesh, self.vertex_map, texture, out_path, png_path)
+        return PaintResult(mapped.copy_with(uvs=self.surface.uvs), self.surface.vertex_map, texture, out_path,
+                           png_path, tiles)
 
 
-def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None) -> PaintJob:
+def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None,
+                  appearance: Appearance | None = None) -> PaintJob:
     """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
 
-    With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`.
+    With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`;
+    `appearance` is how every face looks now (default: the mesh's own texture or colours).
     """
+    mesh = validate_mesh(mesh, "paint mesh")
+    plan = plan_texture(config, mesh, faces, appearance)
+    config = plan.config
+    surface = paint_surface(mesh, plan.tile_size, atlas_padding(plan.tile_size))
+    mapped = surface.mapped
     selection = None
-    if faces is not None:
-        mesh = validate_mesh(mesh, "paint mesh")
-        config = replace(config, texture_size=Selection.texture_size_for(mesh, config.texture_size))
-    mapped, vertex_map = uv_mapped(mesh, config.texture_size)
-    if faces is not None:
-        selection = select_faces(mesh, mapped, vertex_map, faces, config.texture_size)
+    if plan.faces is not None:
+        selection = select_faces(mesh, mapped, plan.faces, config.texture_size, plan.appearance, plan.layout,
+                                 plan.reference)
     device = guidance.device
     speed = config.speed.resolve(device)
     frame = Frame.fit(mapped.vertices, yaw=config.front_yaw)
@@ -240,7 +245,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
                                     preview_of(rgb_render), restart_schedules=config.finetune_restart_schedules,
                                     lr_scale=anneal, lr=config.finetune_lr))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
-                    scene=scene, mapped=mapped, vertex_map=vertex_map, decoded=decoded, selection=selection)
+                    scene=scene, surface=surface, decoded=decoded, selection=selection)
 
 
 def paint(
@@ -252,29 +257,34 @@ def paint(
     cancel: threading.Event | None = None,
     job_dir: str | Path | None = None,
     faces: np.ndarray | None = None,
+    appearance: Appearance | None = None,
 ) -> PaintResult:
-    """Paint `mesh` (only `faces` of it, when given) for `config.prompt` under `guidance`; write `out_path`
-    (GLB) and the texture (PNG)."""
+    """Paint `mesh` (only `faces` of it, when given, around the look `appearance` gives the others) for
+    `config.prompt` under `guidance`; write `out_path` (GLB), the texture (PNG) and, for UDIM UVs, one
+    PNG per tile."""
     config.validate()
     out_path = glb_output(out_path)
-    return run_job(prepare_paint(config, guidance, mesh, faces), out_path, on_event, cancel, job_dir)
+    return run_job(prepare_paint(config, guidance, mesh, faces, appearance), out_path, on_event, cancel, job_dir)
 
 
 CONFIG = PaintConfig
 
 
-def check_inputs(config: PaintConfig, mesh: Mesh | None, selected_faces: np.ndarray | None = None) -> None:
-    """Refuse inputs a job could not use, before it is queued (the config is validated)."""
+def check_inputs(config: PaintConfig, mesh: Mesh | None, arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Refuse inputs a job could not use, before it is queued (the config is validated): the mesh to paint, its
+    UDIM tiles, the texture's size and the look of the faces (`arrays`: the submit's face selection and
+    appearance), as the job will read them."""
     if mesh is None:
         raise InputError("a paint job needs the mesh to paint", "send its vertices and faces")
-    if mesh.uvs is not None:
-        check_uv_range(mesh.uvs)
+    arrays = arrays or {}
+    plan_texture(config, mesh, arrays.get("selected_faces"), Appearance.from_wire(arrays))
 
 
-def run_task(config: PaintConfig, guidance: Guidance, mesh: Mesh | None, selected_faces: np.ndarray | None,
+def run_task(config: PaintConfig, guidance: Guidance, mesh: Mesh | None, arrays: dict[str, np.ndarray],
              out_path: str | Path, on_event: EventSink = ignore, cancel: threading.Event | None = None,
              job_dir: str | Path | None = None) -> PaintResult:
-    """A task's uniform entry: paint `mesh` (only `selected_faces` of it, when given)."""
-    check_inputs(config, mesh, selected_faces)
+    """A task's uniform entry: paint `mesh` (only the submit's `selected_faces` of it, when given, around the look
+    its appearance arrays give the others)."""
+    check_inputs(config, mesh, arrays)
     return paint(config, guidance, mesh, out_path, on_event=on_event, cancel=cancel, job_dir=job_dir,
-                 faces=selected_faces)
+                 faces=arrays.get("selected_faces"), appearance=Appearance.from_wire(arrays))

@@ -7,15 +7,18 @@ from pathlib import Path
 import numpy as np
 import trimesh
 
+from backend.colour import srgb_to_linear, to_bytes
 from backend.mesh import to_file_frame
 
 HERE = Path(__file__).parent
 ORIGIN = np.array([0.6, -0.4, 0.0])  # z up: the toadstool stands on the ground plane, off the origin
-RED, CREAM = (0.80, 0.10, 0.08), (0.93, 0.88, 0.75)
+RED, CREAM = (0.80, 0.10, 0.08), (0.93, 0.88, 0.75)  # as a viewer shows them (sRGB)
 
 
 def _coloured(mesh: trimesh.Trimesh, rgb: tuple[float, float, float]) -> trimesh.Trimesh:
-    mesh.visual.vertex_colors = np.tile(np.array([*rgb, 1.0]) * 255, (len(mesh.vertices), 1)).astype(np.uint8)
+    """`mesh` coloured `rgb` as viewers show it: glTF's vertex colours are linear, so the file holds it linear."""
+    rgba = np.append(to_bytes(srgb_to_linear(np.asarray(rgb))), 255)
+    mesh.visual.vertex_colors = np.tile(rgba, (len(mesh.vertices), 1)).astype(np.uint8)
     return mesh
 
 
