@@ -2,14 +2,14 @@
 
 The work runs in the LatentForge service; this add-on sends geometry, streams progress and brings
 results into the scene. `connection.py` owns the network in a thread and never touches bpy;
-`timers.py` is the only path from it into bpy.data.
+`runtime.py` is the only path from it into bpy.data.
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import operators, panel, preferences, properties, timers
+from . import operators, panel, preferences, properties, runtime
 
 # Registration order matters: property groups before what points to them, panels last.
 CLASSES = (
@@ -24,11 +24,11 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.latentforge = bpy.props.PointerProperty(type=properties.LatentForgeSettings)
-    timers.start()
+    runtime.start()
 
 
 def unregister() -> None:
-    timers.stop()
+    runtime.stop()
     del bpy.types.Scene.latentforge
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

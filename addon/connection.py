@@ -1,6 +1,6 @@
 """The add-on's link to the service: one background thread owns the ZeroMQ client (sockets are not
 thread-safe), takes commands from a queue and puts events on another. Never touches bpy, so it is safe
-off the main thread; `timers.py` moves its events into the scene on the main thread.
+off the main thread; `runtime.py` moves its events into the scene on the main thread.
 
 Events are plain dicts, `{"type": ..., ...}`:
 - connected {info}, disconnected {message}, heartbeat {queue, workers, models}: the service pushes one

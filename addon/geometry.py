@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from ..backend.service.protocol import a_or_an
-
-# object types as the artist knows them (the rest read fine lower-cased: camera, light, empty, armature...)
-OBJECT_KINDS = {"FONT": "text object", "META": "metaball", "GPENCIL": "grease pencil",
-                "GREASEPENCIL": "grease pencil", "LIGHT_PROBE": "light probe", "POINTCLOUD": "point cloud",
-                "CURVES": "hair curves object", "SURFACE": "surface"}
+# object types as the artist knows them
+OBJECT_KINDS = {"CURVE": "a curve", "SURFACE": "a surface", "META": "a metaball", "FONT": "a text object",
+                "CURVES": "a hair curves object", "POINTCLOUD": "a point cloud", "VOLUME": "a volume",
+                "GPENCIL": "a grease pencil", "GREASEPENCIL": "a grease pencil", "ARMATURE": "an armature",
+                "LATTICE": "a lattice", "EMPTY": "an empty", "LIGHT": "a light", "LIGHT_PROBE": "a light probe",
+                "CAMERA": "a camera", "SPEAKER": "a speaker"}
 
 
 @dataclass
@@ -75,7 +75,7 @@ def selection_problem(objects: Sequence[bpy.types.Object], single: bool = False)
         return f"{len(objects)} objects are selected: select exactly one mesh to paint"
     for obj in objects:
         if obj.type != "MESH":
-            kind = a_or_an(OBJECT_KINDS.get(obj.type, obj.type.lower().replace("_", " ")))
+            kind = OBJECT_KINDS.get(obj.type, f"an object of type {obj.type.lower()}")
             return f"\"{obj.name}\" is {kind}, not a mesh: select mesh objects only"
     return None
 

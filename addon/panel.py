@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import geometry, timers
+from . import geometry, runtime
 from .jobs import Job
 
 WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
@@ -41,7 +41,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
-        rt = timers.RUNTIME
+        rt = runtime.RUNTIME
         if rt is None:
             layout.label(text="The add-on is not running", icon="ERROR")
             return
@@ -73,7 +73,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             self.draw_job(layout, job)
 
     @staticmethod
-    def draw_server(layout: bpy.types.UILayout, rt: timers.Runtime) -> None:
+    def draw_server(layout: bpy.types.UILayout, rt: runtime.Runtime) -> None:
         box = layout.box()
         row = box.row()
         if rt.server.connected:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import bpy
@@ -13,10 +14,14 @@ from .connection import Settings
 PACKAGE = __package__.rpartition(".")[0]  # the extension's package: preferences are keyed by it
 
 
-def _restart_connection(_self: bpy.types.AddonPreferences, _context: bpy.types.Context) -> None:
-    from . import timers  # late: timers imports this module
+# called when a connection setting changes: the runtime subscribes its reconnect here when it starts, so these
+# settings need not know the runtime
+ON_CHANGE: list[Callable[[], None]] = []
 
-    timers.restart_connection()
+
+def _restart_connection(_self: bpy.types.AddonPreferences, _context: bpy.types.Context) -> None:
+    for listener in ON_CHANGE:
+        listener()
 
 
 class LatentForgePreferences(bpy.types.AddonPreferences):

@@ -174,3 +174,4 @@ def remove_unused(materials: Sequence[bpy.types.Material]) -> None:
         for image in images:
             if image.get("latentforge") and not image.users:
                 bpy.data.images.remove(image)
+

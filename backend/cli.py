@@ -18,7 +18,7 @@ from backend.config import from_dict, load_file, merge
 from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.notices import quiet_third_party
-from backend.projection import duration, project_cpu_s
+from backend.cpu_time import duration, project_cpu_s
 
 __all__ = ["build_parser", "main", "pick_device"]
 

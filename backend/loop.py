@@ -114,7 +114,7 @@ def train_step(stage: Stage, optimizer: torch.optim.Optimizer, step: int,
 
 def run_stages(
     stages: list[Stage],
-    scene: torch.nn.Module,
+    state: torch.nn.Module,
     generator: torch.Generator,
     config: LoopConfig | None = None,
     on_event: EventSink = ignore,
@@ -134,7 +134,7 @@ def run_stages(
     start_stage, start_step, saved = 0, 0, None
     if checkpointer is not None and (saved := checkpointer.load()) is not None:
         start_stage, start_step = int(saved["stage"]), int(saved["step"])
-        scene.load_state_dict(saved["scene"])
+        state.load_state_dict(saved["scene"])
         generator.set_state(saved["generator"])
     t0, steps_timed, last_preview = time.perf_counter(), 0, -float("inf")
     losses: dict[str, float] = {}
@@ -167,9 +167,9 @@ def run_stages(
             if checkpointer is not None and config.checkpoint_every and (
                     (step + 1) % config.checkpoint_every == 0 or at_end):
                 nxt_stage, nxt_step = (index + 1, 0) if at_end else (index, step + 1)
-                state = {"stage": nxt_stage, "step": nxt_step, "scene": scene.state_dict(),
-                         "generator": generator.get_state()}
+                saving = {"stage": nxt_stage, "step": nxt_step, "scene": state.state_dict(),
+                          "generator": generator.get_state()}
                 if not at_end:
-                    state["optimizer"] = optimizer.state_dict()
-                checkpointer.save(state)
+                    saving["optimizer"] = optimizer.state_dict()
+                checkpointer.save(saving)
     return losses

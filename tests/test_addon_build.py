@@ -23,7 +23,7 @@ import tomllib
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = tomllib.loads((REPO / "blender_manifest.toml").read_text(encoding="utf-8"))
 CLIENT_FILES = ("backend/__init__.py", "backend/catalog.py", "backend/service/__init__.py", "backend/service/client.py",
-                "backend/service/protocol.py")
+                *(f"backend/service/protocol/{name}.py" for name in ("__init__", "base", "fields", "arrays", "codec")))
 CLIENT_IMPORTS = {*sys.stdlib_module_names, "numpy", "zmq"}  # what Blender's Python has, plus the bundled pyzmq
 
 
@@ -108,7 +108,7 @@ out["operators"] = sorted(dir(bpy.ops.latentforge))
 site = os.path.join(os.environ["BLENDER_USER_RESOURCES"], "extensions", ".local", "lib",
                     f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
 out["wheel_installed"] = os.path.isfile(os.path.join(site, "zmq", "__init__.py"))
-timers = sys.modules[pkg + ".addon.timers"]
+timers = sys.modules[pkg + ".addon.runtime"]
 timers.drain()  # the first tick starts the connection thread
 out["threads_while_enabled"] = sorted(t.name for t in threading.enumerate())
 bpy.ops.extensions.package_uninstall(repo_directory=repo.directory, pkg_id="latentforge")

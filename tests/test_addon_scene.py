@@ -336,17 +336,17 @@ def test_panel_preferences_and_subpanel_draw_every_state(bpy: ModuleType) -> Non
 
 
 def test_text_only_results_move_to_the_cursor_and_fetched_ones_stay_put() -> None:
-    operators, jobs = support.submodule("operators"), support.submodule("jobs")
+    landing, jobs = support.submodule("landing"), support.submodule("jobs")
     vertices = np.array([[-1, -1, 0], [1, 1, 2]], np.float32)
     text = jobs.Job(scene=0, task="generate", anchor=(5.0, 0.0, 0.0))
-    world, anchor = operators.placement(text, vertices)
+    world, anchor = landing.placement(text, vertices)
     np.testing.assert_allclose(world, vertices + [5, 0, 0])
     assert anchor == (5.0, 0.0, 0.0)
     sketched = jobs.Job(scene=0, task="generate", anchor=(1.0, 2.0, 3.0), sketch=[7])
-    world, anchor = operators.placement(sketched, vertices)
+    world, anchor = landing.placement(sketched, vertices)
     np.testing.assert_array_equal(world, vertices)
     assert anchor == (1.0, 2.0, 3.0)
-    world, anchor = operators.placement(jobs.Job(scene=0, task="fetch"), vertices)
+    world, anchor = landing.placement(jobs.Job(scene=0, task="fetch"), vertices)
     np.testing.assert_array_equal(world, vertices)
     assert anchor == (0.0, 0.0, 1.0)
 

@@ -72,7 +72,7 @@ def modules() -> tuple[ModuleType, ...]:
     pkg = addon()
     import bpy
 
-    return bpy, sys.modules[f"{pkg.__name__}.addon.timers"], sys.modules[f"{pkg.__name__}.addon.preferences"]
+    return bpy, sys.modules[f"{pkg.__name__}.addon.runtime"], sys.modules[f"{pkg.__name__}.addon.preferences"]
 
 
 def submodule(name: str) -> ModuleType:

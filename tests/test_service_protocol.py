@@ -97,7 +97,7 @@ def test_limits_and_schemas_agree_with_the_backend() -> None:
                 tasks.UnsupportedTask):
         assert cls.code in protocol.ERROR_CODES
     # every code the service sends by name is documented
-    source = "\n".join(p.read_text() for p in SERVICE.glob("*.py"))
+    source = "\n".join(p.read_text() for p in SERVICE.rglob("*.py"))
     used = {code for pattern in (r'Refused\(\s*"(\w+)"', r'error_fields\(\s*"(\w+)"', r'\bend\(record, "\w+", "(\w+)"')
             for code in re.findall(pattern, source)}
     assert used and used <= set(protocol.ERROR_CODES), used - set(protocol.ERROR_CODES)
@@ -129,7 +129,8 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None  # any import of torch no
 def test_protocol_and_client_import_without_torch_or_the_backend(tmp_path: Path) -> None:
     # as the service package, and as the files the add-on ships, copied into another package
     shipped = tmp_path / "addon_pkg"
-    for name in ("__init__.py", "catalog.py", "service/__init__.py", "service/protocol.py", "service/client.py"):
+    protocol = [f"service/protocol/{name}.py" for name in ("__init__", "base", "fields", "arrays", "codec")]
+    for name in ("__init__.py", "catalog.py", "service/__init__.py", *protocol, "service/client.py"):
         (shipped / "backend" / name).parent.mkdir(parents=True, exist_ok=True)
         (shipped / "backend" / name).write_text((ROOT / "backend" / name).read_text())
     (shipped / "__init__.py").write_text("")
@@ -137,7 +138,9 @@ def test_protocol_and_client_import_without_torch_or_the_backend(tmp_path: Path)
         from backend.service import client, protocol
         loaded = sorted(m for m in sys.modules if m.startswith("backend"))
         assert loaded == ["backend", "backend.catalog", "backend.service", "backend.service.client",
-                          "backend.service.protocol"], loaded
+                          "backend.service.protocol", "backend.service.protocol.arrays",
+                          "backend.service.protocol.base", "backend.service.protocol.codec",
+                          "backend.service.protocol.fields"], loaded
         for name in loaded:
             sys.modules[name] = None
         sys.path.insert(0, sys.argv[1])

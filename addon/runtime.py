@@ -1,5 +1,6 @@
-"""The main-thread half: a `bpy.app.timers` callback drains the connection's events into the add-on's
-state, the scene (results, previews) and the UI. Only this side touches bpy.data.
+"""The add-on's runtime: its state between events (`Runtime`: the connection, the server's status, each scene's
+job, results waiting to land) and the main-thread half that a `bpy.app.timers` callback runs, draining the
+connection's events into that state, the scene (results, previews) and the UI. Only this side touches bpy.data.
 
 Headless (tests, `blender -b`) there is no event loop to fire timers, so `drain()` is also what a
 script calls in its own loop.
@@ -18,6 +19,7 @@ import bpy
 from . import choices, preferences
 from .connection import Connection, Event
 from .jobs import Job, Jobs, ServerStatus
+from .landing import scene_by_uid
 from .local_backend import LocalBackend
 
 ACTIVE_INTERVAL_S = 0.1  # while a job runs: progress feels live
@@ -52,12 +54,16 @@ def start() -> None:
     RUNTIME = Runtime()
     # Blender may quit without unregistering add-ons: the local server must not outlive it.
     atexit.register(RUNTIME.backend.stop)
+    if restart_connection not in preferences.ON_CHANGE:
+        preferences.ON_CHANGE.append(restart_connection)
     if not bpy.app.timers.is_registered(drain):
         bpy.app.timers.register(drain, first_interval=ACTIVE_INTERVAL_S, persistent=True)
 
 
 def stop() -> None:
     global RUNTIME
+    if restart_connection in preferences.ON_CHANGE:
+        preferences.ON_CHANGE.remove(restart_connection)
     if bpy.app.timers.is_registered(drain):
         bpy.app.timers.unregister(drain)
     if RUNTIME is not None:
@@ -93,14 +99,6 @@ def restart_connection() -> None:
     for job in rt.jobs.all():  # running jobs go on; the new connection picks their events up
         if job.active and job.job is not None:
             rt.connection.fetch(job.job)
-
-
-def scene_by_uid(uid: int) -> bpy.types.Scene | None:
-    return next((s for s in bpy.data.scenes if s.session_uid == uid), None)
-
-
-def object_by_uid(uid: int) -> bpy.types.Object | None:
-    return next((o for o in bpy.data.objects if o.session_uid == uid), None)
 
 
 def redraw() -> None:
