@@ -15,10 +15,10 @@ from backend import __version__
 from backend.catalog import COMMON_FLAGS, METHODS, PRESETS, TASKS
 from backend.compose import compose_config, nested
 from backend.config import from_dict, load_file, merge
+from backend.cpu_time import duration, project_cpu_s
 from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.notices import quiet_third_party
-from backend.cpu_time import duration, project_cpu_s
 
 __all__ = ["build_parser", "main", "pick_device"]
 
