@@ -14,8 +14,8 @@ from backend.cameras import Cameras
 from backend.cli import main
 from backend.config import merge
 from backend.errors import ConfigError
-from backend.guidance.base import Prompt
-from backend.guidance.perp_neg import BACK, FRONT, SIDE, combine, view_mix
+from backend.guidance.base import Prompt, classifier_free
+from backend.guidance.perp_neg import BACK, FRONT, SIDE, direction, view_mix
 from backend.guidance.stable_diffusion import StableDiffusionGuidance
 from backend.guidance.target import TargetGuidance
 from backend.mesh import Frame
@@ -29,7 +29,7 @@ def test_combination_matches_the_formula_for_known_noise():
     u, pos = torch.randn(2, 4, 3, 3, generator=gen), torch.randn(2, 4, 3, 3, generator=gen)
     negs = torch.randn(2, 2, 4, 3, 3, generator=gen)
     w = torch.tensor([[-0.3, -1.5], [-2.0, 0.0]])
-    got = combine(u, pos, negs, w, 7.5)
+    got = classifier_free(u, direction(u, pos, negs, w), 7.5)
     for b in range(2):  # by hand, one flattened sample at a time
         e_pos = (pos[b] - u[b]).flatten().numpy().astype(np.float64)
         acc = np.zeros_like(e_pos)
@@ -46,7 +46,7 @@ def test_negatives_parallel_to_the_positive_reduce_to_plain_cfg():
     e_pos = pos - u
     negs = torch.stack([u + 0.5 * e_pos, u - 2.0 * e_pos])  # along ±e_pos
     w = torch.tensor([[-1.0, -2.0], [-0.5, -0.1], [-3.0, -1.0]])
-    assert torch.allclose(combine(u, pos, negs, w, 7.5), u + 7.5 * e_pos, atol=1e-5)
+    assert torch.allclose(classifier_free(u, direction(u, pos, negs, w), 7.5), u + 7.5 * e_pos, atol=1e-5)
 
 
 def test_weights_follow_the_azimuth():
@@ -90,8 +90,9 @@ def test_one_batched_unet_call_matches_the_embeddings_by_hand(tiny):
             return tiny.unet(z, t, encoder_hidden_states=hidden).sample
 
     positive = (pos_w[..., None, None] * table[pos_idx]).sum(1)
-    want = combine(eps(negative.expand(3, -1, -1)), eps(positive),
-                   torch.stack([eps(table[neg_idx[:, i]]) for i in range(2)]), neg_w, 7.5)
+    uncond = eps(negative.expand(3, -1, -1))
+    negatives = torch.stack([eps(table[neg_idx[:, i]]) for i in range(2)])
+    want = classifier_free(uncond, direction(uncond, eps(positive), negatives, neg_w), 7.5)
     assert torch.allclose(got, want, atol=1e-4)
 
 

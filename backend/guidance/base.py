@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from backend.cameras import Cameras
+from backend.guidance import perp_neg
 from backend.mesh import Frame
 from backend.speed import SpeedConfig
 
@@ -31,9 +32,7 @@ class NoisePrediction:
         """The classifier score: ε_c − ε_u, or Perp-Neg's combination of it with the perpendicular negatives."""
         if self.negatives is None:
             return self.cond - self.uncond
-        from backend.guidance.perp_neg import direction
-
-        return direction(self.uncond, self.cond, self.negatives, self.negative_weights)
+        return perp_neg.direction(self.uncond, self.cond, self.negatives, self.negative_weights)
 
     def guided(self, scale: float) -> torch.Tensor:
         """ε̂ under classifier-free guidance at `scale` (with Perp-Neg's negatives when the prior made them)."""

@@ -74,17 +74,11 @@ def perpendicular(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def direction(eps_uncond: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor, weights: torch.Tensor
               ) -> torch.Tensor:
     """Perp-Neg's guidance direction e_pos + Σ_i w_i·perp(e_i, e_pos) from ε_u, ε(y_pos) [B, ...], the
-    negatives' ε [N, B, ...] and their weights [B, N]; classifier-free guidance scales it."""
+    negatives' ε [N, B, ...] and their weights [B, N]; classifier-free guidance scales it
+    (`backend.guidance.base.classifier_free`), giving the ε̂ of the formula above."""
     e_pos = eps_pos - eps_uncond
     shape = (-1,) + (1,) * (e_pos.dim() - 1)
     pushed = sum(weights[:, i].reshape(shape) * perpendicular(eps_neg[i] - eps_uncond, e_pos)
                  for i in range(eps_neg.shape[0]))
     return e_pos + pushed
 
-
-def combine(eps_uncond: torch.Tensor, eps_pos: torch.Tensor, eps_neg: torch.Tensor, weights: torch.Tensor,
-            scale: float) -> torch.Tensor:
-    """ε̂ under Perp-Neg at guidance scale `scale` (the formula above)."""
-    from backend.guidance.base import classifier_free
-
-    return classifier_free(eps_uncond, direction(eps_uncond, eps_pos, eps_neg, weights), scale)

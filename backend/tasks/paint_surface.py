@@ -8,7 +8,6 @@ A mesh keeps its own UVs when they are usable (UDIM tiles are laid out as the ce
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,10 +16,8 @@ from backend.export.unwrap import unwrap
 from backend.mesh import Mesh, validate_mesh
 from backend.tasks.appearance import LATENT_FACTOR, MAX_SIDE, Appearance
 from backend.tasks.face_selection import check_faces
+from backend.tasks.paint_config import PaintConfig
 from backend.tasks.udim import TileLayout, split_by_tile, tile_layout
-
-if TYPE_CHECKING:
-    from backend.tasks.paint import PaintConfig
 
 
 def check_uvs(mesh: Mesh) -> TileLayout | None:
