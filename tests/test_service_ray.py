@@ -7,6 +7,7 @@ would join a studio's cluster, with two CPU actors. The tiny pipeline keeps each
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,23 +19,34 @@ from test_service_faults import assert_valid, checkpointed, first_step_after, lo
 from test_service_roundtrip import box
 
 from backend.service.client import ServiceError
+from backend.service.job_process import HOLD_GIL_HOOK
 
 pytestmark = pytest.mark.timeout(600)
 
+HANG_S = 5.0
 PAINT = {"resolution": 16, "texture_size": 64, "iters": 6, "loop": {"checkpoint_every": 3}}
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> str:
+def hold_gil(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The job processes' test hook file (backend.service.job_process): a job that finds it holds its GIL."""
+    return tmp_path_factory.mktemp("hook") / "hold-gil"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(hold_gil: Path) -> str:
     ray = pytest.importorskip("ray")
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="latentforge-tests")
+    with pytest.MonkeyPatch.context() as patch:  # the cluster's processes, actors included, inherit it
+        patch.setenv(HOLD_GIL_HOOK, str(hold_gil))
+        context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="latentforge-tests")
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
 
 def start_on_ray(start_service, address: str, jobs: Path | None = None, bind: str = "tcp://127.0.0.1:*"):  # noqa: ANN001, ANN201
-    """A service with two CPU actors on the cluster, once both have loaded the model."""
-    service = start_service("--ray", address, workers=2, jobs=jobs, bind=bind, timeout_s=300)
+    """A service with two CPU actors on the cluster, once both have loaded the model; a job process silent for
+    HANG_S while it runs a job is hung."""
+    service = start_service("--ray", address, "--hang-s", str(HANG_S), workers=2, jobs=jobs, bind=bind, timeout_s=300)
     wait_until(lambda: service.log().count("joined on Ray") >= 2, 300, "two Ray actors", service.log())
     return service
 
@@ -128,6 +140,31 @@ def test_an_actor_killed_mid_job_its_job_resumes_on_the_other_from_its_checkpoin
     resumed = [p for p in progress if p.fields["worker"] == result.stats["worker"]]
     assert first_step_after(resumed, 0) > saved["step"], "the job restarted instead of resuming"
     assert f"worker {first} died" in ray_service.log()
+
+
+def test_a_job_holding_its_gil_finishes_on_its_actor_and_a_hung_job_process_gives_its_job_back(
+        ray_service, service_tiny, hold_gil) -> None:  # noqa: ANN001
+    with ray_service.client() as client:
+        hold_gil.write_text("3")
+        held = client.submit("a toadstool", overrides=long_job(service_tiny, 40))
+        assert_valid(client.wait(held, timeout_s=300))
+        assert not hold_gil.exists() and "holding the interpreter for 3 s" in ray_service.log()
+        assert (client.status(held)["attempts"], client.status(held)["crashes"]) == (1, 0)
+
+        job = client.submit("a toadstool", overrides=long_job(service_tiny))
+        saved = checkpointed(client, job, ray_service.log())
+        first = client.status(job)["worker"]
+        child = int(ray_service.wait_for_log(rf"worker {re.escape(first)} on \S+: .*job process (\d+)\)"))
+        os.kill(child, signal.SIGSTOP)  # hung: alive, silent
+        progress: list = []
+        result = client.wait(job, timeout_s=300, on_progress=progress.append)
+        info = client.status(job)
+    assert_valid(result)
+    assert (info["attempts"], info["crashes"]) == (2, 1)
+    resumed = [p for p in progress if p.fields["worker"] == result.stats["worker"]]
+    assert first_step_after(resumed, 0) > saved["step"], "the job restarted instead of resuming"
+    assert re.search(rf"worker {re.escape(first)}: its job process has sent nothing for \d+ s while running job "
+                     rf"{job}: it hung; ending it", ray_service.log()), ray_service.log()
 
 
 def test_service_sigkilled_and_restarted_on_the_same_cluster_lists_and_finishes_every_job(

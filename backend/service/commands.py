@@ -14,12 +14,20 @@ from backend.devices import DEVICES, device_arg
 from backend.errors import LatentForgeError
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
 from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
+from backend.service.worker import HANG_S
 
 
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of 0 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
 
@@ -63,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_dir=Path(args.jobs) if args.jobs else default_jobs_dir(), models=args.model or [f"sd:{default_model()}"],
         bind=args.bind, workers=workers, devices=devices or ["cpu"], ray=args.ray, ray_cpus=args.ray_cpus,
         keys_dir=Path(args.keys) if args.keys else None, max_queued_per_client=args.max_queued,
-        heartbeat_s=args.heartbeat_s, retention=RetentionPolicy(args.keep_days, args.disk_budget_gb))
+        heartbeat_s=args.heartbeat_s, hang_s=args.hang_s,
+        retention=RetentionPolicy(args.keep_days, args.disk_budget_gb))
     service = Service(config)
     try:
         service.start()
@@ -212,6 +221,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients (required off loopback)")
     s.add_argument("--max-queued", type=int, default=8, help="queued jobs allowed per client (default 8)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="worker heartbeat interval (default 1 s)")
+    s.add_argument("--hang-s", type=_positive, default=HANG_S,
+                   help=f"a job that sends nothing this long is hung: its worker is restarted and the job resumed "
+                        f"from its last checkpoint (default {HANG_S:g} s)")
     s.add_argument("--keep-days", type=_non_negative, default=DEFAULT_MAX_AGE_DAYS,
                    help=f"delete ended jobs older than this (default {DEFAULT_MAX_AGE_DAYS:g} days)")
     s.add_argument("--disk-budget-gb", type=_non_negative, default=DEFAULT_MAX_DISK_GB,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.service.retention import RetentionPolicy
+from backend.service.worker import HANG_S
 
 
 @dataclass
@@ -20,5 +21,6 @@ class ServiceConfig:
     keys_dir: Path | None = None
     max_queued_per_client: int = 8
     heartbeat_s: float = 1.0
+    hang_s: float = HANG_S  # a job process silent this long while it runs a job is hung
     max_crashes: int = 3  # a job that kills its worker this often is failed, not retried forever
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)

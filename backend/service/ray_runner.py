@@ -1,6 +1,8 @@
 """Jobs on a Ray cluster (`latentforge serve --ray ADDRESS`): one long-lived actor per GPU.
 
-Each actor loads the service's models once, in its constructor, and keeps them between jobs. A job is
+Each actor starts a job process that loads the service's models once, in its constructor, and keeps them
+between jobs; the actor watches it as a local worker watches its own (`backend.service.worker`), so a job
+that holds its interpreter never silences the actor, and one that dies or hangs is given back. A job is
 one call of the actor's `run`, a Ray streaming generator that yields the same protocol frames a local
 worker sends over ZeroMQ (progress, checkpoint, result, error), so the service handles both kinds of
 worker with one code path; only bytes cross Ray, never our own objects. Checkpoints come back to the
@@ -16,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ from backend.service.protocol import (
     encode,
     error_fields,
 )
+from backend.service.worker import HANG_S, JobProcess, JobProcessGone
 
 RAY_REQUIREMENT = "ray>=2.40"  # the same lower bound as the `ray` extra in pyproject.toml
 NAMESPACE = "latentforge"
@@ -59,61 +62,107 @@ def import_ray() -> Any:
 
 
 class JobActor:
-    """A Ray actor: the service's models loaded once, one job at a time (`run`), `cancel` alongside."""
+    """A Ray actor: the service's models loaded once in its job process, one job at a time (`run`), `cancel`
+    alongside. Like a local worker, it runs no job code itself (`backend.service.worker`): the job process
+    it watches does, and one that dies or hangs is ended, its job given back, and a new one started."""
 
-    def __init__(self, models: list[str], device: str) -> None:
-        import torch
-
-        from backend.guidance import build_guidance
-
-        if device == "cpu":  # as many torch threads as CPUs Ray gave this actor
-            torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
-        self.device = device
-        self.guidances = {spec: build_guidance(spec, device) for spec in models}
+    def __init__(self, models: list[str], device: str, hang_s: float = HANG_S) -> None:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.lock = threading.Lock()
-        self.current: Any = None  # the JobRun in progress
-        print(f"worker {self.name} on {device}: serving {', '.join(sorted(self.guidances))} (Ray actor)",
-              file=sys.stderr, flush=True)
+        self.device = device
+        self.process = JobProcess(models, device, self.name, hang_s=hang_s)
+        self.models: list[str] = []
+        self.lock = threading.Lock()  # the job process's link: one thread at a time
+        self.inbox: dict[str, deque] = {}  # each running `run`'s messages, by job
+        self.current: str | None = None  # the job of the latest `run`
+        self._started = False
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        """(Re)start the job process if it is not running, and wait until its models are loaded."""
+        with self.lock:
+            if self._started:
+                return
+            self.process.start()
+            try:
+                self.models = list(self.process.wait_ready()["models"])
+            except JobProcessGone as exc:
+                self.process.stop(0)
+                raise LatentForgeError(f"worker {self.name}: {exc}", "see the actor's log for why") from None
+            self._started = True
+        print(f"worker {self.name} on {self.device}: serving {', '.join(self.models)} (Ray actor; job process "
+              f"{self.process.process.pid})", file=sys.stderr, flush=True)
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": os.getpid(), "models": sorted(self.guidances), "device": self.device,
+        self._ensure_started()  # after a job process that died or hung, its replacement answers first
+        return {"name": self.name, "pid": os.getpid(), "models": self.models, "device": self.device,
                 "version": __version__}
 
     def run(self, task: list[bytes]) -> Iterator[list[bytes]]:
         """Run one job (a `task` message) and yield its progress, checkpoint and final frames."""
-        from backend.service.worker import JobRun
-
         message = decode(task, TRUSTED_LIMITS, BROKER_TO_WORKER)
         job, model = message.fields["job"], message.fields["spec"].get("model", "")
-        if model not in self.guidances:
+        if model not in self.models:
             yield _bytes(encode("error", error_fields("unknown_model", f"worker {self.name} has not loaded "
                                                       f"{model!r}", job=job)))
             return
+        self._ensure_started()
         with self.lock:
             # a new task while one runs means the service gave up on that one (it requeues it itself)
-            if self.current is not None:
-                self.current.cancel.set()
-                self.current.thread.join()
-            outbox: queue.Queue = queue.Queue()
-            run = self.current = JobRun(message, self.guidances[model], self.name, outbox)
+            if self.process.job is not None:
+                self._settle(self.process.job)
+            self.current = job
+            self.inbox[job] = deque()
+            self.process.send_task(task, job)
+        ended = False
         try:
-            while True:
-                try:
-                    yield _bytes(outbox.get(timeout=0.05))
-                except queue.Empty:
-                    if not run.thread.is_alive() and outbox.empty():
-                        return
+            while not ended and self.current == job:
+                for frames, last in self._take(job):
+                    yield _bytes(frames)
+                    ended = ended or last
+                if not ended and self._hung_or_dead():
+                    return  # ends without a result: the service requeues the job
         finally:
-            run.cancel.set()  # also when the service stops reading (it died, or moved the job)
             with self.lock:
-                if self.current is run:
-                    self.current = None
+                self.inbox.pop(job, None)
+                if not ended and self.process.job == job and self._started:  # the service stopped reading
+                    self.process.send(encode("cancel", {"job": job}))
+
+    def _take(self, job: str) -> list[tuple[list, bool]]:
+        """The job's messages waiting now (waiting up to a poll interval), each with whether it ends the job."""
+        with self.lock:
+            if self._started:
+                for header, frames in self.process.receive(50):
+                    if header.get("job") in self.inbox:
+                        self.inbox[header["job"]].append((frames, header.get("type") in ("result", "error")))
+            out = list(self.inbox.get(job, ()))
+            self.inbox.get(job, deque()).clear()
+        return out
+
+    def _settle(self, job: str) -> None:
+        """Cancel the job the process still runs and wait for its end (called with the lock held)."""
+        self.process.send(encode("cancel", {"job": job}))
+        while self.process.job == job and self.process.problem() is None:
+            self.process.receive(50)
+        if self.process.problem() is not None:
+            self._end_process(self.process.problem())
+
+    def _hung_or_dead(self) -> bool:
+        with self.lock:
+            why = self.process.problem() if self._started else "its job process is restarting"
+            if why is not None and self._started:
+                self._end_process(why)
+        return why is not None
+
+    def _end_process(self, why: str) -> None:
+        print(f"worker {self.name}: {why}; ending it (the service resumes the job elsewhere)", file=sys.stderr,
+              flush=True)
+        self.process.stop(0)
+        self._started = False
 
     def cancel(self, job: str) -> bool:
         with self.lock:
-            if self.current is not None and self.current.job == job:
-                self.current.cancel.set()
+            if self._started and self.process.job == job:
+                self.process.send(encode("cancel", {"job": job}))
                 return True
         return False
 
@@ -141,7 +190,7 @@ class RayWorkers(WorkerPool):
     """The service's worker pool on a Ray cluster: the same queue and dispatch as local workers."""
 
     def __init__(self, host: JobHost, address: str, models: list[str], actors: int = 0, device: str = "auto",
-                 cpus_per_actor: float = 1.0) -> None:
+                 cpus_per_actor: float = 1.0, hang_s: float = HANG_S) -> None:
         super().__init__(host)
         self.ray = import_ray()
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -149,7 +198,7 @@ class RayWorkers(WorkerPool):
         if cpus_per_actor <= 0:
             raise LatentForgeError("--ray-cpus must be more than 0")
         self.address, self.models, self.wanted, self.device = address, models, actors, device
-        self.cpus_per_actor = cpus_per_actor
+        self.cpus_per_actor, self.hang_s = cpus_per_actor, hang_s
         self._next_key = 0
         self._last_scale = 0.0
         self._actor_class: Any = None
@@ -200,7 +249,7 @@ class RayWorkers(WorkerPool):
             # restarted by Ray when it dies; a job in flight then fails, and the service requeues it itself
             self._actor_class = self.ray.remote(JobActor).options(max_restarts=-1, max_task_retries=0,
                                                                   max_concurrency=4, **resources)
-        slot.actor = self._actor_class.remote(self.models, "cuda" if self.gpu else "cpu")
+        slot.actor = self._actor_class.remote(self.models, "cuda" if self.gpu else "cpu", self.hang_s)
         slot.starting, slot.created = slot.actor.info.remote(), time.monotonic()
         self.workers[slot.key] = slot
 

@@ -81,7 +81,8 @@ class Service:
             return Broker(self.board, config.heartbeat_s)
         from backend.service.ray_runner import RayWorkers
 
-        return RayWorkers(self.board, config.ray, config.models, config.workers, config.devices[0], config.ray_cpus)
+        return RayWorkers(self.board, config.ray, config.models, config.workers, config.devices[0], config.ray_cpus,
+                          config.hang_s)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -121,7 +122,8 @@ class Service:
         usable = [m for m in self.config.models if m not in self.unavailable]
         if self.config.workers and self.config.ray is None and usable:
             self.local = LocalWorkers(self.local_link.last_endpoint.decode(), usable,
-                                      self.config.devices[: self.config.workers], self.config.heartbeat_s)
+                                      self.config.devices[: self.config.workers], self.config.heartbeat_s,
+                                      self.config.hang_s)
             self.local.start()
 
     def serve(self, stop: threading.Event) -> None:

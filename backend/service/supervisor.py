@@ -1,7 +1,8 @@
 """Local worker processes: one per device, started by the service and restarted if one dies.
 
 Each is `python -m backend.service.worker --parent <service pid>`: a separate interpreter (no fork of a process
-that holds CUDA or sockets) that exits by itself when the service that started it is gone.
+that holds CUDA or sockets) that exits by itself when the service that started it is gone, and runs its jobs in
+a job process of its own that it watches (it exits when that process dies or hangs, and is restarted here).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import backend
+from backend.service.worker import package_env
 
 QUICK_EXIT_S = 30.0  # a worker that dies sooner than this after starting probably cannot start at all
 MAX_QUICK_EXITS = 3
@@ -28,22 +28,21 @@ class Slot:
 
 
 class LocalWorkers:
-    def __init__(self, endpoint: str, models: list[str], devices: list[str], heartbeat_s: float) -> None:
-        self.endpoint, self.models, self.heartbeat_s = endpoint, models, heartbeat_s
+    def __init__(self, endpoint: str, models: list[str], devices: list[str], heartbeat_s: float,
+                 hang_s: float) -> None:
+        self.endpoint, self.models, self.heartbeat_s, self.hang_s = endpoint, models, heartbeat_s, hang_s
         self.slots = [Slot(d) for d in devices]
 
     def _command(self, device: str) -> list[str]:
         cmd = [sys.executable, "-m", "backend.service.worker", "--connect", self.endpoint, "--device", device,
-               "--heartbeat-s", str(self.heartbeat_s), "--parent", str(os.getpid())]
+               "--heartbeat-s", str(self.heartbeat_s), "--hang-s", str(self.hang_s), "--parent", str(os.getpid())]
         for model in self.models:
             cmd += ["--model", model]
         return cmd
 
     def _spawn(self, slot: Slot) -> None:
-        env = dict(os.environ)
-        root = str(Path(backend.__file__).resolve().parent.parent)  # the same backend package as the service
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        slot.process = subprocess.Popen(self._command(slot.device), env=env, stdin=subprocess.DEVNULL)
+        # the same backend package as the service
+        slot.process = subprocess.Popen(self._command(slot.device), env=package_env(), stdin=subprocess.DEVNULL)
         slot.started = time.monotonic()
 
     def start(self) -> None:

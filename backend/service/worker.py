@@ -1,10 +1,14 @@
-"""A local worker: one process per GPU, started by the service, that loads its models once and runs jobs.
+"""A worker: the process the service starts on each device. It holds the link to the service and runs the jobs
+in a job process of its own (`backend.service.job_process`), which it starts and watches.
 
-It connects a DEALER to the service's private worker link (the load-balancing pattern): it announces
-itself with `ready`, gets one `task` at a time, streams `progress`, ships every new checkpoint, and ends
-each job with `result` or `error`, then says `ready` again. Heartbeats go both ways; a worker that stops
-hearing the service, or whose service process is gone, exits. `JobRun` (one job in its own thread) is
-shared with the Ray actors of `backend.service.ray_runner`.
+Liveness never depends on the job's own thread. The worker runs no job code, so its loop answers the
+service's heartbeats every interval whatever the job does: the service's short bound (`LIVENESS` intervals
+of silence) only catches a worker that died or froze. The job process is watched by the worker: its exit
+is seen at once, and it counts as hung when it has sent nothing, not even a heartbeat, for `hang_s`
+(default `HANG_S`, ten minutes) while it runs a job, a bound far above any single call a job makes (a UV
+unwrap of a large mesh takes under a minute). A dead or hung job process is ended and its worker exits:
+the service requeues the job, which resumes from its last checkpoint, and starts a new worker. A Ray actor
+(`backend.service.ray_runner`) watches its job process the same way through `JobProcess`.
 
 Started as `python -m backend.service.worker --connect LINK --parent PID --model SPEC --device DEV`.
 """
@@ -12,260 +16,240 @@ Started as `python -m backend.service.worker --connect LINK --parent PID --model
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
-import queue
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import zmq
 
-from backend.errors import LatentForgeError
-from backend.events import Event, Progress, StageStarted
-from backend.export.glb import png_bytes
-from backend.guidance.base import Guidance
-from backend.loop import CHECKPOINT_NAME
-from backend.service import checkpoint_wire
+import backend
 from backend.service.protocol import (
     BROKER_TO_WORKER,
-    CHECKPOINT_PREFIX,
-    ERROR_CODES,
     LIVENESS,
     TRUSTED_LIMITS,
     Frames,
-    Message,
     ProtocolError,
     decode,
     encode,
-    error_fields,
 )
-from backend.service.tasks import JobSpec, run_spec
 
-PROGRESS_EVERY_S = 0.1  # steps can be much faster than a client needs to hear about them
-PREVIEW_EVERY_S = 2.0  # previews are PNGs: at most this often
+HANG_S = 600.0  # a job process silent this long while it runs a job is hung
 # The service may pause for a few seconds while it saves a large checkpoint, so a worker waits longer
 # than the service does before it gives up on the other side (and abandons its job).
 PATIENCE = 3 * LIVENESS
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+class JobProcessGone(Exception):
+    """The job process exited before it loaded its models (its messages say why)."""
 
 
-class EventForwarder:
-    """The task's event sink (in the job thread): throttled progress, previews and new checkpoints."""
-
-    def __init__(self, job: str, send: Callable[[Frames], None], job_dir: Path, worker: str) -> None:
-        self.job, self.send, self.job_dir, self.worker = job, send, job_dir, worker
-        self.last_progress = self.last_preview = -math.inf
-        self.last_eta_s: float | None = None
-        self.checkpoint_stamp = self._stamp()
-
-    def __call__(self, event: Event) -> None:
-        self.ship_checkpoint()
-        now = time.monotonic()
-        if isinstance(event, StageStarted):  # a stage's start keeps the job's last ETA: the work left is the same
-            self._progress(event.stage, 0, event.total, {}, self.last_eta_s, None)
-        elif isinstance(event, Progress):
-            self.last_eta_s = event.eta_s
-            preview = event.preview if event.preview is not None and now - self.last_preview >= PREVIEW_EVERY_S \
-                else None
-            if preview is None and event.step < event.total and now - self.last_progress < PROGRESS_EVERY_S:
-                return
-            if preview is not None:
-                self.last_preview = now
-            self._progress(event.stage, event.step, event.total, event.losses, event.eta_s, preview)
-        self.last_progress = now
-
-    def _progress(self, stage: str, step: int, total: int, losses: dict, eta_s: float | None,
-                  preview: np.ndarray | None) -> None:
-        fields = {"job": self.job, "stage": stage, "step": step, "total": total, "worker": self.worker,
-                  "losses": {k: _finite_or_none(v) for k, v in losses.items()},
-                  "eta_s": None if eta_s is None or not math.isfinite(eta_s) else max(0.0, float(eta_s))}
-        self.send(encode("progress", fields, blobs={"preview": png_bytes(preview)} if preview is not None else None))
-
-    def _stamp(self) -> int | None:
-        try:
-            return (self.job_dir / CHECKPOINT_NAME).stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
-
-    def ship_checkpoint(self) -> None:
-        """Send the checkpoint file when the loop has written a new one since the last look."""
-        stamp = self._stamp()
-        if stamp is None or stamp == self.checkpoint_stamp:
-            return
-        self.checkpoint_stamp = stamp
-        try:
-            flat = checkpoint_wire.read(self.job_dir)
-        except (ValueError, RuntimeError, OSError) as exc:  # the job goes on; a requeue restarts further back
-            print(f"worker: cannot ship the checkpoint of job {self.job}: {exc}", file=sys.stderr)
-            return
-        if flat is not None:
-            skeleton, arrays = flat
-            self.send(encode("checkpoint", {"job": self.job, "state": skeleton}, arrays))
+def package_env() -> dict[str, str]:
+    """This environment, with the `backend` package this process runs importable in a child interpreter."""
+    env = dict(os.environ)
+    root = str(Path(backend.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
-class JobRun:
-    """One job in its own thread, so the worker's socket thread keeps answering heartbeats and cancels."""
+class JobProcess:
+    """The worker's side of its job process: start it, send it tasks and cancels, take its messages, and say
+    when it has died or hung. Not thread-safe: one thread at a time uses it."""
 
-    def __init__(self, message: Message, guidance: Guidance, worker: str, outbox: queue.Queue) -> None:
-        self.job = message.fields["job"]
-        self.cancel = threading.Event()
-        self.outbox = outbox
-        self.thread = threading.Thread(target=self._run, args=(message, guidance, worker), daemon=True,
-                                       name=f"job-{self.job[:8]}")
-        self.thread.start()
+    def __init__(self, models: list[str], device: str, name: str, heartbeat_s: float = 1.0,
+                 hang_s: float = HANG_S) -> None:
+        self.models, self.device, self.name = models, device, name
+        self.heartbeat_s, self.hang_s = heartbeat_s, hang_s
+        self.process: subprocess.Popen | None = None
+        self.sock: zmq.Socket | None = None
+        self.job: str | None = None  # the job it runs: sent as a task, no result or error back yet
+        self.last_heard = 0.0
+        self._link_dir: str | None = None
 
-    def _run(self, message: Message, guidance: Guidance, worker: str) -> None:
-        job_dir = Path(tempfile.mkdtemp(prefix="latentforge-job-"))
-        try:
-            self.outbox.put(self._execute(message, guidance, worker, job_dir))
-        except LatentForgeError as exc:
-            code = exc.code if exc.code in ERROR_CODES else "job_failed"
-            self.outbox.put(encode("error", error_fields(code, exc.message, exc.hint, job=self.job,
-                                                         details=getattr(exc, "details", None))))
-        except Exception as exc:  # a bug: report it to the client, keep the worker alive
-            traceback.print_exc()
-            self.outbox.put(encode("error", error_fields("internal", f"{type(exc).__name__}: {exc}",
-                                                         "see the worker's log", job=self.job)))
-        finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+    def start(self) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        if sys.platform == "win32":
+            self.sock.bind("tcp://127.0.0.1:*")
+        else:  # a folder only this user can open
+            self._link_dir = tempfile.mkdtemp(prefix="latentforge-job-")
+            self.sock.bind(f"ipc://{self._link_dir}/link")
+        command = [sys.executable, "-m", "backend.service.job_process", "--connect",
+                   self.sock.last_endpoint.decode(), "--parent", str(os.getpid()), "--name", self.name,
+                   "--device", self.device, "--heartbeat-s", str(self.heartbeat_s)]
+        for model in self.models:
+            command += ["--model", model]
+        self.process = subprocess.Popen(command, env=package_env(), stdin=subprocess.DEVNULL)
+        self.job = None
 
-    def _execute(self, message: Message, guidance: Guidance, worker: str, job_dir: Path) -> Frames:
-        arrays = {k: v for k, v in message.arrays.items() if not k.startswith(CHECKPOINT_PREFIX)}
-        if message.fields.get("checkpoint"):
-            saved = {k: v for k, v in message.arrays.items() if k.startswith(CHECKPOINT_PREFIX)}
-            checkpoint_wire.write(job_dir, message.fields["checkpoint"], saved)
-        spec_fields = message.fields["spec"]
-        spec = JobSpec(spec_fields["task"], spec_fields, arrays)
-        start = time.perf_counter()
-        result = run_spec(spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir, worker),
-                          self.cancel)
-        mesh = result.mesh
-        stats = {"vertices": len(mesh.vertices), "faces": len(mesh.faces),
-                 "seconds": round(time.perf_counter() - start, 3), "worker": worker}
-        if getattr(result, "charts", 0):
-            stats["charts"] = result.charts
-        blobs = {"texture": Path(result.png_path).read_bytes(), "glb": Path(result.glb_path).read_bytes()}
-        if getattr(result, "normal_map_path", None) is not None:  # a refined mesh's tangent-space normal map
-            blobs["normal_map"] = Path(result.normal_map_path).read_bytes()
-        for tile, path in getattr(result, "tiles", {}).items():  # a UDIM paint's image per tile
-            blobs[f"tile.{tile}"] = Path(path).read_bytes()
-        arrays = {"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs,
-                  "vertex_map": getattr(result, "vertex_map", None)}  # paint results map back to the input
-        return encode("result", {"job": self.job, "stats": stats}, {k: v for k, v in arrays.items() if v is not None},
-                      blobs)
+    def wait_ready(self, give_up: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Its `ready` header, once its models are loaded (which may take minutes: no bound); raises
+        `JobProcessGone` if it exits first, and returns an empty dict when `give_up()` turns true."""
+        while not give_up():
+            for header, _ in self.receive(100):
+                if header.get("type") == "ready":
+                    return header
+            if (code := self.process.poll()) is not None:
+                raise JobProcessGone(f"the job process exited with code {code} before its models were loaded")
+        return {}
+
+    def send_task(self, frames: Frames, job: str) -> None:
+        if self.job is None:  # else it answers `busy`, and the job it runs is still the one watched
+            self.job, self.last_heard = job, time.monotonic()
+        self.sock.send_multipart(frames, copy=False)
+
+    def send(self, frames: Frames) -> None:
+        self.sock.send_multipart(frames, copy=False)
+
+    def receive(self, timeout_ms: int) -> list[tuple[dict[str, Any], list[zmq.Frame]]]:
+        """Its messages waiting now (after at most `timeout_ms` for the first), heartbeats left out, each as
+        (header, frames). Its own messages are trusted: only the header is read, the frames go on as they are."""
+        out = []
+        if not self.sock.poll(timeout_ms):
+            return out
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return out
+            self.last_heard = time.monotonic()
+            header = json.loads(frames[0].bytes)
+            if header.get("type") in ("result", "error") and header.get("job") == self.job:
+                self.job = None
+            if header.get("type") != "heartbeat":
+                out.append((header, frames))
+
+    def problem(self) -> str | None:
+        """Why the job process can no longer run jobs (it exited, or hung on a job), or None."""
+        if (code := self.process.poll()) is not None:
+            return f"its job process exited (code {code})"
+        silent = time.monotonic() - self.last_heard
+        if self.job is not None and silent > self.hang_s:
+            return f"its job process has sent nothing for {silent:.0f} s while running job {self.job}: it hung"
+        return None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the job process (at once when it hung or `timeout_s` is 0) and close the link."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate() if timeout_s > 0 else self.process.kill()
+            try:
+                self.process.wait(timeout_s if timeout_s > 0 else None)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+        if self._link_dir is not None:
+            shutil.rmtree(self._link_dir, ignore_errors=True)
+            self._link_dir = None
 
 
 class Worker:
-    def __init__(self, endpoint: str, guidances: dict[str, Guidance], device: str, parent_pid: int,
-                 heartbeat_s: float = 1.0) -> None:
-        self.endpoint, self.guidances, self.device = endpoint, guidances, device
-        self.heartbeat_s, self.parent_pid = heartbeat_s, parent_pid
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.context = zmq.Context.instance()
-        self.outbox: queue.Queue = queue.Queue()
-        self.run_: JobRun | None = None
+    """The link to the service: `ready`, tasks and cancels in, the job process's messages out, heartbeats."""
+
+    def __init__(self, endpoint: str, process: JobProcess, parent_pid: int, heartbeat_s: float = 1.0) -> None:
+        self.endpoint, self.process, self.parent_pid, self.heartbeat_s = endpoint, process, parent_pid, heartbeat_s
+        self.name = process.name
         self.sock: zmq.Socket | None = None
+        self.last_heard = self.last_sent = 0.0
 
-    def _connect(self) -> None:
-        self.sock = self.context.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.connect(self.endpoint)
-        self._send(encode("ready", {"models": sorted(self.guidances), "device": self.device, "pid": os.getpid(),
-                                    "name": self.name}))
-        self.last_heard = time.monotonic()
-
-    def _send(self, frames: Frames) -> None:
+    def _send(self, frames: Frames | list[zmq.Frame]) -> None:
         self.sock.send_multipart(frames, copy=False)
         self.last_sent = time.monotonic()
 
-    def _handle(self, message: Message) -> None:
+    def _from_service(self) -> None:
+        frames = self.sock.recv_multipart(copy=False)
+        self.last_heard = time.monotonic()
+        try:
+            message = decode([f.buffer for f in frames], TRUSTED_LIMITS, BROKER_TO_WORKER)
+        except ProtocolError as exc:
+            print(f"worker: dropped a malformed message from the service: {exc.message}", file=sys.stderr)
+            return
         if message.type == "task":
-            job, model = message.fields["job"], message.fields["spec"].get("model", "")
-            if self.run_ is not None:
-                self._send(encode("error", error_fields("busy", f"worker {self.name} is running another job",
-                                                        job=job)))
-            elif model not in self.guidances:
-                self._send(encode("error", error_fields("unknown_model", f"worker {self.name} has not loaded "
-                                                        f"{model!r}", job=job)))
-                self._send(encode("ready", {"models": sorted(self.guidances)}))
-            else:
-                self.run_ = JobRun(message, self.guidances[model], self.name, self.outbox)
-        elif message.type == "cancel" and self.run_ is not None and self.run_.job == message.fields["job"]:
-            self.run_.cancel.set()
+            self.process.send_task(frames, message.fields["job"])
+        elif message.type == "cancel":
+            self.process.send(frames)
 
-    def _drop_job(self) -> None:
-        """The service is gone or stopping (a restarted one requeues the job itself): stop it."""
-        if self.run_ is not None:
-            self.run_.cancel.set()
-            self.run_.thread.join()
-            self.run_ = None
-        while not self.outbox.empty():
-            self.outbox.get_nowait()
+    def _service_gone(self, now: float) -> str | None:
+        if os.getppid() != self.parent_pid:
+            return "the service that started it is gone"
+        if now - self.last_heard > PATIENCE * self.heartbeat_s:
+            return "the service stopped answering"
+        return None
 
-    def run(self, stop: threading.Event | None = None) -> int:
-        stop = stop or threading.Event()
-        self._connect()
-        print(f"worker {self.name} on {self.device}: serving {', '.join(sorted(self.guidances))} "
-              f"for {self.endpoint}", file=sys.stderr, flush=True)
+    def run(self, stop: threading.Event) -> int:
+        try:
+            ready = self.process.wait_ready(lambda: stop.is_set() or os.getppid() != self.parent_pid)
+        except JobProcessGone as exc:
+            print(f"worker {self.name}: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if not ready:
+            return 0
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(self.endpoint)
+        self._send(encode("ready", {"models": ready["models"], "device": self.process.device, "pid": os.getpid(),
+                                    "name": self.name}))
+        self.last_heard = time.monotonic()
+        print(f"worker {self.name} on {self.process.device}: serving {', '.join(ready['models'])} for "
+              f"{self.endpoint} (job process {self.process.process.pid})", file=sys.stderr, flush=True)
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.process.sock, zmq.POLLIN)
+        code = 0
         while not stop.is_set():
-            if self.sock.poll(50):
-                try:
-                    self.last_heard = time.monotonic()
-                    self._handle(decode(self.sock.recv_multipart(), TRUSTED_LIMITS, BROKER_TO_WORKER))
-                except ProtocolError as exc:
-                    print(f"worker: dropped a malformed message from the service: {exc.message}", file=sys.stderr)
-            while not self.outbox.empty():
-                self._send(self.outbox.get_nowait())
-            if self.run_ is not None and not self.run_.thread.is_alive() and self.outbox.empty():
-                self.run_ = None
-                self._send(encode("ready", {"models": sorted(self.guidances)}))
+            if self.sock in dict(poller.poll(50)):
+                self._from_service()
+            for _, frames in self.process.receive(0):
+                self._send(frames)
             now = time.monotonic()
             if now - self.last_sent >= self.heartbeat_s:
                 self._send(encode("heartbeat", {"time": time.time()}))
-            if os.getppid() != self.parent_pid:
-                print(f"worker {self.name}: the service that started it is gone; exiting", file=sys.stderr)
+            if why := self._service_gone(now):
+                print(f"worker {self.name}: {why}; exiting", file=sys.stderr, flush=True)
                 break
-            if now - self.last_heard > PATIENCE * self.heartbeat_s:
-                print(f"worker {self.name}: the service stopped answering; exiting", file=sys.stderr)
+            if why := self.process.problem():
+                print(f"worker {self.name}: {why}; ending it and exiting (the service resumes the job elsewhere)",
+                      file=sys.stderr, flush=True)
+                code = 1
                 break
-        self._drop_job()
         self.sock.close(linger=0)
-        return 0
+        return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """The entry point of a worker process the service starts (see `backend.service.supervisor`)."""
-    from backend.errors import LatentForgeError
-    from backend.guidance import build_guidance
-
     parser = argparse.ArgumentParser(prog="python -m backend.service.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--connect", required=True, help="the service's private worker link")
     parser.add_argument("--parent", type=int, required=True, help="the service's pid: exit when it is gone")
     parser.add_argument("--model", action="append", required=True, help="a guidance spec to load")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--heartbeat-s", type=float, default=1.0)
+    parser.add_argument("--hang-s", type=float, default=HANG_S)
     args = parser.parse_args(argv)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    process = JobProcess(args.model, args.device, f"{socket.gethostname()}:{os.getpid()}", args.heartbeat_s,
+                         args.hang_s)
+    process.start()
+    code = 1
     try:
-        guidances = {spec: build_guidance(spec, args.device) for spec in args.model}  # loaded once, kept
-    except LatentForgeError as exc:
-        print(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return 2
-    return Worker(args.connect, guidances, args.device, args.parent, args.heartbeat_s).run(stop)
+        code = Worker(args.connect, process, args.parent, args.heartbeat_s).run(stop)
+    finally:
+        # a hung job process gets no grace; a healthy one drops its job cleanly (the service requeues it)
+        process.stop(0 if code == 1 else 10)
+    return code
 
 
 if __name__ == "__main__":
