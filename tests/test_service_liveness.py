@@ -72,3 +72,22 @@ def test_a_job_process_that_hangs_past_the_bound_or_dies_is_ended_and_its_job_re
     why = rf"has sent nothing for \d+ s while running job {job}: it hung" if sig == signal.SIGSTOP \
         else r"exited \(code -9\)"
     assert re.search(rf"worker {re.escape(worker)}: its job process {why}; ending it", service.log())
+
+
+def test_the_default_quality_runs_every_stage_to_a_result_under_a_tight_liveness_window(
+        service, service_tiny) -> None:  # noqa: ANN001
+    """The panel's default Quality (standard: latent, RGB refinement, mesh refinement, export) at tiny sizes."""
+    tiny = {**service_tiny, "optim": {"iters": 8}, "refine": {"iters": 3, "resolution": 16},
+            "mesh": {"iters": 3, "resolution": 16, "grid_resolution": 12}}
+    with service.client() as client:
+        job = client.submit("a toadstool", preset="standard", overrides=tiny)
+        progress: list = []
+        result = client.wait(job, timeout_s=180, on_progress=progress.append)
+        info = client.status(job)
+    assert_valid(result)
+    stages = list(dict.fromkeys(p.fields["stage"] for p in progress))
+    trained = [s for s in stages if not s.startswith("export")]
+    assert trained == ["latent", "rgb_refine", "mesh"] and stages[len(trained):] and \
+        all(s.startswith("export") for s in stages[len(trained):]), stages
+    assert (info["attempts"], info["crashes"], info["state"]) == (1, 0, "finished")
+    assert result.normal_png is not None  # the refined mesh's normal map: the mesh stage's result was exported
