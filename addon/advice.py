@@ -58,7 +58,9 @@ def _no_surface(details: dict[str, Any]) -> str:
     return (f"add {{\"export\": {{\"density_threshold\": {suggested:g}}}}} to {EXTRA} and generate again")
 
 
-def _bad_input(message: str) -> str:
+def _bad_input(message: str) -> str | None:
+    if re.search(r"\bUVs?\b|\bUDIM\b", message):  # the service's own hint says how to fix the UVs
+        return None
     if "mesh to paint" in message or "paint mesh" in message:
         return "select another mesh to paint, or fix this one (apply its modifiers, remove degenerate faces)"
     if "sketch" in message:

@@ -268,14 +268,16 @@ class Connection:
             message = self._client.poll(0)
 
     def _keep_alive(self) -> None:
-        """Heartbeats when nothing else proves the server is there; a status check for quiet jobs."""
+        """Heartbeats when nothing else proves the server is there, each answered within `heartbeat_s` or the
+        server counts as lost: a server that dies is noticed within two heartbeat intervals, however long the
+        timeout for other requests. Then a status check for quiet jobs (the server is known to be there)."""
         if self._client is None:
             return
         now = time.monotonic()
+        if now - self._last_contact >= self.heartbeat_s:
+            beat = self._client.heartbeat(timeout_s=self.heartbeat_s)
+            self._last_contact = time.monotonic()
+            self._emit({"type": "heartbeat", **beat})
         for job, seen in list(self._following.items()):
             if now - seen >= self.quiet_s:
                 self._follow(job)
-        if now - self._last_contact >= self.heartbeat_s:
-            beat = self._client.heartbeat()
-            self._last_contact = time.monotonic()
-            self._emit({"type": "heartbeat", **beat})

@@ -2,6 +2,10 @@
 
 Objects are evaluated through the depsgraph so modifiers count, triangulated with Blender's own
 loop triangles (no edit to the object), and read with `foreach_get` into numpy in one call per array.
+World coordinates are kept in float64: the operators send them relative to the selection's centre, so an
+asset far from the origin keeps its precision. Every part's triangles are sent wound outward: a part
+mirrored by a negative scale, or a closed mesh whose normals point inward, is turned around, or the
+service's inside test would take its inside for outside.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ OBJECT_KINDS = {"CURVE": "a curve", "SURFACE": "a surface", "META": "a metaball"
 class TriangleMesh:
     """World-space triangles. `uvs` is per corner ([F, 3, 2]), as loops are in Blender."""
 
-    vertices: np.ndarray  # [V, 3] float32
+    vertices: np.ndarray  # [V, 3] float64, world space
     faces: np.ndarray  # [F, 3] int32, indices into vertices
     uvs: np.ndarray | None = None  # [F, 3, 2] float32
     loops: np.ndarray | None = None  # [F, 3] int32: the original mesh's loop of each corner
@@ -86,28 +90,63 @@ def _read(collection: bpy.types.bpy_prop_collection, attr: str, width: int, dtyp
     return out.reshape(-1, width) if width > 1 else out
 
 
+def modifier_problem(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> str | None:
+    """Why a paint of `obj` cannot be mapped back onto its own faces: modifiers that add or remove faces."""
+    if obj.type != "MESH":
+        return None
+    evaluated = obj.evaluated_get(depsgraph).data
+    if obj.mode == "EDIT":
+        import bmesh
+
+        edit = bmesh.from_edit_mesh(obj.data)
+        own = (len(edit.faces), sum(len(f.loops) for f in edit.faces))
+    else:
+        own = (len(obj.data.polygons), len(obj.data.loops))
+    if (len(evaluated.polygons), len(evaluated.loops)) == own:
+        return None
+    names = ", ".join(m.name for m in obj.modifiers if m.show_viewport) or "its modifiers"
+    return (f"\"{obj.name}\" has modifiers that change its faces ({names}): apply them, or turn them off in the "
+            "viewport, to paint it")
+
+
+def outward(world: np.ndarray, faces: np.ndarray, mirrored: bool) -> bool:
+    """Whether a part's triangles must be turned around to face outward: it is mirrored (a negative scale), or it
+    is closed (every edge shared by two triangles) and encloses a negative signed volume."""
+    edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    if len(faces) and (counts == 2).all():
+        a, b, c = (world[faces[:, i]] - world.mean(0) for i in range(3))
+        flipped = -1 if mirrored else 1
+        return float(np.einsum("ij,ij->", a, np.cross(b, c))) * flipped < 0
+    return mirrored
+
+
 def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_uvs: bool = False) -> TriangleMesh:
-    """One object's evaluated mesh, triangulated, in world space."""
+    """One object's evaluated mesh, triangulated, in world space (float64), wound outward."""
     evaluated = obj.evaluated_get(depsgraph)
     mesh = evaluated.to_mesh()
     try:
         mesh.calc_loop_triangles()
-        local = _read(mesh.vertices, "co", 3, np.float32)
+        local = _read(mesh.vertices, "co", 3, np.float32).astype(np.float64)
         matrix = np.array(evaluated.matrix_world, dtype=np.float64)
-        world = (local @ matrix[:3, :3].T + matrix[:3, 3]).astype(np.float32)
+        world = local @ matrix[:3, :3].T + matrix[:3, 3]
         faces = _read(mesh.loop_triangles, "vertices", 3, np.int32)
         loops = _read(mesh.loop_triangles, "loops", 3, np.int32)
         polygons = _read(mesh.loop_triangles, "polygon_index", 1, np.int32)
         uvs = None
-        if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
+        if with_uvs and (problem := modifier_problem(obj, depsgraph)):
             # The painted texture is mapped back onto the object's own loops, so they must be the same.
-            raise ValueError(f"\"{obj.name}\" has modifiers that change its topology: apply them before painting")
+            raise ValueError(problem)
         uv_maps, render = {}, None
         if with_uvs:
             uv_maps = {layer.name: _read(layer.uv, "vector", 2, np.float32)[loops] for layer in mesh.uv_layers}
             render = next((layer.name for layer in mesh.uv_layers if layer.active_render), None)
-            if mesh.uv_layers.active is not None:
-                uvs = uv_maps[mesh.uv_layers.active.name]
+        # the signed volume is measured in the object's own space, the determinant says if the world mirrors it
+        if outward(local, faces, bool(np.linalg.det(matrix[:3, :3]) < 0)):
+            faces, loops = faces[:, ::-1].copy(), loops[:, ::-1].copy()  # every corner array in the same order
+            uv_maps = {name: corners[:, ::-1].copy() for name, corners in uv_maps.items()}
+        if with_uvs and mesh.uv_layers.active is not None:
+            uvs = uv_maps[mesh.uv_layers.active.name]
         return TriangleMesh(world, faces, uvs, loops, polygons, uv_maps, render)
     finally:
         evaluated.to_mesh_clear()

@@ -66,6 +66,7 @@ class PaintPlan:
     uv_map: str | None  # the UV map painted through; None: the service made new UVs
     copies: str | None = None  # the image the painted texture copies (its name), if any
     notes: list[str] = field(default_factory=list)  # slots kept around the paint as their viewport colour
+    shared: str = "SINGLE"  # a mesh other objects show too: SINGLE copies it for this object first, ALL paints it
 
 
 @dataclass
@@ -90,7 +91,15 @@ class Job:
     target: int | None = None  # paint: the painted object's session_uid
     loops: np.ndarray | None = None  # paint: the mesh loop of each sent vertex
     paint: PaintPlan | None = None  # paint: what was painted, through which UV map
-    anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the new object's origin goes
+    anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)  # the frame the arrays were sent in: the new object's origin
+    object_id: str | None = None  # paint: the painted object's and its mesh's identities (identity.py)
+    mesh_id: str | None = None
+    topology: str | None = None  # paint: the painted mesh's fingerprint when sent
+    object_name: str = ""
+    faces_then: int = 0
+    file: str = ""  # the .blend the job was started in ("" unsaved) and which load of it (None: not known)
+    load: int | None = None
+    held: str | None = None  # why its result waits for the artist instead of landing
     started: float = field(default_factory=time.monotonic)
     preview_at: float = 0.0
     preview: str | None = None  # name of the bpy image holding the latest preview
@@ -128,6 +137,8 @@ class Job:
         """A `job` message (status or cancel): state, last progress, error."""
         self.job = summary.get("job", self.job)
         self.prompt = self.prompt or summary.get("prompt", "")
+        if not self.active:  # a job that ended never runs again (a late or repeated answer changes nothing)
+            return
         state = summary.get("state", self.state)
         if state in ("failed", "cancelled"):
             self.fail(summary.get("error") or {}, state)
@@ -180,10 +191,20 @@ class Jobs:
         return job
 
     def find(self, job: str | None = None, request: str | None = None) -> Job | None:
-        for item in self._by_scene.values():
-            if (job is not None and item.job == job) or (request is not None and item.request == request):
-                return item
-        return None
+        """The job with this id (or request): a running one first, then one whose result waits, then any."""
+        found = [item for item in self._by_scene.values()
+                 if (job is not None and item.job == job) or (request is not None and item.request == request)]
+        found.sort(key=lambda item: (not item.active, item.held is None))
+        return found[0] if found else None
+
+    def move(self, job: Job, scene: int) -> None:
+        """The job now belongs to another scene (its file was opened again): it replaces that scene's ended job."""
+        if self._by_scene.get(job.scene) is job:
+            del self._by_scene[job.scene]
+        if (other := self._by_scene.get(scene)) is not None and other is not job and other.active:
+            raise RuntimeError("this scene already has a job running: cancel it first")
+        job.scene = scene
+        self._by_scene[scene] = job
 
     def all(self) -> list[Job]:
         return list(self._by_scene.values())

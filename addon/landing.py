@@ -1,5 +1,10 @@
 """Where a finished job's result lands: on the object it was painted for, or as a new object where its sketch,
-the 3D cursor or its own coordinates say; and its files, kept beside the .blend's packed copy."""
+the 3D cursor or its own coordinates say; and its files, kept beside the .blend's packed copy.
+
+A result never lands in another file than the one its job was started in, and a paint never lands on an
+object that is gone or whose mesh changed since (identity.py): it is held, with the reason, for the artist
+to apply where that is safe (a mesh of the same topology), import as a new object, or discard.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import painting, results
+from . import identity, painting, results
 from .jobs import Job
+
+
+class Held(Exception):
+    """The result cannot land by itself; the message says why and what the artist can do."""
 
 
 def scene_by_uid(uid: int) -> bpy.types.Scene | None:
@@ -22,30 +31,76 @@ def object_by_uid(uid: int) -> bpy.types.Object | None:
     return next((o for o in bpy.data.objects if o.session_uid == uid), None)
 
 
-def land(context: bpy.types.Context, job: Job, event: dict[str, Any]) -> bpy.types.Object:
-    """A finished job's result in its scene: the painted object it was painted for, or a new object."""
+def file_problem(job: Job, load: int) -> str | None:
+    """Why the open file is not the job's (another one was opened since it started), or None."""
+    if job.load is None or job.load == load or (job.file and job.file == bpy.data.filepath):
+        return None
+    if job.file:
+        return (f"this result belongs to \u201c{Path(job.file).name}\u201d, not to the file open now: open that file "
+                "and press Fetch, or Import Here as a new object")
+    return ("this result belongs to an unsaved file that was closed since: Import Here as a new object to keep it, "
+            "or Discard it")
+
+
+def land(context: bpy.types.Context, job: Job, event: dict[str, Any], how: str = "LAND",
+         load: int = 0) -> bpy.types.Object:
+    """A finished job's result in its scene. `how`: LAND (where it belongs; raises `Held` when it cannot),
+    NEW (a new object where the result was made) or ACTIVE (a paint onto the active object, same topology)."""
+    if how == "LAND" and (why := file_problem(job, load)):
+        raise Held(why)
+    if how == "NEW" or job.paint is None:
+        return import_new(context, job, event)
+    if how == "ACTIVE":
+        target = context.active_object
+        if target is None or target.type != "MESH" or identity.current_topology(target) != job.topology:
+            raise ValueError("the active object's mesh is not the one painted (another topology)")
+    else:
+        target, why = identity.resolve(job)
+        if target is None:
+            raise Held(f"{why}: Import as New Object to keep the result, or Discard it")
+    arrays, faces = event["arrays"], event["arrays"]["faces"]
+    if arrays.get("uvs") is None or len(faces) != len(job.loops):
+        raise ValueError(f"the result has {len(faces)} triangles for the {len(job.loops)} sent")
+    single_user_if_asked(target, job)
+    painted = painting.apply_painted(target, job, arrays["uvs"][faces], event["blobs"]["texture"],
+                                     event.get("tiles", {}))
+    identity.forget(painted)
+    return painted
+
+
+def single_user_if_asked(obj: bpy.types.Object, job: Job) -> None:
+    """A mesh other objects show too gets a copy of its own first, unless the artist chose to paint them all."""
+    if job.paint.shared == "SINGLE" and len(identity.mesh_users(obj.data)) > 1:
+        obj.data = obj.data.copy()
+        identity.stamp(obj.data, bpy.data.meshes)
+
+
+def import_new(context: bpy.types.Context, job: Job, event: dict[str, Any]) -> bpy.types.Object:
+    """The result as a new object: a generate's where its sketch or the cursor was, a paint's where the painted
+    object was when it was sent, a fetched one where its own coordinates say."""
     scene = scene_by_uid(job.scene) or context.scene
-    arrays, texture = event["arrays"], event["blobs"]["texture"]
-    vertices, faces, uvs = np.asarray(arrays["vertices"], dtype=np.float32), arrays["faces"], arrays.get("uvs")
-    target = object_by_uid(job.target) if job.target is not None else None
-    if target is not None and uvs is not None and job.paint is not None and len(faces) == len(job.loops):
-        return painting.apply_painted(target, job, uvs[faces], texture, event.get("tiles", {}))
+    arrays, blobs, tiles = event["arrays"], event["blobs"], event.get("tiles", {})
+    vertices, faces, uvs = np.asarray(arrays["vertices"], dtype=np.float64), arrays["faces"], arrays.get("uvs")
     sketch = [o for uid in job.sketch if (o := object_by_uid(uid)) is not None]
     world, anchor = placement(job, vertices)
-    return results.import_generated(scene, job.prompt, world, faces, uvs, texture, anchor, sketch,
-                            normal_png=event["blobs"].get("normal_map"))
+    obj = results.import_generated(scene, job.prompt, world, faces, uvs, None if tiles else blobs["texture"], anchor,
+                                   sketch, normal_png=blobs.get("normal_map"))
+    if tiles:  # a UDIM paint's UVs read the tiles
+        name = results.name_from_prompt(job.prompt)
+        image = painting.tiled_image(f"{name} texture", tiles)
+        obj.data.materials.append(results.textured_material(name, image, results.UV_LAYER))
+    return obj
 
 
 def placement(job: Job, vertices: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """World-space vertices and the new object's origin. A sketch's result comes back in world space
-    (origin: the sketch's centre); a text-only result is centred on the origin, so it moves to the 3D
-    cursor; a fetched one (nothing known about it) stays where it is, its origin at its centre."""
+    """World-space vertices (float64) and the new object's origin. A job's arrays travel relative to its anchor
+    (a sketch's or a painted mesh's centre, or the 3D cursor for a text-only result), so the result goes back
+    there; a fetched one (nothing known about it) stays where it is, its origin at its centre."""
+    vertices = np.asarray(vertices, dtype=np.float64)
     if job.task == "fetch" or not len(vertices):
         center = (vertices.min(0) + vertices.max(0)) / 2 if len(vertices) else np.zeros(3)
         return vertices, tuple(float(c) for c in center)
-    if job.sketch:
-        return vertices, job.anchor
-    return vertices + np.asarray(job.anchor, dtype=np.float32), job.anchor
+    return vertices + np.asarray(job.anchor, dtype=np.float64), job.anchor
 
 
 def save_files(folder: Path, event: dict[str, Any]) -> Path:

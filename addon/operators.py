@@ -8,9 +8,9 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import geometry, landing, painting, preferences, results, runtime
+from . import geometry, identity, landing, painting, preferences, results, runtime
 from .addresses import parse_address
 from .jobs import Job
 from .local_backend import serve_command
@@ -68,7 +68,8 @@ class _SubmitJob(_Explained, bpy.types.Operator):
         if not settings.prompt.strip():
             return "Type a prompt first"
         if cls.task == "paint":
-            return geometry.selection_problem(context.selected_objects, single=True)
+            return geometry.selection_problem(context.selected_objects, single=True) or \
+                geometry.modifier_problem(context.selected_objects[0], context.evaluated_depsgraph_get())
         if settings.mode == "PAINT":
             return "The mode is Paint: press Paint, or choose From Sketch or Text Only to generate"
         if settings.mode == "GENERATE":
@@ -79,7 +80,8 @@ class _SubmitJob(_Explained, bpy.types.Operator):
         if self.refused(context):
             return {"CANCELLED"}
         settings = context.scene.latentforge
-        job = Job(scene=context.scene.session_uid, task=self.task, prompt=settings.prompt.strip())
+        job = Job(scene=context.scene.session_uid, task=self.task, prompt=settings.prompt.strip(),
+                  file=bpy.data.filepath, load=runtime.runtime().file_load)
         try:
             fields = settings.submit_fields(self.task)
             job.extra = settings.extra_overrides()  # an error about one of these points back to them
@@ -102,8 +104,15 @@ class _SubmitJob(_Explained, bpy.types.Operator):
         objects = list(context.selected_objects)
         sketch = geometry.export_objects(objects, context.evaluated_depsgraph_get())
         job.sketch = [obj.session_uid for obj in objects]
-        job.anchor = tuple(float(c) for c in sketch.center())
-        return {"vertices": sketch.vertices, "faces": sketch.faces}
+        return {"vertices": relative(sketch.vertices, job), "faces": sketch.faces}
+
+
+def relative(vertices: np.ndarray, job: Job) -> np.ndarray:
+    """World vertices (float64) as sent: relative to their centre, which becomes the job's anchor, so that an
+    asset far from the origin keeps its precision in the float32 the service takes."""
+    center = (vertices.min(0) + vertices.max(0)) / 2
+    job.anchor = tuple(float(c) for c in center)
+    return (vertices - center).astype(np.float32)
 
 
 class LATENTFORGE_OT_generate(_SubmitJob):
@@ -113,6 +122,11 @@ class LATENTFORGE_OT_generate(_SubmitJob):
     bl_label = "Generate"
 
 
+def shared_with(obj: bpy.types.Object) -> list[bpy.types.Object]:
+    """The other objects that show the object's mesh (linked duplicates)."""
+    return [o for o in identity.mesh_users(obj.data) if o != obj]
+
+
 class LATENTFORGE_OT_paint(_SubmitJob):
     """Paint a texture on the selected mesh from the prompt; its shape stays as it is"""
 
@@ -120,18 +134,39 @@ class LATENTFORGE_OT_paint(_SubmitJob):
     bl_label = "Paint"
     task = "paint"
 
+    confirm_shared: BoolProperty(name="Paint Every User", description="The mesh is shared: paint it for every "
+                                 "object that shows it", default=False, options={"SKIP_SAVE", "HIDDEN"})
+
+    def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        obj = context.selected_objects[0] if context.selected_objects else None
+        others = shared_with(obj) if obj is not None and obj.type == "MESH" else []
+        if others and context.scene.latentforge.shared_mesh == "ALL":
+            self.confirm_shared = True
+            return context.window_manager.invoke_confirm(
+                self, event, title="Paint a shared mesh",
+                message=f"The mesh of \u201c{obj.name}\u201d is shared by {len(others) + 1} objects: the paint "
+                        "changes every one of them", confirm_text="Paint All")
+        return self.execute(context)
+
     def arrays(self, context: bpy.types.Context, job: Job) -> dict[str, np.ndarray]:
         obj = context.selected_objects[0]
         if obj.mode == "EDIT":
             obj.update_from_editmode()  # edits and the selection live in the edit mesh until written back
+        others = shared_with(obj)
+        shared = context.scene.latentforge.shared_mesh if others else "SINGLE"
+        if shared == "ALL" and not self.confirm_shared:
+            raise ValueError(f"The mesh of \"{obj.name}\" is shared by {len(others) + 1} objects: confirm painting "
+                             "them all (press Paint in the panel), or set Shared Mesh to Make Single User")
         mesh = geometry.export_objects([obj], context.evaluated_depsgraph_get(), with_uvs=True)
         selected = geometry.selected_triangles(obj, mesh)  # Edit Mode: only the selected faces
         job.paint, mesh, appearance = painting.plan_paint(obj, mesh, selected)  # through the UV map chosen
+        job.paint.shared = shared
         for note in job.paint.notes:
             self.report({"WARNING"}, note)
         vertices, faces, uvs = geometry.per_vertex_uvs(mesh)
         job.target, job.loops = obj.session_uid, mesh.loops
-        arrays = {"vertices": vertices, "faces": faces} | ({"uvs": uvs} if uvs is not None else {})
+        arrays = {"vertices": relative(vertices, job), "faces": faces} | ({"uvs": uvs} if uvs is not None else {})
+        identity.remember(obj, job)  # the result finds this object by it, even after a restart
         arrays |= {"appearance": appearance} if appearance is not None else {}
         return arrays | ({"selected_faces": selected} if selected is not None else {})
 
@@ -223,9 +258,23 @@ class LATENTFORGE_OT_fetch(_Explained, bpy.types.Operator):
         if len(job_id) != JOB_ID_CHARS or any(c not in "0123456789abcdef" for c in job_id):
             self.report({"ERROR"}, f"\"{job_id}\" is not a job id (32 hexadecimal characters)")
             return {"CANCELLED"}
-        rt = runtime.runtime()
-        job = rt.jobs.add(Job(scene=context.scene.session_uid, task="fetch", job=job_id, state="queued",
-                              anchor=(0.0, 0.0, 0.0)))
+        rt, scene = runtime.runtime(), context.scene.session_uid
+        known = rt.jobs.find(job=job_id)
+        if known is not None and (known.active or known.held):  # followed already: never a second copy
+            rt.jobs.move(known, scene)
+            if known.active:
+                self.report({"INFO"}, f"LatentForge: job {job_id} is {known.state}; its result comes here")
+                return {"FINISHED"}
+            return bpy.ops.latentforge.import_result(job=job_id)
+        waiting = identity.waiting_for(job_id)  # a paint sent from this file: its result goes on that object
+        holder = next((o for o in bpy.data.objects if o.get(results.JOB_PROPERTY) == job_id), None)
+        if waiting is None and holder is not None:
+            self.report({"INFO"}, f"LatentForge: \u201c{holder.name}\u201d already holds the result of job {job_id}")
+            return {"FINISHED"}
+        job = identity.job_from_record(waiting, scene, job_id) if waiting is not None else \
+            Job(scene=scene, task="fetch", job=job_id, state="queued")
+        job.file, job.load = bpy.data.filepath, rt.file_load
+        rt.jobs.add(job)
         rt.connection.fetch(job.job)
         return {"FINISHED"}
 
@@ -238,6 +287,11 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
     bl_options = {"INTERNAL", "UNDO"}
 
     job: StringProperty()
+    how: EnumProperty(items=(
+        ("LAND", "Where It Belongs", "On the object it was painted for, or where its sketch was"),
+        ("NEW", "Import as New Object", "A new object where the result was made"),
+        ("ACTIVE", "Apply to Active", "Paint the active object, whose mesh has the painted topology"),
+    ), default="LAND", options={"SKIP_SAVE"})
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         rt = runtime.runtime()
@@ -246,13 +300,18 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
             self.report({"ERROR"}, f"no result waiting for job {self.job}")
             return {"CANCELLED"}
         try:
-            obj = landing.land(context, job, event)
+            obj = landing.land(context, job, event, self.how, rt.file_load)
             obj[results.JOB_PROPERTY] = job.job
-            job.result_dir = str(landing.save_files(preferences.results_dir(preferences.get()) / job.job, event))
-        except (ValueError, KeyError, OSError) as exc:
-            self.report({"ERROR"}, f"the result could not be added: {exc}")
+        except landing.Held as held:  # nothing changed: no undo step; the result waits, the panel says why
+            job.held = str(held)
+            self.report({"WARNING"}, f"LatentForge: {held}")
             return {"CANCELLED"}
-        rt.last_result_dir = job.result_dir
+        except (ValueError, KeyError, IndexError, RuntimeError) as exc:  # kept: it can still be imported
+            job.held = f"the result could not be applied ({exc}): Import as New Object to keep it, or Discard it"
+            self.report({"WARNING"}, f"LatentForge: {job.held}")
+            return {"CANCELLED"}
+        rt.results.pop(job.job, None)
+        job.held = None
         job.state = "finished"
         with contextlib.suppress(RuntimeError):  # raised when the result is not in this view layer
             obj.select_set(True)  # the result becomes the selection, as any new object does
@@ -260,7 +319,24 @@ class LATENTFORGE_OT_import_result(bpy.types.Operator):
                 if other != obj:
                     other.select_set(False)
             context.view_layer.objects.active = obj
-        self.report({"INFO"}, f"LatentForge: \"{obj.name}\" is ready")
+        self.report({"INFO"}, f"LatentForge: \u201c{obj.name}\u201d is ready")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_discard_result(bpy.types.Operator):
+    """Let go of a result that could not land (its files stay in the result folder; Fetch brings it again)"""
+
+    bl_idname = "latentforge.discard_result"
+    bl_label = "Discard"
+    bl_options = {"INTERNAL"}
+
+    job: StringProperty()
+
+    def execute(self, _context: bpy.types.Context) -> set[str]:
+        rt = runtime.runtime()
+        rt.results.pop(self.job, None)
+        if (job := rt.jobs.find(job=self.job)) is not None:
+            job.held = None
         return {"FINISHED"}
 
 
@@ -361,6 +437,6 @@ class LATENTFORGE_OT_notify(bpy.types.Operator):
 CLASSES = (
     LATENTFORGE_OT_generate, LATENTFORGE_OT_paint, LATENTFORGE_OT_cancel, LATENTFORGE_OT_reexport,
     LATENTFORGE_OT_reconnect,
-    LATENTFORGE_OT_fetch, LATENTFORGE_OT_import_result, LATENTFORGE_OT_open_results,
+    LATENTFORGE_OT_fetch, LATENTFORGE_OT_import_result, LATENTFORGE_OT_discard_result, LATENTFORGE_OT_open_results,
     LATENTFORGE_OT_start_server, LATENTFORGE_OT_stop_server, LATENTFORGE_OT_notify,
 )

@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import geometry, runtime
+from . import geometry, identity, runtime
 from .jobs import Job
 
 WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
@@ -20,10 +20,12 @@ def wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE") -> None:
 
 
 def paint_scope(context: bpy.types.Context) -> str | None:
-    """How many faces Paint will paint: the Edit Mode selection, else the whole mesh."""
+    """How many faces Paint will paint: the Edit Mode selection, else the whole mesh (or why it cannot)."""
     objects = context.selected_objects
     if len(objects) != 1 or objects[0].type != "MESH":
         return None
+    if problem := geometry.modifier_problem(objects[0], context.evaluated_depsgraph_get()):
+        return problem
     painted, total = geometry.painted_polygons(objects[0])
     if painted == total:
         return f"Paints all {total} faces"
@@ -66,11 +68,23 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         if settings.mode == "PAINT":
             row.operator("latentforge.paint", icon="BRUSH_DATA")
             if (line := paint_scope(context)) is not None:
-                layout.label(text=line, icon="FACESEL")
+                wrapped(layout, line, icon="FACESEL")
+            self.draw_shared(layout, context)
         else:
             row.operator("latentforge.generate", icon="PLAY")
         if (job := rt.jobs.get(context.scene.session_uid)) is not None:
-            self.draw_job(layout, job)
+            self.draw_job(layout, job, rt.server.connected, context)
+
+    @staticmethod
+    def draw_shared(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+        """A mesh other objects show too: say so, and what Paint does about it."""
+        objects = context.selected_objects
+        if len(objects) != 1 or objects[0].type != "MESH":
+            return
+        users = identity.mesh_users(objects[0].data)
+        if len(users) > 1:
+            wrapped(layout, f"The mesh is shared by {len(users)} objects", icon="LINKED")
+            layout.prop(context.scene.latentforge, "shared_mesh", text="")
 
     @staticmethod
     def draw_server(layout: bpy.types.UILayout, rt: runtime.Runtime) -> None:
@@ -93,7 +107,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
                 row.operator("latentforge.start_server", icon="PLAY")
 
     @staticmethod
-    def draw_job(layout: bpy.types.UILayout, job: Job) -> None:
+    def draw_job(layout: bpy.types.UILayout, job: Job, connected: bool, context: bpy.types.Context) -> None:
         box = layout.box()
         if job.prompt:
             box.label(text=f"\u201c{job.prompt}\u201d", icon="INFO")
@@ -103,6 +117,11 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             row.operator("latentforge.cancel", text="", icon="X")
             if job.cancel_requested:
                 box.label(text="Cancelling…")
+            if not connected:  # the last progress stays as it was: say it is not live
+                wrapped(box, "The server is not answering: the job goes on there, and its progress comes back "
+                             "with the connection", icon="ERROR")
+        elif job.held:
+            VIEW3D_PT_latentforge.draw_held(box, job, context)
         elif job.state == "finished":
             box.label(text="Done: the result is in the scene", icon="CHECKMARK")
             box.operator("latentforge.open_results", icon="FILE_FOLDER")
@@ -116,9 +135,24 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             wrapped(box, note, icon="INFO")
         if job.job:
             box.label(text=f"Job {job.job}")
-        image = bpy.data.images.get(job.preview) if job.preview else None
-        if job.active and image is not None and image.preview is not None:
-            box.template_icon(icon_value=image.preview.icon_id, scale=10.0)
+        if job.active and (shown := runtime.preview(job.preview)) is not None:
+            box.template_icon(icon_value=shown.icon_id, scale=10.0)
+
+    @staticmethod
+    def draw_held(box: bpy.types.UILayout, job: Job, context: bpy.types.Context) -> None:
+        """A result that could not land by itself: why, and what can be done with it."""
+        wrapped(box, job.held, icon="ERROR")
+        col = box.column(align=True)
+        col.operator("latentforge.import_result", text="Try Again", icon="FILE_REFRESH").job = job.job
+        active = context.active_object
+        if job.paint is not None and active is not None and active.type == "MESH" and active.mode != "EDIT" and \
+                identity.topology(active.data) == job.topology:  # (drawing may not write Edit Mode's mesh back)
+            apply = col.operator("latentforge.import_result", text=f"Apply to \u201c{active.name}\u201d",
+                                 icon="BRUSH_DATA")
+            apply.job, apply.how = job.job, "ACTIVE"
+        new = col.operator("latentforge.import_result", text="Import as New Object", icon="IMPORT")
+        new.job, new.how = job.job, "NEW"
+        col.operator("latentforge.discard_result", icon="TRASH").job = job.job
 
 
 class VIEW3D_PT_latentforge_advanced(_Sidebar, bpy.types.Panel):

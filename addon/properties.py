@@ -73,6 +73,15 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
                *((str(s), f"{s} px", f"{s} × {s} texture") for s in TEXTURE_SIZES)),
         default="0",
     )
+    shared_mesh: EnumProperty(
+        name="Shared Mesh",
+        description="What Paint does with a mesh that other objects show too (linked duplicates)",
+        items=(("SINGLE", "Make Single User", "Give the painted object its own copy of the mesh first: the others "
+                                              "keep theirs as they are"),
+               ("ALL", "Paint All Users", "Paint the shared mesh, so every object that shows it changes (Paint "
+                                          "asks first)")),
+        default="SINGLE",
+    )
     iterations: IntProperty(name="Iterations", description="Optimisation steps (0: the quality preset's)",
                             min=0, max=1_000_000, default=0)
     mesh_iterations: IntProperty(name="Mesh Steps",

@@ -143,11 +143,12 @@ def collect_sketch(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], 
 def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, faces: np.ndarray,
                      uvs: np.ndarray | None, texture_png: bytes | None, anchor: Sequence[float],
                      sketch: Sequence[bpy.types.Object] = (), normal_png: bytes | None = None) -> bpy.types.Object:
-    """A new object from world-space arrays, its origin at `anchor`; the sketch hidden and collected.
+    """A new object from world-space arrays, its origin at `anchor` (its vertices relative to it, subtracted in
+    float64 so that an asset far from the origin keeps its detail); the sketch hidden and collected.
     A `normal_png` (a refined mesh's tangent-space normal map) is wired into its material."""
     name = name_from_prompt(prompt)
-    anchor = np.asarray(anchor, dtype=np.float32)
-    mesh = build_mesh(name, np.asarray(vertices, dtype=np.float32) - anchor, faces, uvs)
+    anchor = np.asarray(anchor, dtype=np.float64)
+    mesh = build_mesh(name, np.asarray(vertices, dtype=np.float64) - anchor, faces, uvs)
     obj = bpy.data.objects.new(name, mesh)
     tag(obj, prompt)
     obj.location = anchor.tolist()

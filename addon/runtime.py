@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import bpy
+import bpy.utils.previews
 
-from . import choices, preferences
+from . import choices, identity, preferences
 from .connection import Connection, Event
 from .jobs import Job, Jobs, ServerStatus
-from .landing import scene_by_uid
+from .landing import object_by_uid, save_files, scene_by_uid
 from .local_backend import LocalBackend
 
 ACTIVE_INTERVAL_S = 0.1  # while a job runs: progress feels live
@@ -38,6 +42,10 @@ class Runtime:
         self.results: dict[str, Event] = {}  # result events waiting for the import operator
         self.last_result_dir: str | None = None
         self.connect_pending = True  # connect on the first tick: preferences do not exist during register()
+        self.file_load = 0  # counts the files opened in this session: a job knows which one it was started in
+        # job previews live outside bpy.data, so no undo step (and no saved file) ever holds one
+        self.previews = bpy.utils.previews.new()
+        self.preview_dir = Path(tempfile.mkdtemp(prefix="latentforge-preview-"))
 
 
 RUNTIME: Runtime | None = None
@@ -58,6 +66,8 @@ def start() -> None:
         preferences.ON_CHANGE.append(restart_connection)
     if not bpy.app.timers.is_registered(drain):
         bpy.app.timers.register(drain, first_interval=ACTIVE_INTERVAL_S, persistent=True)
+    if file_loaded not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(file_loaded)
 
 
 def stop() -> None:
@@ -66,10 +76,11 @@ def stop() -> None:
         preferences.ON_CHANGE.remove(restart_connection)
     if bpy.app.timers.is_registered(drain):
         bpy.app.timers.unregister(drain)
+    if file_loaded in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(file_loaded)
     if RUNTIME is not None:
-        for job in RUNTIME.jobs.all():
-            with contextlib.suppress(Exception):  # bpy.data may be read-only while Blender quits
-                drop_preview(job)
+        bpy.utils.previews.remove(RUNTIME.previews)
+        shutil.rmtree(RUNTIME.preview_dir, ignore_errors=True)
         if RUNTIME.connection is not None:
             RUNTIME.connection.stop()
         RUNTIME.backend.stop()
@@ -92,13 +103,30 @@ def restart_connection() -> None:
         rt.server = ServerStatus(False, str(exc))
         return
     rt.server = ServerStatus(False, f"Connecting to {settings.address}…")
-    # Liveness checks scale with the timeout: a server that misses one is noticed within about two.
+    # Liveness checks scale with the timeout: a heartbeat after half of it without a word from the server, and
+    # half of it for the answer, so a server that dies is noticed within the timeout.
     half = max(0.5, settings.timeout_s / 2)
     rt.connection = Connection(settings, heartbeat_s=half, quiet_s=half, retry_s=min(2.0, half))
     rt.connection.start()
     for job in rt.jobs.all():  # running jobs go on; the new connection picks their events up
         if job.active and job.job is not None:
             rt.connection.fetch(job.job)
+
+
+@bpy.app.handlers.persistent
+def file_loaded(_file: str) -> None:
+    """Another file (or the same one again) is open: scenes and objects are new ones. A job started in this
+    very file follows its scene (the one that saved its id); any other's result will not land here."""
+    rt = RUNTIME
+    if rt is None:
+        return
+    rt.file_load += 1
+    for job in rt.jobs.all():
+        if not job.file or job.file != bpy.data.filepath or scene_by_uid(job.scene) is not None:
+            continue
+        scene = next((s for s in bpy.data.scenes if s.latentforge.job_id == job.job), bpy.context.scene)
+        with contextlib.suppress(RuntimeError):  # that scene runs another job: this one waits for a Fetch
+            rt.jobs.move(job, scene.session_uid)
 
 
 def redraw() -> None:
@@ -167,6 +195,8 @@ def _accepted(rt: Runtime, event: Event) -> None:
     job.job, job.state = event["job"], "queued"
     if (scene := scene_by_uid(job.scene)) is not None:
         scene.latentforge.job_id = job.job
+    if job.target is not None:  # saved with the file: a Fetch after a restart lands on the same object
+        identity.record_job(object_by_uid(job.target), job.request, job.job)
     if job.cancel_requested and rt.connection is not None:  # Cancel was pressed before the id came
         rt.connection.cancel(job.job)
 
@@ -195,20 +225,25 @@ def _progress(rt: Runtime, event: Event) -> None:
 
 def _result(rt: Runtime, event: Event) -> None:
     job = rt.jobs.find(job=event.get("job"))
-    if job is None or not job.active:
+    if job is None or not (job.active or job.held):
         return
     rt.results[job.job] = event
-    drop_preview(job)  # before the import, so that its undo step does not hold the preview either
+    drop_preview(job)
+    try:  # first, whatever happens in the scene: the texture and GLB are kept
+        job.result_dir = rt.last_result_dir = str(save_files(preferences.results_dir(preferences.get()) / job.job,
+                                                             event))
+    except OSError as exc:
+        notify("WARNING", f"the result's files could not be saved: {exc}")
+    job.state = "finished"
     try:
         # An operator, so that one undo step removes the result; a call from Python only pushes that
-        # undo step when asked to (the positional True).
+        # undo step when asked to (the positional True). A result that cannot land is held, with the reason.
         bpy.ops.latentforge.import_result("EXEC_DEFAULT", True, job=job.job)
     except RuntimeError as exc:  # the operator reported an error
-        job.fail({"message": f"the result could not be added to the scene: {exc}"})
-    finally:
-        rt.results.pop(job.job, None)
-    if not job.active:
-        _report_end(job)
+        job.held = f"the result could not be added to the scene ({exc}): Import as New Object, or Discard it"
+    if job.held:
+        notify("WARNING", job.held)
+    _report_end(job)
 
 
 def _error(rt: Runtime, event: Event) -> None:
@@ -243,19 +278,29 @@ def preview_name(job: Job) -> str:
 
 
 def show_preview(png: bytes, name: str = PREVIEW_IMAGE) -> str:
-    """Replace the preview image `name` with this PNG; returns the image's name."""
-    from .results import load_png
+    """Replace the preview `name` with this PNG (an icon preview, never a datablock); returns its name."""
+    rt = runtime()
+    path = rt.preview_dir / f"{bpy.path.clean_name(name)}.png"
+    path.write_bytes(png)
+    if name in rt.previews:
+        del rt.previews[name]
+    rt.previews.load(name, str(path), "IMAGE", True)
+    return name
 
-    if (old := bpy.data.images.get(name)) is not None:
-        bpy.data.images.remove(old)
-    image = load_png(name, png)
-    image.preview_ensure()
-    return image.name
+
+def preview(name: str | None) -> bpy.types.ImagePreview | None:
+    """The preview shown for a job, if any."""
+    rt = RUNTIME
+    return rt.previews.get(name) if rt is not None and name else None
 
 
 def drop_preview(job: Job) -> None:
-    """Remove the job's preview image: it only shows while the job runs, and must not stay in the file."""
-    if job.preview is not None and (image := bpy.data.images.get(job.preview)) is not None:
-        bpy.data.images.remove(image)
+    """Forget the job's preview: it only shows while the job runs."""
+    rt = RUNTIME
+    if job.preview is not None and rt is not None:
+        if job.preview in rt.previews:
+            del rt.previews[job.preview]
+        with contextlib.suppress(OSError):
+            (rt.preview_dir / f"{bpy.path.clean_name(job.preview)}.png").unlink()
     job.preview = None
 

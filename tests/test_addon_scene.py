@@ -36,7 +36,7 @@ def test_three_primitives_export_triangulated_in_world_space(bpy: ModuleType) ->
     mesh = geometry.export_objects(objects, bpy.context.evaluated_depsgraph_get())
     # vertices: cube 8, sphere 3 rings of 8 + 2 poles, cylinder 2 rings of 8; triangles: cube 6 quads,
     # sphere 2 fans of 8 + 2 bands of 8 quads, cylinder 8 side quads + 2 octagons of 6
-    assert mesh.vertices.shape == (8 + 26 + 16, 3) and mesh.vertices.dtype == np.float32
+    assert mesh.vertices.shape == (8 + 26 + 16, 3) and mesh.vertices.dtype == np.float64  # precision kept
     assert mesh.faces.shape == (12 + (16 + 32) + (16 + 12), 3) and mesh.faces.dtype == np.int32
     assert mesh.faces.min() == 0 and mesh.faces.max() == len(mesh.vertices) - 1
     cube, sphere, cylinder = mesh.vertices[:8], mesh.vertices[8:34], mesh.vertices[34:]
@@ -100,7 +100,7 @@ def test_paint_refuses_modifiers_that_change_topology(bpy: ModuleType) -> None:
     geometry = support.submodule("geometry")
     cube = add(bpy, "cube", (0.0, 0.0, 0.0))
     cube.modifiers.new("Subdivision", "SUBSURF")
-    with pytest.raises(ValueError, match="change its topology"):
+    with pytest.raises(ValueError, match=r"modifiers that change its faces \(Subdivision\)"):
         geometry.export_objects([cube], bpy.context.evaluated_depsgraph_get(), with_uvs=True)
 
 
@@ -262,11 +262,12 @@ class FakeLayout:
         self._check("prop", **kwargs)
         self.log.append(("prop", name))
 
-    def operator(self, idname: str, **kwargs: object) -> None:
+    def operator(self, idname: str, **kwargs: object) -> FakeOperatorProperties:
         module, name = idname.split(".")
-        getattr(getattr(self.bpy.ops, module), name).get_rna_type()  # raises for an unknown operator
+        rna = getattr(getattr(self.bpy.ops, module), name).get_rna_type()  # raises for an unknown operator
         self._check("operator", **kwargs)
         self.log.append(("operator", idname))
+        return FakeOperatorProperties(rna, idname, self.log)
 
     def label(self, **kwargs: object) -> None:
         self._check("label", **kwargs)
@@ -283,6 +284,19 @@ class FakeLayout:
 
     def separator(self) -> None:
         pass
+
+
+class FakeOperatorProperties:
+    """What `layout.operator` returns: the button's operator settings, which must be ones the operator has."""
+
+    def __init__(self, rna: object, idname: str, log: list) -> None:
+        object.__setattr__(self, "_rna", rna)
+        object.__setattr__(self, "_where", (idname, log))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        idname, log = self._where
+        assert name in self._rna.properties, f"{idname} has no property {name!r}"
+        log.append(("operator setting", f"{idname}.{name}={value}"))
 
 
 class Drawer:
@@ -343,8 +357,8 @@ def test_text_only_results_move_to_the_cursor_and_fetched_ones_stay_put() -> Non
     np.testing.assert_allclose(world, vertices + [5, 0, 0])
     assert anchor == (5.0, 0.0, 0.0)
     sketched = jobs.Job(scene=0, task="generate", anchor=(1.0, 2.0, 3.0), sketch=[7])
-    world, anchor = landing.placement(sketched, vertices)
-    np.testing.assert_array_equal(world, vertices)
+    world, anchor = landing.placement(sketched, vertices)  # sent relative to the sketch's centre, and back
+    np.testing.assert_array_equal(world, vertices + [1, 2, 3])
     assert anchor == (1.0, 2.0, 3.0)
     world, anchor = landing.placement(jobs.Job(scene=0, task="fetch"), vertices)
     np.testing.assert_array_equal(world, vertices)

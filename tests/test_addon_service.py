@@ -144,7 +144,8 @@ def run_to_end(bpy: ModuleType, service: Service, timeout_s: float = JOB_TIMEOUT
     job, seen = scene_job(bpy), []
 
     def look() -> None:
-        previews = [i.name for i in bpy.data.images if i.name.startswith("LatentForge Preview")]
+        previews = list(support.modules()[1].runtime().previews)  # icon previews, never datablocks:
+        assert not [i for i in bpy.data.images if i.name.startswith("LatentForge Preview")]  # no undo step holds one
         seen.append((job.state, job.stage, job.step, previews))
 
     try:

@@ -162,8 +162,9 @@ class Client:
         workers, queue and models whenever one of them changes."""
         return self.request("hello", {"client": "latentforge-client", "watch": watch}).fields
 
-    def heartbeat(self) -> dict[str, Any]:
-        return self.request("heartbeat", {"time": time.time()}).fields
+    def heartbeat(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """The service's status; `timeout_s` (default the client's) bounds the wait for its answer."""
+        return self.request("heartbeat", {"time": time.time()}, timeout_s=timeout_s).fields
 
     def submit(self, prompt: str = "", task: str = "generate", *, negative: str | None = None,
                method: str | None = None, seed: int | None = None, iterations: int | None = None,
