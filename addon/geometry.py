@@ -94,16 +94,22 @@ def modifier_problem(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> s
     """Why a paint of `obj` cannot be mapped back onto its own faces: modifiers that add or remove faces."""
     if obj.type != "MESH":
         return None
-    evaluated = obj.evaluated_get(depsgraph).data
-    if obj.mode == "EDIT":
+    evaluated = obj.evaluated_get(depsgraph)
+    if obj.mode == "EDIT":  # the evaluated object holds no mesh of its own then: make the one a paint would send
         import bmesh
 
         edit = bmesh.from_edit_mesh(obj.data)
         own = (len(edit.faces), sum(len(f.loops) for f in edit.faces))
+        mesh = evaluated.to_mesh()
+        sent = (len(mesh.polygons), len(mesh.loops))
+        evaluated.to_mesh_clear()
     else:
         own = (len(obj.data.polygons), len(obj.data.loops))
-    if (len(evaluated.polygons), len(evaluated.loops)) == own:
-        return None
+        sent = (len(evaluated.data.polygons), len(evaluated.data.loops))
+    return None if sent == own else modifier_message(obj)
+
+
+def modifier_message(obj: bpy.types.Object) -> str:
     names = ", ".join(m.name for m in obj.modifiers if m.show_viewport) or "its modifiers"
     return (f"\"{obj.name}\" has modifiers that change its faces ({names}): apply them, or turn them off in the "
             "viewport, to paint it")
@@ -134,9 +140,9 @@ def mesh_triangles(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, with_u
         loops = _read(mesh.loop_triangles, "loops", 3, np.int32)
         polygons = _read(mesh.loop_triangles, "polygon_index", 1, np.int32)
         uvs = None
-        if with_uvs and (problem := modifier_problem(obj, depsgraph)):
+        if with_uvs and (len(mesh.loops), len(mesh.polygons)) != (len(obj.data.loops), len(obj.data.polygons)):
             # The painted texture is mapped back onto the object's own loops, so they must be the same.
-            raise ValueError(problem)
+            raise ValueError(modifier_message(obj))
         uv_maps, render = {}, None
         if with_uvs:
             uv_maps = {layer.name: _read(layer.uv, "vector", 2, np.float32)[loops] for layer in mesh.uv_layers}

@@ -37,8 +37,8 @@ def file_problem(job: Job, load: int) -> str | None:
         return None
     if job.file:
         return (f"this result belongs to \u201c{Path(job.file).name}\u201d, not to the file open now: open that file "
-                "and press Fetch, or Import Here as a new object")
-    return ("this result belongs to an unsaved file that was closed since: Import Here as a new object to keep it, "
+                "and press Fetch, or Import as New Object here")
+    return ("this result belongs to an unsaved file that was closed since: Import as New Object to keep it here, "
             "or Discard it")
 
 

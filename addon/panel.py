@@ -8,6 +8,7 @@ import bpy
 
 from . import geometry, identity, runtime
 from .jobs import Job
+from .landing import scene_by_uid
 
 WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
 
@@ -30,6 +31,11 @@ def paint_scope(context: bpy.types.Context) -> str | None:
     if painted == total:
         return f"Paints all {total} faces"
     return f"Paints {painted} of {total} faces (the Edit Mode selection)"
+
+
+def from_a_closed_file(rt: runtime.Runtime) -> Job | None:
+    """A result that waits while its scene's file is closed: shown in any scene, so it can be kept here too."""
+    return next((j for j in rt.jobs.all() if j.held and scene_by_uid(j.scene) is None), None)
 
 
 class _Sidebar:
@@ -72,7 +78,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             self.draw_shared(layout, context)
         else:
             row.operator("latentforge.generate", icon="PLAY")
-        if (job := rt.jobs.get(context.scene.session_uid)) is not None:
+        if (job := rt.jobs.get(context.scene.session_uid) or from_a_closed_file(rt)) is not None:
             self.draw_job(layout, job, rt.server.connected, context)
 
     @staticmethod

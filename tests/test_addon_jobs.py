@@ -17,6 +17,7 @@ import pytest
 import test_addon_support as support
 import torch
 from addon_scenes import checker_cube, plain_material
+from test_addon_scene import draw
 from test_addon_service import JOB_TIMEOUT_S, TINY_GENERATE, TINY_PAINT, Service, configure, run_to_end, scene_job
 
 from backend.mesh import Mesh
@@ -108,8 +109,6 @@ def test_a_mesh_edited_mid_paint_keeps_the_edit_and_its_result_waits_to_be_impor
     assert all(np.array_equal(a, b) for a, b in zip(mine[0], edited[0], strict=True)) and mine[1] == edited[1]
     assert (Path(job.result_dir) / "texture.png").is_file()  # the paint is kept on disk all the same
     panel = support.submodule("panel")
-    from test_addon_scene import draw
-
     shown = draw(bpy, panel.VIEW3D_PT_latentforge)
     assert ("operator", "latentforge.import_result") in shown and ("operator", "latentforge.discard_result") in shown
     assert bpy.ops.latentforge.import_result(job=job.job, how="NEW") == {"FINISHED"}
@@ -135,6 +134,9 @@ def test_a_paint_whose_file_was_closed_never_lands_in_another_and_fetch_paints_i
     support.pump(lambda: not job.active, JOB_TIMEOUT_S, "the result")  # its scene is not this file's
     assert job.held and "belongs to \u201cchair.blend\u201d" in job.held, job.held
     assert datablocks(bpy) == objects  # not a datablock of this file touched
+    shown = draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)  # said here, and keepable here too
+    assert "belongs to \u201cchair.blend\u201d" in " ".join(text for kind, text in shown if kind == "label")
+    assert ("operator setting", "latentforge.import_result.how=NEW") in shown
 
     bpy.ops.wm.open_mainfile(filepath=str(chair))
     cube = bpy.data.objects["Cube"]
@@ -180,8 +182,6 @@ def test_fetch_after_a_restart_paints_the_object_it_was_painted_for_and_never_du
 @pytest.mark.parametrize("shared", ["SINGLE", "ALL"])
 def test_painting_one_of_two_linked_duplicates(bpy: ModuleType, service: Service, shared: str) -> None:
     panel = support.submodule("panel")
-    from test_addon_scene import draw
-
     cube = checker_cube()
     twin = cube.copy()  # Alt+D: the same mesh, with its own object-linked material on its first slot
     bpy.context.scene.collection.objects.link(twin)

@@ -88,6 +88,35 @@ def test_one_job_per_scene() -> None:
     assert registry.get(1) is again and registry.find(request=again.request) is again
 
 
+def test_an_ended_job_never_runs_again_and_find_prefers_the_live_one() -> None:
+    jobs = support.submodule("jobs")
+    registry, job_id = jobs.Jobs(), "c" * 32
+    old = registry.add(jobs.Job(scene=1, task="paint", job=job_id, state="running"))
+    old.state = "finished"  # its result is in the scene
+    for summary in ({"job": job_id, "state": "running", "progress": {"stage": "paint", "step": 3, "total": 9}},
+                    {"job": job_id, "state": "queued"}, {"job": job_id, "state": "failed", "error": {"code": "x"}}):
+        old.on_summary(summary)  # a late status, a Fetch's, a refresh's answer
+        assert old.state == "finished" and not old.active
+    held = registry.add(jobs.Job(scene=2, task="fetch", job=job_id, state="finished", held="its file is closed"))
+    assert registry.find(job=job_id) is held  # a result waiting for the artist before one long landed
+    live = registry.add(jobs.Job(scene=3, task="fetch", job=job_id, state="queued"))
+    assert registry.find(job=job_id) is live
+    with pytest.raises(RuntimeError, match="already has a job running"):
+        registry.move(held, 3)
+    registry.move(held, 1)  # its file was opened again: it replaces that scene's ended job
+    assert registry.get(1) is held and registry.get(2) is None and held.scene == 1
+
+
+def test_a_uv_refusal_keeps_the_services_own_hint() -> None:
+    jobs = support.submodule("jobs")
+    message = "face 0 of the paint mesh crosses UDIM tiles (1001, 1002)"
+    hint = "split the UV islands at the tile borders, or pack the UVs into [0, 1]"
+    assert support.submodule("advice").advise("bad_input", message) is None
+    job = jobs.Job(scene=1, task="paint")
+    job.fail({"code": "bad_input", "message": message, "hint": hint})
+    assert job.message == f"{message} ({hint})"
+
+
 def test_panel_settings_become_a_submit() -> None:
     support.fresh_scene()
     bpy, _, _ = support.modules()
