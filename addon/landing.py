@@ -70,9 +70,19 @@ def land(context: bpy.types.Context, job: Job, event: dict[str, Any], how: str =
 
 def single_user_if_asked(obj: bpy.types.Object, job: Job) -> None:
     """A mesh other objects show too gets a copy of its own first, unless the artist chose to paint them all."""
-    if job.paint.shared == "SINGLE" and len(identity.mesh_users(obj.data)) > 1:
-        obj.data = obj.data.copy()
-        identity.stamp(obj.data, bpy.data.meshes)
+    if job.paint.shared != "SINGLE" or len(identity.mesh_users(obj.data)) < 2:
+        return
+    if obj.mode == "EDIT":  # a mesh is swapped in Object Mode (a partial paint goes back to Edit Mode after)
+        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj],
+                                       selected_editable_objects=[obj]):
+            bpy.ops.object.mode_set(mode="OBJECT")
+            try:
+                single_user_if_asked(obj, job)
+            finally:
+                bpy.ops.object.mode_set(mode="EDIT")
+        return
+    obj.data = obj.data.copy()
+    identity.stamp(obj.data, bpy.data.meshes)
 
 
 def import_new(context: bpy.types.Context, job: Job, event: dict[str, Any]) -> bpy.types.Object:

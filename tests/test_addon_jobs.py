@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import test_addon_support as support
 import torch
-from addon_scenes import checker_cube, plain_material
+from addon_scenes import checker_cube, edit_select, plain_material, polygons_facing
 from test_addon_scene import draw
 from test_addon_service import JOB_TIMEOUT_S, TINY_GENERATE, TINY_PAINT, Service, configure, run_to_end, scene_job
 
@@ -179,8 +179,10 @@ def test_fetch_after_a_restart_paints_the_object_it_was_painted_for_and_never_du
     assert [o.name for o in bpy.data.objects] == ["Cube"] and scene_job(bpy) is job and not job.active
 
 
-@pytest.mark.parametrize("shared", ["SINGLE", "ALL"])
-def test_painting_one_of_two_linked_duplicates(bpy: ModuleType, service: Service, shared: str) -> None:
+@pytest.mark.parametrize(("shared", "edit_mode"), [("SINGLE", False), ("ALL", False), ("SINGLE", True)],
+                         ids=["single-user", "all-users", "single-user-edit-mode"])
+def test_painting_one_of_two_linked_duplicates(bpy: ModuleType, service: Service, shared: str,
+                                               edit_mode: bool) -> None:
     panel = support.submodule("panel")
     cube = checker_cube()
     twin = cube.copy()  # Alt+D: the same mesh, with its own object-linked material on its first slot
@@ -197,9 +199,13 @@ def test_painting_one_of_two_linked_duplicates(bpy: ModuleType, service: Service
         configure(bpy, "a wooden crate", "PAINT", TINY_PAINT)
         with pytest.raises(RuntimeError, match="shared by 2 objects: confirm painting them all"):
             bpy.ops.latentforge.paint()
+    if edit_mode:  # a partial paint: the top face
+        edit_select(cube, polygons_facing(cube, 2, 1.0))
     start_paint(bpy, cube, TINY_PAINT, confirm_shared=shared == "ALL")
     job, _ = run_to_end(bpy, service)
     assert job.state == "finished" and not job.held, job.held
+    assert cube.mode == ("EDIT" if edit_mode else "OBJECT")
+    bpy.ops.object.mode_set(mode="OBJECT")
     assert "Checker (Wooden crate)" in slots(cube)[0]
     if shared == "SINGLE":  # the twin keeps its mesh, slots and own material as they were
         assert cube.data != twin.data and twin.data.users == 1
