@@ -261,9 +261,11 @@ class LATENTFORGE_OT_fetch(_Explained, bpy.types.Operator):
         rt, scene = runtime.runtime(), context.scene.session_uid
         known = rt.jobs.find(job=job_id)
         if known is not None and (known.active or known.held):  # followed already: never a second copy
-            rt.jobs.move(known, scene)
+            if landing.scene_by_uid(known.scene) is None:  # its scene's file was closed: it comes here
+                rt.jobs.move(known, scene)
             if known.active:
-                self.report({"INFO"}, f"LatentForge: job {job_id} is {known.state}; its result comes here")
+                where = "" if known.scene == scene else " in another scene"
+                self.report({"INFO"}, f"LatentForge: job {job_id} is {known.state}{where}; its result lands there")
                 return {"FINISHED"}
             return bpy.ops.latentforge.import_result(job=job_id)
         waiting = identity.waiting_for(job_id)  # a paint sent from this file: its result goes on that object
