@@ -24,6 +24,10 @@ FAST = {
     "export": {"grid_resolution": 96, "texture_size": 256, "max_faces": 20000, "density_threshold": 5.0},
     "loop": {"checkpoint_every": 0},
 }
+# the mesh stage's known answers: 100 NeRF steps, then 50 mesh-refinement steps at 128²
+MESH_KNOWN_ANSWER = {**FAST, "optim": {"iters": 100, "lr": 5e-3},
+                     "mesh": {"iters": 50, "resolution": 128, "grid_resolution": 48},
+                     "export": {**FAST["export"], "texture_size": 64, "max_faces": 8000}}
 
 
 @pytest.mark.slow

@@ -20,6 +20,9 @@ class Objective:
 
     #: the objective's own trainable state (saved in checkpoints), or None
     trainable: nn.Module | None = None
+    #: whether the loss sums over the latent's elements (SDS, VSD: it grows with the render's pixel count) or is
+    #: normalised to Stable Diffusion's native size (HiFA's BGT+: the same at any render size)
+    sums_over_pixels: bool = True
 
     def param_groups(self) -> list[dict]:
         """Optimiser groups (each with its own lr) for `trainable`'s parameters; none by default."""

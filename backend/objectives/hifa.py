@@ -59,6 +59,8 @@ class BGTConfig:
 class BGT(Objective):
     """BGT+ (BGT when λ_rgb = 0). Built from the objective config's `hifa` table and a guidance."""
 
+    sums_over_pixels = False  # normalised to the native sizes (above)
+
     def __init__(self, config: ObjectiveConfig, guidance: Guidance) -> None:
         self.config = config
         self.settings: BGTConfig = getattr(config, "hifa", None) or BGTConfig()  # SDS's bare config has none
