@@ -6,7 +6,7 @@ import numpy as np
 import trimesh
 
 from backend.mesh import Mesh
-from backend.surface_error import chamfer_and_normals, set_iou, voxel_iou, voxel_sets  # noqa: F401 - shared
+from backend.surface_error import set_iou, voxel_iou, voxel_sets  # noqa: F401 - the tests' shared metrics
 
 RED = np.array([0.85, 0.12, 0.10], np.float32)
 BLUE = np.array([0.12, 0.25, 0.85], np.float32)
@@ -87,10 +87,6 @@ def notched_block(center=(1.5, 0.5, -1.0), size=1.6) -> Mesh:
     colors = np.where(upper[:, None], RED, BLUE).astype(np.float32)
     return Mesh((verts + np.asarray(center)).astype(np.float32), faces.astype(np.int64), vertex_colors=colors)
 
-
-def chamfer(a: Mesh, b: Mesh) -> float:
-    """Symmetric Chamfer distance (mean of both directions' mean point-to-surface distances), in b's units."""
-    return chamfer_and_normals(a, b)[0]
 
 
 def _smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
