@@ -221,3 +221,19 @@ def merge_method(config, method: str):  # noqa: ANN001, ANN201
     from backend.methods import method_overrides
 
     return merge(config, method_overrides(method, type(config)))
+
+
+def test_smoothing_weights_are_the_references_at_512_and_scale_with_a_summed_loss_s_pixels():
+    """10⁴ normal consistency and 0.5 Laplacian at 512²: an SDS render of 128² carries a sixteenth of the summed
+    guidance, so the weights are a sixteenth too; HiFA's loss is normalised to the native size, so its are not."""
+    from shapes import two_tone_box
+
+    from backend.guidance.target import TargetGuidance
+    from backend.tasks.generate import prepare_generate
+
+    weights = {}
+    for method in ("sds", "hifa"):
+        config = merge_method(mesh_job_config(mesh={"iters": 1, "resolution": 128, "grid_resolution": 8}), method)
+        regularisers = prepare_generate(config, TargetGuidance(two_tone_box())).stages[-1].step.regularisers
+        weights[method] = (regularisers["normal_consistency"][0], regularisers["laplacian"][0])
+    assert weights == {"sds": (1e4 / 16, 0.5 / 16), "hifa": (1e4, 0.5)}
