@@ -1,8 +1,8 @@
 """Surface quality of generate's known answers: voxel IoU, Chamfer distance, normal error, charts, faces, CPU time.
 
-Runs `generate` with TargetGuidance on references (the shipped toadstool, and the tests' smooth gourd and
-dumbbell) at a schedule (the demo's CPU schedule, or the known-answer test's) and prints one JSON line per
-run; run it on two commits to compare them:
+Runs `generate` with TargetGuidance on references (the shipped toadstool, the tests' smooth gourd and
+dumbbell, and their sharp-edged notched block) at a schedule (the demo's CPU schedule, or a known-answer
+test's) and prints one JSON line per run; run it on two commits to compare them:
 
     python benchmarks/surface_quality.py --schedule demo --shapes toadstool gourd dumbbell --label after
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from shapes import dumbbell, gourd  # noqa: E402
-from test_generate_quality import MESH_KNOWN_ANSWER  # noqa: E402
+from shapes import dumbbell, gourd, notched_block  # noqa: E402
+from test_generate_quality import CONCAVE, MESH_KNOWN_ANSWER  # noqa: E402
 
 from backend.config import merge  # noqa: E402
 from backend.examples import example_config, example_target  # noqa: E402
@@ -29,10 +29,12 @@ from backend.mesh import load_mesh  # noqa: E402
 from backend.surface_error import surface_error  # noqa: E402
 from backend.tasks.generate import GenerateConfig, generate  # noqa: E402
 
-SHAPES = {"toadstool": lambda: load_mesh(example_target(), "target mesh"), "gourd": gourd, "dumbbell": dumbbell}
+SHAPES = {"toadstool": lambda: load_mesh(example_target(), "target mesh"), "gourd": gourd, "dumbbell": dumbbell,
+          "notched": notched_block}
 SCHEDULES = {
     "demo": {**example_config("target"), **example_config("cpu"), "loop": {"checkpoint_every": 0}},
     "test": MESH_KNOWN_ANSWER,
+    "concave": CONCAVE,  # the sharp-edged notched block's test
 }
 
 
