@@ -169,10 +169,9 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def mesh_edges(faces: torch.Tensor) -> torch.Tensor:
-    """Each edge of the triangle mesh once [E, 2], lower index first."""
+def mesh_edges(faces: torch.Tensor, n: int) -> torch.Tensor:
+    """Each edge of a triangle mesh of `n` vertices once [E, 2], lower index first."""
     edges = torch.sort(faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), -1).values
-    n = int(faces.max()) + 1
     key = torch.unique(edges[:, 0] * n + edges[:, 1])  # one number per edge: a 1-D unique is a plain sort
     return torch.stack([key // n, key % n], -1)
 
@@ -184,7 +183,7 @@ def normal_consistency(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Ten
         return vertices.sum() * 0
     normals = vertex_normals(vertices, faces)
     normals = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    edges = mesh_edges(faces)
+    edges = mesh_edges(faces, len(vertices))
     return (1 - (normals[edges[:, 0]] * normals[edges[:, 1]]).sum(-1)).mean()
 
 
@@ -193,7 +192,7 @@ def laplacian_smoothness(vertices: torch.Tensor, faces: torch.Tensor) -> torch.T
     and threestudio's definition, so their weights carry over), in the unit frame's lengths."""
     if len(faces) == 0:
         return vertices.sum() * 0
-    edges = mesh_edges(faces)
+    edges = mesh_edges(faces, len(vertices))
     edges = torch.cat([edges, edges.flip(-1)])
     delta = vertices[edges[:, 0]] - vertices[edges[:, 1]]
     lap = torch.zeros_like(vertices).index_add(0, edges[:, 0], delta)
