@@ -64,7 +64,7 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
     looseness: FloatProperty(
         name="Follow Loosely",
         description="How far from the sketch's surface the shape may wander (in units where the sketch fits a "
-                    "sphere of radius 0.5): small follows the sketch tightly, large treats it as a rough hint",
+                    "sphere of radius 0.7): small follows the sketch tightly, large treats it as a rough hint",
         min=0.01, max=2.0, default=0.3, precision=2, step=5,
     )
     texture_size: EnumProperty(

@@ -15,7 +15,7 @@ from backend import __version__
 from backend.catalog import COMMON_FLAGS, METHODS, PRESETS, TASKS
 from backend.compose import compose_config
 from backend.config import from_dict, load_file, merge
-from backend.cpu_time import duration, project_cpu_s
+from backend.cpu_time import CPU_WARN_S, duration, project_cpu_s, project_cpu_stages
 from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
 from backend.nesting import nested
@@ -134,7 +134,7 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sketch", help="a mesh of primitives (.glb/.obj/.ply) for the shape to follow")
     p.add_argument("--looseness", type=float,
                    help="how loosely to follow the sketch: distance from its surface, in units of a sketch "
-                        "scaled to radius 0.5, within which the shape is free (default 0.3)")
+                        "scaled to radius 0.7 (Latent-NeRF's), within which the shape is free (default 0.3)")
 
 
 def add_paint_args(p: argparse.ArgumentParser) -> None:
@@ -160,15 +160,47 @@ def guidance_spec(args: argparse.Namespace) -> str:
     return args.guidance or "sd:"
 
 
+# each projected stage in the words of its flags: what it is, its step count and render size settings, its flags
+STAGE_WORDS = {"latent": ("the latent stage", "optim.iters", "resolution", "--iters"),
+               "rgb_refine": ("RGB refinement", "refine.iters", "refine.resolution", "--refine-iters"),
+               "mesh": ("the mesh stage", "mesh.iters", "mesh.resolution", "--mesh-iters, --mesh-resolution"),
+               "paint": ("painting", "iters", "resolution", "--iters"),
+               "rgb_finetune": ("RGB fine-tuning", "finetune_iters", "resolution", "--finetune-iters")}
+
+
+def describe_stage(name: str, config: Any) -> str:
+    """A stage of a job in the words of its flags, e.g. "the mesh stage (1,000 steps at 512²; --mesh-iters, ...)"."""
+    if name not in STAGE_WORDS:
+        return f"the {name}"
+
+    def setting(path: str) -> int:
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    words, iters, size, flags = STAGE_WORDS[name]
+    return f"{words} ({setting(iters):,} steps at {setting(size)}²; {flags})"
+
+
 def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: str, device: Any) -> None:
-    """On a CPU with the default schedule, say how long it would take and how to make it shorter."""
-    if device.type != "cpu" or any(getattr(args, flag, None) is not None for flag in SCHEDULE_FLAGS):
+    """On a CPU, say how long a job would take and which stage takes most of it: always with the default
+    schedule (and how long --quality draft would take), and whatever the settings when it passes 10 minutes."""
+    if device.type != "cpu":
         return
+    chosen = any(getattr(args, flag, None) is not None for flag in SCHEDULE_FLAGS)
     with_unet = not spec.startswith("target:")
-    projected = project_cpu_s(task, config, with_unet)
-    draft = compose_config(task, method=args.method, preset="draft")
-    print(f"warning: on the CPU these settings take roughly {duration(projected)}; --quality draft takes roughly "
-          f"{duration(project_cpu_s(task, draft, with_unet))} (a GPU is tens of times faster)", file=sys.stderr)
+    stages = project_cpu_stages(task, config, with_unet)
+    projected = sum(stages.values())
+    if chosen and projected <= CPU_WARN_S:
+        return
+    longest = max(stages, key=stages.__getitem__)
+    message = (f"warning: on the CPU these settings take roughly {duration(projected)}, "
+               f"{duration(stages[longest])} of it in {describe_stage(longest, config)}")
+    if not chosen:
+        draft = compose_config(task, method=args.method, preset="draft")
+        message += f"; --quality draft takes roughly {duration(project_cpu_s(task, draft, with_unet))}"
+    print(message + " (a GPU is tens of times faster)", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -176,15 +208,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config.validate()
     spec = guidance_spec(args)
     device = pick_device(args.device)
+    from backend.depth import HIFA_WEIGHT as HIFA_DEPTH_WEIGHT
     from backend.guidance import build_guidance
     from backend.mesh import load_mesh
     from backend.tasks.generate import generate
 
     sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
     warn_cpu_schedule("generate", config, args, spec, device)
+    if config.objective.name == "hifa" and config.depth.weight is None and not config.depth.model.strip():
+        print(f"note: HiFA's depth term (weight {HIFA_DEPTH_WEIGHT}) is off: no depth model is named "
+              "(depth.model: a transformers depth-estimation model, e.g. Intel/dpt-hybrid-midas)", file=sys.stderr)
     guidance = build_guidance(spec, device)
     return _run(lambda events: generate(config, guidance, args.out, sketch=sketch, on_event=events,
-                                        job_dir=args.job_dir), guidance.describe(), device)
+                                        job_dir=args.job_dir), guidance.describe(), device, known_answer(guidance))
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
@@ -207,7 +243,15 @@ def cmd_paint(args: argparse.Namespace) -> int:
                                      faces=faces), guidance.describe(), device)
 
 
-def _run(job: Callable, what: str, device: Any) -> int:
+def known_answer(guidance: Any) -> Any:
+    """The mesh a job's asset should come back as, when its prior is one known mesh (target:), else None."""
+    from backend.guidance.target import TargetGuidance
+
+    return guidance.mesh if isinstance(guidance, TargetGuidance) else None
+
+
+def _run(job: Callable, what: str, device: Any, reference: Any = None) -> int:
+    """Run `job`, then summarise what it wrote (and, with the `reference` mesh it should match, how closely)."""
     print(f"latentforge {__version__}: {what} on {device}", file=sys.stderr)
     events = TqdmEvents()
     start = time.perf_counter()
@@ -220,6 +264,10 @@ def _run(job: Callable, what: str, device: Any) -> int:
     print(f"wrote {result.glb_path} and {result.png_path}" + (f" and {normal_map}" if normal_map else "")
           + f" ({len(result.mesh.faces):,} faces" + (f", {charts:,} UV charts" if charts else "")
           + f", {time.perf_counter() - start:.1f} s)")
+    if reference is not None:
+        from backend.surface_error import surface_error
+
+        print(f"against the reference mesh: {surface_error(result.mesh, reference).describe()}")
     return 0
 
 
@@ -259,7 +307,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"The demo runs {describe_schedule(config)}.", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    return _run(lambda events: generate(config, guidance, args.out, on_event=events), guidance.describe(), device)
+    return _run(lambda events: generate(config, guidance, args.out, on_event=events), guidance.describe(), device,
+                known_answer(guidance))
 
 
 def _command(argv: list[str]) -> str | None:

@@ -103,6 +103,7 @@ class DistillStep:
     batch: int = 1
     regularisers: dict[str, tuple[float, Regulariser]] = field(default_factory=dict)
     lighting: LightConfig | None = None  # shaded stages: a point light and a render mode drawn per step
+    t_range: tuple[float, float] | None = None  # a stage's own limits on t (fractions); None: the schedule's
 
     def __call__(self, step: int, total: int) -> dict[str, torch.Tensor]:
         cams = self.cameras.sample(self.batch)
@@ -114,7 +115,7 @@ class DistillStep:
         images = None if out.latent else out.image
         z = out.image if out.latent else self.guidance.encode(out.image)
         t = sample_timesteps(self.timesteps, step, total, self.batch, self.guidance.num_train_timesteps,
-                             self.generator)
+                             self.generator, self.t_range)
         losses = self.objective.losses(z, images, t, self.prompt, cams, self.generator)
         total_loss = sum(losses.values())
         for name, (weight, fn) in self.regularisers.items():
