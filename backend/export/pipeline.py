@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,10 @@ class ExportResult:
     png_path: Path
     charts: int = 0  # UV charts of the atlas: fewer charts, fewer texture seams
     normal_map_path: Path | None = None  # the tangent-space normal map (PNG), when one was baked
+    # game-ready export: every level of detail (LOD0 is `mesh`), in the input frame, and the files they read
+    levels: list = field(default_factory=list)  # [Level]
+    textures: list = field(default_factory=list)  # [[S, S, 3] uint8]: the colour textures levels index
+    obj_path: Path | None = None  # the OBJ with the levels' polygons, when they are quads
 
 
 def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: ExportConfig, out_path: Path,
