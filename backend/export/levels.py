@@ -88,8 +88,9 @@ def _quad_levels(full: trimesh.Trimesh, color_fn: Field, config: ExportConfig, b
         for _ in range(SPLIT_ATTEMPTS):
             vertices, polygons = quad_remesh(full, target)
             triangles, _ = polygons.triangles()
-            unwrapped = atlas(Mesh(vertices.astype(np.float32), triangles), config.texture_size,
-                              config.atlas_smoothing)
+            # no smoothing: a remeshed surface has none of the small bumps it is for, and charts cut on a
+            # smoothed copy split more quads along their diagonals (toadstool at 1,000 faces: 91 % vs 93 % quads)
+            unwrapped = atlas(Mesh(vertices.astype(np.float32), triangles), config.texture_size)
             split = after_split(polygons, triangles, unwrapped.mesh.faces)
             if len(split.sizes) <= budget:
                 break

@@ -34,6 +34,26 @@ class Polygons:
         faces = np.stack([self.corners[first], self.corners[first + k + 1], self.corners[first + k + 2]], -1)
         return faces.astype(np.int64), owner
 
+    def flattest_diagonals(self, vertices: np.ndarray) -> Polygons:
+        """The same faces with each quad starting at a corner of its flatter diagonal, so that its two fan
+        triangles fold least. A UV atlas cuts charts along folds; a cut along a quad's diagonal splits it."""
+        quads = np.nonzero(self.sizes == 4)[0]
+        starts = self.starts[quads]
+        c = np.stack([self.corners[starts + i] for i in range(4)], 1)
+        v = np.asarray(vertices, np.float64)
+
+        def fold(a: np.ndarray, b: np.ndarray, d: np.ndarray, e: np.ndarray) -> np.ndarray:
+            """Cosine between triangles (a, b, d) and (a, d, e)."""
+            n1, n2 = np.cross(v[b] - v[a], v[d] - v[a]), np.cross(v[d] - v[a], v[e] - v[a])
+            return (n1 * n2).sum(1) / np.maximum(np.linalg.norm(n1, axis=1) * np.linalg.norm(n2, axis=1), 1e-20)
+
+        turn = fold(c[:, 1], c[:, 2], c[:, 3], c[:, 0]) > fold(c[:, 0], c[:, 1], c[:, 2], c[:, 3])
+        c = np.where(turn[:, None], np.roll(c, -1, axis=1), c)
+        corners = self.corners.copy()
+        for i in range(4):
+            corners[starts + i] = c[:, i]
+        return Polygons(self.sizes, corners)
+
     @staticmethod
     def from_lists(faces: list[list[int]]) -> Polygons:
         sizes = np.array([len(f) for f in faces], np.int64)

@@ -41,7 +41,7 @@ def quad_remesh(surface: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, P
                                            deterministic=True)
             vertices, polygons = clean(*read_obj(result))
             if len(polygons.sizes) <= max_faces:
-                return vertices, polygons
+                return vertices, polygons.flattest_diagonals(vertices)
             target = int(target * max_faces / len(polygons.sizes) * 0.97)
     raise InputError(f"quad remeshing could not meet the budget of {max_faces:,} faces "
                      f"({len(polygons.sizes):,} after {ATTEMPTS} tries)", "ask for more faces (--faces)")
