@@ -280,3 +280,24 @@ def test_the_face_budget_holds_where_fast_simplification_stalls():
     simple = simplify(surface, budget)
     assert len(simple.faces) <= budget
     assert chamfer(Mesh(simple.vertices, simple.faces), Mesh(surface.vertices, surface.faces)) < 0.02
+
+
+def test_the_panel_s_faces_quads_and_lods_become_the_submit_s_export_settings():
+    import test_addon_support as support
+
+    support.fresh_scene()
+    bpy = support.modules()[0]
+    settings = bpy.context.scene.latentforge
+    settings.prompt = "a box"
+    assert "export" not in settings.submit_fields("generate")["overrides"]  # 0, off, 1: the preset's
+    settings.faces, settings.quads, settings.lods = 3000, True, 3
+    assert settings.submit_fields("generate")["overrides"]["export"] == {"max_faces": 3000, "quad": True, "lods": 3}
+    assert "export" not in settings.submit_fields("paint")["overrides"]  # a paint keeps its mesh
+    settings.faces = 99
+    with pytest.raises(ValueError, match="give at least 100"):
+        settings.submit_fields("generate")
+    settings.lods = 9  # the property's own ceiling: the service's
+    assert settings.lods == 4
+    advice = support.submodule("advice")
+    assert advice.advise("bad_config", "export.lods is 5, over this service's limit of 4") == \
+        "choose fewer LODs, or more Faces"

@@ -34,7 +34,7 @@ def quad_remesh(surface: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, P
     target = int(max_faces * FIRST_TARGET)
     with tempfile.TemporaryDirectory(prefix="latentforge-quads-") as folder:
         source, result = Path(folder) / "surface.obj", Path(folder) / "quads.obj"
-        surface.export(source)
+        write_obj(source, np.asarray(surface.vertices), np.asarray(surface.faces))
         for _ in range(ATTEMPTS):
             with _quiet():  # it reports every step on standard output
                 instant_meshes.remesh_file(str(source), str(result), target_face_count=max(target, 8),
@@ -45,6 +45,13 @@ def quad_remesh(surface: trimesh.Trimesh, max_faces: int) -> tuple[np.ndarray, P
             target = int(target * max_faces / len(polygons.sizes) * 0.97)
     raise InputError(f"quad remeshing could not meet the budget of {max_faces:,} faces "
                      f"({len(polygons.sizes):,} after {ATTEMPTS} tries)", "ask for more faces (--faces)")
+
+
+def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
+    """Positions and faces only: Instant Meshes' reader refuses a face corner with an empty UV index (1//1)."""
+    with open(path, "w") as f:
+        np.savetxt(f, vertices, fmt="v %.9g %.9g %.9g")
+        np.savetxt(f, np.asarray(faces) + 1, fmt="f %d %d %d")
 
 
 def read_obj(path: Path) -> tuple[np.ndarray, list[list[int]]]:
