@@ -37,7 +37,6 @@ from backend.isosurface import main_component
 from backend.mesh import Frame, Mesh, load_mesh
 from backend.render.marching_tets import TetGrid, marching_tets
 
-
 RELIEF, RELIEF_FREQUENCY = 0.006, 45.0
 
 
