@@ -60,7 +60,7 @@ def add_wireframe(obj, thickness: float):  # noqa: ANN001, ANN201
     modifier = wire.modifiers.new("wire", "WIREFRAME")
     modifier.thickness = thickness
     modifier.use_replace = True
-    modifier.use_even_offset = True
+    modifier.use_even_offset = False  # even offset spikes at sharp corners
     dark = bpy.data.materials.new("wire")
     dark.diffuse_color = (0.02, 0.02, 0.02, 1.0)
     if dark.node_tree is None:
@@ -94,7 +94,7 @@ def render_level(path: Path, k: int, out: Path, size: int, samples: int) -> None
 
     scene = setup_scene(size, samples)
     if path.suffix == ".glb":
-        bpy.ops.import_scene.gltf(filepath=str(path))
+        bpy.ops.import_scene.gltf(filepath=str(path), merge_vertices=True)  # UV seams split the GLB's vertices
     else:
         bpy.ops.wm.obj_import(filepath=str(path))
     meshes = [o for o in scene.objects if o.type == "MESH"]
