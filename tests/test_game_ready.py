@@ -93,7 +93,7 @@ def test_quads_are_real_quads_near_the_surface_in_few_charts(trained, exported):
     distance = chamfer(result.mesh, full) / diagonal
     print(f"quads: {level.face_count:,} faces, {level.polygons.quad_ratio:.1%} quads, {level.charts} charts, "
           f"Chamfer {distance:.4f} of the diagonal")
-    assert distance <= 0.01  # measured 0.0024
+    assert distance <= 0.01  # measured 0.0036 (94.5 % quads, 10 charts)
     # in Blender, through the add-on's result landing
     support.fresh_scene()
     bpy = support.modules()[0]

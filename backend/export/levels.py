@@ -20,7 +20,7 @@ from backend.export.config import ExportConfig, lod_budgets
 from backend.export.normal_map import bake_from_surface
 from backend.export.polygons import Polygons, after_split
 from backend.export.progress import ExportProgress
-from backend.export.unwrap import atlas, chart_count
+from backend.export.unwrap import atlas, chart_count, polygon_atlas
 from backend.fields import Field
 from backend.isosurface import simplify
 from backend.mesh import Mesh
@@ -53,9 +53,9 @@ def build_levels(full: trimesh.Trimesh, color_fn: Field, config: ExportConfig, d
     budgets = lod_budgets(config.max_faces, config.lods, config.lod_ratio)
     if config.quad:
         return _quad_levels(full, color_fn, config, budgets, device, progress)
-    progress.start("simplify", len(budgets))
+    progress.start("simplify")
     simple = simplify(full, budgets[0])
-    progress.advance()
+    progress.finish()
     progress.start("unwrap")
     unwrapped = atlas(_mesh(simple), config.texture_size, config.atlas_smoothing)
     progress.finish()
@@ -63,10 +63,12 @@ def build_levels(full: trimesh.Trimesh, color_fn: Field, config: ExportConfig, d
     if len(budgets) > 1:
         from backend.export.lods import keep_uv_lods
 
+        progress.start("levels of detail")
         # from LOD0's own face count, so a surface under the budget still gets strictly smaller levels
         below = lod_budgets(len(unwrapped.mesh.faces), len(budgets), config.lod_ratio)[1:]
         meshes += keep_uv_lods(unwrapped.mesh, below)
         _check_decreasing([len(m.faces) for m in meshes])
+        progress.finish()
     progress.start("bake", len(meshes))
     levels, textures = [], []
     for k, mesh in enumerate(meshes):
@@ -81,16 +83,14 @@ def _quad_levels(full: trimesh.Trimesh, color_fn: Field, config: ExportConfig, b
                  device: torch.device | str, progress: ExportProgress) -> tuple[list[Level], list[np.ndarray]]:
     from backend.export.quads import quad_remesh
 
-    progress.start("simplify", len(budgets))
+    progress.start("remesh", len(budgets))  # each level: Instant Meshes, then its atlas
     shapes = []
     for budget in budgets:
         target = budget
         for _ in range(SPLIT_ATTEMPTS):
             vertices, polygons = quad_remesh(full, target)
-            triangles, _ = polygons.triangles()
-            # no smoothing: a remeshed surface has none of the small bumps it is for, and charts cut on a
-            # smoothed copy split more quads along their diagonals (toadstool at 1,000 faces: 91 % vs 93 % quads)
-            unwrapped = atlas(Mesh(vertices.astype(np.float32), triangles), config.texture_size)
+            triangles, owner = polygons.triangles()
+            unwrapped = polygon_atlas(vertices, triangles, owner, config.texture_size)
             split = after_split(polygons, triangles, unwrapped.mesh.faces)
             if len(split.sizes) <= budget:
                 break

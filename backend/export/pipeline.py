@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from backend.fields import Field, chunk_points
 from backend.isosurface import extract_mesh
 from backend.mesh import Frame, Mesh
 
+if TYPE_CHECKING:
+    from backend.export.levels import Level
+
 COLOR_STENCIL_POINTS = 8  # field points one colour query may evaluate (a stencil): sizes the bake's chunks
 
 
@@ -33,8 +37,8 @@ class ExportResult:
     charts: int = 0  # UV charts of the atlas: fewer charts, fewer texture seams
     normal_map_path: Path | None = None  # the tangent-space normal map (PNG), when one was baked
     # game-ready export: every level of detail (LOD0 is `mesh`), in the input frame, and the files they read
-    levels: list = field(default_factory=list)  # [Level]
-    textures: list = field(default_factory=list)  # [[S, S, 3] uint8]: the colour textures levels index
+    levels: list[Level] = field(default_factory=list)
+    textures: list[np.ndarray] = field(default_factory=list)  # [S, S, 3] uint8: the colour textures levels read
     obj_path: Path | None = None  # the OBJ with the levels' polygons, when they are quads
 
 
