@@ -8,19 +8,12 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
+from ..backend.nesting import merge_trees as merge
 from . import choices
 
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
 # game-ready output: the service's own limits (`welcome.limits.ceilings`) are checked again when it gets the job
 MIN_FACES, MAX_FACES, MAX_LODS = 100, 500_000, 4
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict merge: `extra` wins, sub-dicts merge instead of replacing each other."""
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _method_items(_self: Any, _context: Any) -> list[tuple]:

@@ -13,11 +13,12 @@ from typing import Any
 # Only light modules here: `--help`, usage errors and setting checks must not wait for torch or diffusers.
 from backend import __version__
 from backend.catalog import COMMON_FLAGS, MAX_FACES, MAX_LODS, METHODS, MIN_EXPORT_FACES, PRESETS, TASKS
-from backend.compose import compose_config, nested
+from backend.compose import compose_config
 from backend.config import from_dict, load_file, merge
 from backend.cpu_time import duration, project_cpu_s
 from backend.devices import DEVICES, device_arg, pick_device
 from backend.errors import LatentForgeError, ModelNotFoundError
+from backend.nesting import nested
 from backend.notices import quiet_third_party
 
 __all__ = ["build_parser", "main", "pick_device"]

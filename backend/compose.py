@@ -67,21 +67,6 @@ def preset_overrides(name: str, task: str) -> dict:
     return copy.deepcopy(PRESETS[name].overrides.get(task, {}))
 
 
-def nested(values: dict[str, Any], paths: dict[str, str]) -> dict:
-    """The entries of `values` that `paths` names, as nested settings: {"iters": 9} with
-    {"iters": "optim.iters"} → {"optim": {"iters": 9}}. Absent and None values are left out."""
-    out: dict = {}
-    for key, path in paths.items():
-        if values.get(key) is None:
-            continue
-        *parents, leaf = path.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = values[key]
-    return out
-
-
 def named_method(layers: tuple[dict, ...]) -> str | None:
     """The method the last layer that names one (`objective.name`) names."""
     for layer in reversed(layers):

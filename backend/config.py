@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import tomllib
 
 from backend.errors import ConfigError
+from backend.nesting import merge_trees
 
 T = TypeVar("T")
 
@@ -86,17 +87,7 @@ def from_dict(cls: type[T], data: dict, path: str = "") -> T:
 
 def merge(base: T, overrides: dict) -> T:
     """A copy of dataclass `base` with nested `overrides` applied (validated like a file)."""
-    data = dataclasses.asdict(base)
-
-    def deep(d: dict, o: dict) -> dict:
-        for k, v in o.items():
-            if isinstance(v, dict) and isinstance(d.get(k), dict):
-                deep(d[k], v)
-            else:
-                d[k] = v
-        return d
-
-    return from_dict(type(base), deep(data, overrides))
+    return from_dict(type(base), merge_trees(dataclasses.asdict(base), overrides))
 
 
 def load_file(path: str | Path) -> dict:

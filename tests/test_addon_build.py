@@ -22,7 +22,8 @@ import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = tomllib.loads((REPO / "blender_manifest.toml").read_text(encoding="utf-8"))
-CLIENT_FILES = ("backend/__init__.py", "backend/catalog.py", "backend/service/__init__.py", "backend/service/client.py",
+CLIENT_FILES = ("backend/__init__.py", "backend/catalog.py", "backend/nesting.py", "backend/service/__init__.py",
+                "backend/service/client.py",
                 *(f"backend/service/protocol/{name}.py" for name in ("__init__", "base", "fields", "arrays", "codec")))
 CLIENT_IMPORTS = {*sys.stdlib_module_names, "numpy", "zmq"}  # what Blender's Python has, plus the bundled pyzmq
 

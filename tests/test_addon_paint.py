@@ -109,13 +109,7 @@ def render(bpy: ModuleType, path: Path) -> np.ndarray:
         world.node_tree.nodes["Background"].inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
         scene.world = world
     scene.view_settings.view_transform = "Standard"  # colours as painted, not tone-mapped
-    scene.render.engine = "CYCLES"
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 16, False
-    scene.render.resolution_x = scene.render.resolution_y = 256
-    scene.render.resolution_percentage = 100
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
+    support.render_still(scene, path, 256, 16)
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
 
 

@@ -166,13 +166,7 @@ def render_not_blank(bpy: ModuleType, obj: object, path: Path) -> np.ndarray:
     scene.camera = camera
     bpy.ops.object.light_add(type="SUN", location=tuple(center + size * 3))
     bpy.context.object.data.energy = 4.0
-    scene.render.engine = "CYCLES"
-    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 8, False
-    scene.render.resolution_x = scene.render.resolution_y = 96
-    scene.render.resolution_percentage = 100
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
+    support.render_still(scene, path, 96, 8)
     image = bpy.data.images.load(str(path))
     pixels = np.empty(image.size[0] * image.size[1] * 4, np.float32)
     image.pixels.foreach_get(pixels)

@@ -160,3 +160,16 @@ def test_addon_is_enabled_from_this_source_tree() -> None:
     assert Path(addon().__file__).resolve() == REPO / "__init__.py"
     assert prefs.get().server_address == "tcp://127.0.0.1:5555"
     assert bpy.app.timers.is_registered(timers.drain)
+
+
+def render_still(scene: object, path: Path, size: int, samples: int) -> None:
+    """Render `scene`'s camera with Cycles on the CPU, undenoised, to the PNG `path` (size² pixels)."""
+    import bpy
+
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", samples, False
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(path)
+    bpy.ops.render.render(write_still=True)

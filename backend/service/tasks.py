@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from backend.catalog import SUBMIT_SETTINGS, TASKS
-from backend.compose import compose_config, config_type, nested, task_info, task_module
+from backend.compose import compose_config, config_type, task_info, task_module
 from backend.errors import LatentForgeError
 from backend.events import EventSink
 from backend.export import ExportResult
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh, validate_mesh
+from backend.nesting import nested
 from backend.service import schema
 
 OUTPUT_NAME = "asset.glb"
