@@ -96,20 +96,21 @@ def main() -> None:
     report: dict = {"full_faces": len(full.faces), "parts": parts, "grid": args.grid, "faces": args.faces,
                     "lods": args.lods}
     folder = Path(tempfile.mkdtemp(prefix="latentforge-game-ready-"))
+    files: dict[str, Path] = {}
     for kind, quad in (("triangles", False), ("quads", True)):
         config = ExportConfig(max_faces=args.faces, lods=args.lods, quad=quad, texture_size=args.texture_size)
         start = time.perf_counter()
         result = export_surface(vertices, faces, colour, frame, config, folder / kind / "toadstool.glb")
         seconds = time.perf_counter() - start
-        report[kind] = {"seconds": round(seconds, 1), "levels": measure(result, full),
-                        "glb": str(result.glb_path), "obj": str(result.obj_path) if result.obj_path else None}
+        report[kind] = {"seconds": round(seconds, 1), "levels": measure(result, full)}
+        files[kind] = result.obj_path or result.glb_path  # the quads' OBJ keeps them; the triangles' GLB
         print(f"{kind}: {seconds:.1f} s")
         for row in report[kind]["levels"]:
             print("  " + ", ".join(f"{k} {v}" for k, v in row.items()))
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     if args.renders:
         render = Path(__file__).with_name("render_lods.py")
-        subprocess.run([sys.executable, str(render), report["triangles"]["glb"], report["quads"]["obj"],
+        subprocess.run([sys.executable, str(render), str(files["triangles"]), str(files["quads"]),
                         str(args.renders), "--lods", str(args.lods)], check=True)
 
 
