@@ -32,8 +32,29 @@ def land(context: bpy.types.Context, job: Job, event: dict[str, Any]) -> bpy.typ
         return painting.apply_painted(target, job, uvs[faces], texture, event.get("tiles", {}))
     sketch = [o for uid in job.sketch if (o := object_by_uid(uid)) is not None]
     world, anchor = placement(job, vertices)
+    shift = world[:1] - vertices[:1] if len(vertices) else np.zeros((1, 3), np.float32)  # the placement's move
     return results.import_generated(scene, job.prompt, world, faces, uvs, texture, anchor, sketch,
-                            normal_png=event["blobs"].get("normal_map"))
+                                    normal_png=event["blobs"].get("normal_map"), polygons=polygons(arrays),
+                                    lods=levels_of_detail(arrays, event["blobs"], shift))
+
+
+def polygons(arrays: dict[str, np.ndarray], prefix: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+    """A level's faces as polygons (real quads), when the result has them."""
+    if f"{prefix}polygon_sizes" not in arrays:
+        return None
+    return arrays[f"{prefix}polygon_sizes"], arrays[f"{prefix}polygon_corners"]
+
+
+def levels_of_detail(arrays: dict[str, np.ndarray], blobs: dict[str, bytes], shift: np.ndarray) -> list[dict]:
+    """Levels 1, 2 … of a game-ready result (PROTOCOL.md's lod.<k>.*), moved as LOD0 was placed."""
+    levels = []
+    while f"lod.{len(levels) + 1}.vertices" in arrays:
+        prefix = f"lod.{len(levels) + 1}."
+        levels.append({"vertices": np.asarray(arrays[prefix + "vertices"], dtype=np.float32) + shift,
+                       "faces": arrays[prefix + "faces"], "uvs": arrays.get(prefix + "uvs"),
+                       "polygons": polygons(arrays, prefix), "normal_png": blobs.get(prefix + "normal_map"),
+                       "texture_png": blobs.get(prefix + "texture")})
+    return levels
 
 
 def placement(job: Job, vertices: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -60,6 +60,11 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         if settings.mode == "GENERATE":
             col.prop(settings, "looseness")
         col.prop(settings, "texture_size")
+        if settings.mode != "PAINT":
+            col.prop(settings, "faces")
+            row = col.row(heading="Game-ready")
+            row.prop(settings, "quads")
+            col.prop(settings, "lods")
         layout.label(text=geometry.front_label(geometry.front_of(context)), icon="ORIENTATION_VIEW")
         row = layout.row()
         row.scale_y = 1.5

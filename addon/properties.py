@@ -12,6 +12,8 @@ from ..backend.nesting import merge_trees as merge
 from . import choices
 
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
+# game-ready output: the service's own limits (`welcome.limits.ceilings`) are checked again when it gets the job
+MIN_FACES, MAX_FACES, MAX_LODS = 100, 500_000, 4
 
 
 def _method_items(_self: Any, _context: Any) -> list[tuple]:
@@ -79,6 +81,14 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
                                  description="Mesh refinement steps on the extracted surface (−1: the quality "
                                              "preset's, 0: skip, the mesh is then cut from the field directly)",
                                  min=-1, max=1_000_000, default=-1)
+    faces: IntProperty(name="Faces", description="Face budget of the result, simplified from the full surface whose "
+                       "detail goes into a normal map (0: the quality preset's; with Quads it counts quads)",
+                       min=0, max=MAX_FACES, default=0)
+    quads: BoolProperty(name="Quads", description="A quad-dominant remesh at the face budget (Instant Meshes): "
+                                                  "real quads in Blender", default=False)
+    lods: IntProperty(name="LODs", description="Levels of detail, each half the faces of the one before, as objects "
+                                               "NAME_LOD0 … in one collection with LOD0 shown",
+                      min=1, max=MAX_LODS, default=1)
     extra_json: StringProperty(
         name="Extra Settings",
         description="Any service setting as JSON, merged last, e.g. {\"objective\": {\"guidance_scale\": 50}}",
@@ -100,6 +110,19 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
             raise ValueError("Extra Settings must be a JSON object, e.g. {\"refine\": {\"iters\": 0}}")
         return value
 
+    def game_ready(self) -> dict[str, Any]:
+        """The export settings of Faces, Quads and LODs; raises ValueError for a budget under the minimum."""
+        export: dict[str, Any] = {}
+        if self.faces:
+            if self.faces < MIN_FACES:
+                raise ValueError(f"Faces is {self.faces}: give at least {MIN_FACES}, or 0 for the quality preset's")
+            export["max_faces"] = self.faces
+        if self.quads:
+            export["quad"] = True
+        if self.lods > 1:
+            export["lods"] = self.lods
+        return {"export": export} if export else {}
+
     def submit_fields(self, task: str) -> dict[str, Any]:
         """The header fields of a `generate` or `paint` submit (see PROTOCOL.md), without the mesh arrays."""
         overrides: dict[str, Any] = {}
@@ -107,6 +130,8 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
             overrides["sketch"] = {"looseness": round(self.looseness, 4)}
         if task == "generate" and self.mesh_iterations >= 0:
             overrides["mesh"] = {"iters": self.mesh_iterations}
+        if task == "generate":
+            overrides = merge(overrides, self.game_ready())
         if self.texture_size != "0":  # generate bakes it at export; paint decodes its latent texture to it
             size = int(self.texture_size)
             overrides |= {"texture_size": size} if task == "paint" else {"export": {"texture_size": size}}

@@ -15,6 +15,8 @@ MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
 MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 MAX_FACES = 2_000_000  # larger meshes are refused: decimate them first
 MAX_VERTICES = 3 * MAX_FACES
+MIN_EXPORT_FACES = 100  # the smallest face budget an export takes
+MAX_LODS = 6  # levels of detail one export writes at most (LOD0 … LOD5)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class Preset:
 TASKS: dict[str, Task] = {
     "generate": Task("text (and sketch) to a textured GLB", "backend.tasks.generate", "optim.iters",
                      {"refine_iters": "refine.iters", "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution",
-                      "looseness": "sketch.looseness"}, mesh="sketch"),
+                      "looseness": "sketch.looseness", "faces": "export.max_faces", "quad": "export.quad",
+                      "lods": "export.lods"}, mesh="sketch"),
     "paint": Task("texture a mesh from a prompt (Latent-Paint), keeping its geometry", "backend.tasks.paint", "iters",
                   {"texture_size": "texture_size", "finetune_iters": "finetune_iters"}, mesh="paint"),
 }

@@ -12,7 +12,7 @@ from typing import Any
 
 # Only light modules here: `--help`, usage errors and setting checks must not wait for torch or diffusers.
 from backend import __version__
-from backend.catalog import COMMON_FLAGS, METHODS, PRESETS, TASKS
+from backend.catalog import COMMON_FLAGS, MAX_FACES, MAX_LODS, METHODS, MIN_EXPORT_FACES, PRESETS, TASKS
 from backend.compose import compose_config
 from backend.config import from_dict, load_file, merge
 from backend.cpu_time import CPU_WARN_S, duration, project_cpu_s, project_cpu_stages
@@ -95,6 +95,19 @@ def front_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not an axis ({', '.join(FRONTS)}) or an angle") from None
 
 
+def count_arg(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], refused with the range named (argparse exits with 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {what}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value:,} {what} is out of range: give {lo:,} to {hi:,}")
+        return value
+    return parse
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="what to make, e.g. 'a red toadstool'")
     p.add_argument("--negative", help="what to avoid (classifier-free guidance's negative prompt)")
@@ -135,6 +148,16 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--looseness", type=float,
                    help="how loosely to follow the sketch: distance from its surface, in units of a sketch "
                         "scaled to radius 0.7 (Latent-NeRF's), within which the shape is free (default 0.3)")
+    game = p.add_argument_group("game-ready output")
+    game.add_argument("--faces", type=count_arg("faces", MIN_EXPORT_FACES, MAX_FACES),
+                      help="face budget of the exported mesh, simplified from the full surface whose detail goes "
+                           "into the normal map (default 50,000; with --quad it counts quads)")
+    game.add_argument("--quad", action="store_const", const=True,
+                      help="quad-dominant remesh (Instant Meshes) at the face budget; NAME.obj beside the GLB keeps "
+                           "the quads (glTF stores triangles). Needs the game extra")
+    game.add_argument("--lods", type=count_arg("levels of detail", 1, MAX_LODS),
+                      help=f"levels of detail LOD0 … LOD(K-1), each half the faces of the one before, as GLB nodes "
+                           f"NAME_LOD0 … with normal maps from the full surface (1 to {MAX_LODS}, default 1)")
 
 
 def add_paint_args(p: argparse.ArgumentParser) -> None:
@@ -206,6 +229,9 @@ def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: st
 def cmd_generate(args: argparse.Namespace) -> int:
     config = build_config("generate", args)
     config.validate()
+    from backend.export.libraries import check
+
+    check(config.export.quad, config.export.lods)  # before training: the export is hours away
     spec = guidance_spec(args)
     device = pick_device(args.device)
     from backend.depth import HIFA_WEIGHT as HIFA_DEPTH_WEIGHT
@@ -261,6 +287,14 @@ def _run(job: Callable, what: str, device: Any, reference: Any = None) -> int:
         events.close()
     charts = getattr(result, "charts", 0)
     normal_map = getattr(result, "normal_map_path", None)
+    levels = getattr(result, "levels", [])
+    if levels:
+        obj = f" and {result.obj_path} (quads)" if result.obj_path else ""
+        print(f"wrote {result.glb_path}{obj}, with textures and normal maps beside them "
+              f"({time.perf_counter() - start:.1f} s)")
+        for k, level in enumerate(levels):
+            print("  " + describe_level(k, level))
+        return 0
     print(f"wrote {result.glb_path} and {result.png_path}" + (f" and {normal_map}" if normal_map else "")
           + f" ({len(result.mesh.faces):,} faces" + (f", {charts:,} UV charts" if charts else "")
           + f", {time.perf_counter() - start:.1f} s)")
@@ -269,6 +303,16 @@ def _run(job: Callable, what: str, device: Any, reference: Any = None) -> int:
 
         print(f"against the reference mesh: {surface_error(result.mesh, reference).describe()}")
     return 0
+
+
+def describe_level(k: int, level: Any) -> str:
+    """One line per level of detail: faces (quads and triangles), UV charts, which texture it reads."""
+    if level.polygons is not None:
+        faces = (f"{level.face_count:,} faces, {level.polygons.quad_ratio:.0%} quads "
+                 f"({len(level.mesh.faces):,} triangles in the GLB)")
+    else:
+        faces = f"{level.face_count:,} faces"
+    return f"LOD{k}: {faces}, {level.charts:,} UV charts, colour texture {level.texture}"
 
 
 def describe_schedule(config: Any) -> str:

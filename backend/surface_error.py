@@ -88,6 +88,11 @@ def chamfer_and_normals(asset: Mesh, reference: Mesh, samples: int = SAMPLES, se
     return float((to_reference.mean() + to_asset.mean()) / 2), angles
 
 
+def chamfer(asset: Mesh, reference: Mesh, samples: int = SAMPLES, seed: int = 0) -> float:
+    """Symmetric point-to-surface Chamfer distance, in the meshes' units."""
+    return chamfer_and_normals(asset, reference, samples, seed)[0]
+
+
 def surface_error(asset: Mesh, reference: Mesh, samples: int = SAMPLES, resolution: int = 64,
                   seed: int = 0) -> SurfaceError:
     """Every figure of `asset` against `reference` (both closed, in the same frame)."""

@@ -80,13 +80,19 @@ class JobResult:
     stats: dict[str, Any]
     normal_png: bytes | None = None  # a refined mesh's tangent-space normal map
     tiles: dict[int, bytes] = field(default_factory=dict)  # a UDIM paint: each tile's texture (PNG)
+    # a game-ready export: LOD0's polygon_sizes / polygon_corners and each later level's lod.<k>.* arrays,
+    # and those levels' lod.<k>.normal_map / lod.<k>.texture blobs (PROTOCOL.md)
+    level_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    level_blobs: dict[str, bytes] = field(default_factory=dict)
 
     @staticmethod
     def from_message(message: Message) -> JobResult:
         a, b, f = message.arrays, message.blobs, message.fields
         tiles = {int(name[len("tile."):]): png for name, png in b.items() if name.startswith("tile.")}
+        levels = {name: array for name, array in a.items() if name.startswith(("polygon_", "lod."))}
         return JobResult(f["job"], a["vertices"], a["faces"], a.get("uvs"), a.get("vertex_map"), b["texture"],
-                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"), tiles)
+                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"), tiles, levels,
+                         {name: png for name, png in b.items() if name.startswith("lod.")})
 
 
 def _error(message: Message) -> ServiceError:

@@ -238,7 +238,8 @@ class JobStore:
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
                     normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None) -> Path:
-        """`tiles`: a UDIM paint's images by blob name (tile.<number>), kept as tile.<number>.png."""
+        """`tiles`: a result's other images by blob name (a UDIM paint's tile.<number>, a level of detail's
+        lod.<k>.normal_map and lod.<k>.texture), each kept as <name>.png."""
         folder = self.folder(job_id) / RESULT
         files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
         if normal_png is not None:
@@ -256,10 +257,11 @@ class JobStore:
         return arrays, (folder / TEXTURE_PNG).read_bytes(), folder / ASSET_GLB
 
     def load_tiles(self, job_id: str) -> dict[str, bytes]:
-        """A UDIM paint result's images by blob name (tile.<number>); none for other results."""
+        """A result's other images by blob name: a UDIM paint's tiles (tile.<number>) and the levels of detail's
+        normal maps and textures (lod.<k>.normal_map, lod.<k>.texture); none for other results."""
         folder = self.folder(job_id) / RESULT
-        return {p.stem: p.read_bytes() for p in sorted(folder.glob("tile.*.png"))
-                if protocol.TILE_BLOB.fullmatch(p.stem)}
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.png"))
+                if protocol.TILE_BLOB.fullmatch(p.stem) or protocol.lod_item(p.stem) is not None}
 
     def load_normal_map(self, job_id: str) -> bytes | None:
         """The result's tangent-space normal map (PNG), when its export baked one."""

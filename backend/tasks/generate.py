@@ -25,10 +25,12 @@ from backend.errors import ConfigError
 from backend.events import EventSink, ignore
 from backend.export import ExportConfig, ExportResult, export_asset
 from backend.export.from_mesh import export_surface
-from backend.export.progress import estimate_export_s
+from backend.export.libraries import check as check_libraries
+from backend.export.progress import ExportProgress, estimate_export_s
 from backend.guidance.base import Guidance
+from backend.isosurface import extract_mesh
 from backend.loop import Stage
-from backend.mesh import Frame, Mesh
+from backend.mesh import MAX_FACES, Frame, Mesh
 from backend.objectives.config import build_objective
 from backend.regularisers import orientation, ramp, sparsity, z_variance
 from backend.render.volume import VolumeConfig
@@ -148,6 +150,12 @@ class GenerateJob(DistillJob):
         density = density or nerf.density
         if self.scene.renderer.occupancy is not None:  # empty space stays empty without the field's cost
             density = self.scene.renderer.occupancy.wrap_density(density)
+        e = self.config.export
+        if e.quad or e.lods > 1:  # game-ready levels come from the full marching-cubes surface, as from a mesh's
+            full = extract_mesh(density, e.grid_resolution, e.density_threshold, e.bound, MAX_FACES, self.device,
+                                e.memory_gb, ExportProgress(on_event, {}))
+            return export_surface(torch.as_tensor(full.vertices), torch.as_tensor(full.faces), nerf.rgb_at,
+                                  self.frame, e, Path(out_path), device=self.device, on_event=on_event)
         return export_asset(density, nerf.rgb_at, self.frame, self.config.export, Path(out_path),
                             device=self.device, on_event=on_event)
 
@@ -250,6 +258,7 @@ def generate(
     checkpoints go there and a rerun resumes from the last one.
     """
     config.validate()
+    check_libraries(config.export.quad, config.export.lods)  # refused now, not after training
     out_path = glb_output(out_path)
     return run_job(prepare_generate(config, guidance, sketch, sketch_frame), out_path, on_event, cancel, job_dir)
 
@@ -260,6 +269,7 @@ CONFIG = GenerateConfig
 def check_inputs(config: GenerateConfig, sketch: Mesh | None, arrays: dict[str, np.ndarray] | None = None) -> None:
     """Refuse inputs a job could not use, before it is queued (the config is validated); `arrays` are the
     submit's other arrays (the protocol has checked that a generate submit carries none but its sketch)."""
+    check_libraries(config.export.quad, config.export.lods)
     if sketch is not None:
         Frame.fit(sketch.vertices)  # a sketch with no extent cannot place anything
 

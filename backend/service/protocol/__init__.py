@@ -17,6 +17,7 @@ from .arrays import (  # noqa: F401
     CHECKPOINT_PREFIX,
     IMAGE_ARRAY,
     IMAGE_ARRAYS,
+    LOD_ITEM,
     MAX_TILE_BYTES,
     TILE_BLOB,
     TILE_BLOBS,
@@ -24,7 +25,9 @@ from .arrays import (  # noqa: F401
     check_appearance,
     check_arrays,
     check_mesh_arrays,
+    check_result_arrays,
     image_index,
+    lod_item,
 )
 from .base import (  # noqa: F401
     BROKER_TO_WORKER,
