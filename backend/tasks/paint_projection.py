@@ -3,10 +3,10 @@
 Each texel of the atlas is a point on the mesh (its face and barycentrics). It takes the image's colour at
 its projection in the reference view when three things hold there:
 
-- it is the front-most surface: the mesh is rasterised from the view (at the image's size) into a depth
-  buffer, and the texel is no farther than the nearest depth within a pixel of its projection, plus one
-  pixel's footprint for its slope; a texel behind any other surface (a hidden face, the far side) never
-  takes the image's colour;
+- it is the front-most surface: the mesh is rasterised from the view (at the image's size), and either its
+  own face is what the pixel it lands in shows, or it is no farther than the nearest depth within a pixel
+  of it plus one pixel's footprint for its slope; a texel behind any other surface (a hidden face, the far
+  side) never takes the image's colour;
 - its face turns towards the view (faces are double-sided, as renders show them): the weight fades from 1
   to 0 between 73° and 84° from the view, where one pixel spreads over many texels;
 - the image's mask there is the object (the weight is the mask's value).
@@ -86,7 +86,8 @@ def project_image(vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor
     cos = (normal * towards).sum(-1).abs() / towards.norm(dim=-1).clamp(min=1e-12)
     footprint = 2 * depth * torch.tan(cameras.fov[0] / 2) / res  # one pixel's width at the texel's depth
     slope = torch.sqrt(1 - cos**2) / cos.clamp(min=FACING[0])
-    front = depth <= nearest[py, px] + footprint * (1 + slope)
+    shown = rast[0, ..., 3].long() - 1  # the face each pixel shows
+    front = (shown[py, px] == face) | (depth <= nearest[py, px] + footprint * (1 + slope))
     facing = ((cos - FACING[0]) / (FACING[1] - FACING[0])).clamp(0, 1)
     rgb, mask = image.tensors(res, device)
     sample = torch.cat([rgb, mask[None]])

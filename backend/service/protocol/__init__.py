@@ -17,14 +17,18 @@ from .arrays import (  # noqa: F401
     CHECKPOINT_PREFIX,
     IMAGE_ARRAY,
     IMAGE_ARRAYS,
+    IMAGE_BLOB,
+    IMAGE_VIEW_FIELDS,
     MAX_TILE_BYTES,
     TILE_BLOB,
     TILE_BLOBS,
     ArrayRule,
     check_appearance,
     check_arrays,
+    check_image_blob,
     check_mesh_arrays,
     image_index,
+    png_size,
 )
 from .base import (  # noqa: F401
     BROKER_TO_WORKER,
