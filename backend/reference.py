@@ -51,12 +51,13 @@ class ImageConfig:
     rgb_weight: float = 10.0
     mask_weight: float = 10.0
     every: int = 1  # render the reference view every this many steps (its losses count that many times)
+    ramp: float = 0.0  # the generate weights rise linearly from 0 over this fraction of the job (0: from the start)
     # paint: weight of the projected image on the texels the view sees, per latent texel
-    texture_weight: float = 10.0
+    texture_weight: float = 100.0
 
     def validate(self) -> None:
         for name in ("azimuth", "elevation", "radius", "fov", "tolerance", "rgb_weight", "mask_weight",
-                     "texture_weight"):
+                     "texture_weight", "ramp"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ConfigError(f"image.{name} must be a finite number, got {value!r}")
@@ -70,6 +71,8 @@ class ImageConfig:
             raise ConfigError(f"image.tolerance must be in [0, 1), got {self.tolerance}")
         if min(self.rgb_weight, self.mask_weight, self.texture_weight) < 0:
             raise ConfigError("image.rgb_weight, image.mask_weight and image.texture_weight must be ≥ 0")
+        if not 0.0 <= self.ramp <= 1.0:
+            raise ConfigError(f"image.ramp is a fraction of the job in [0, 1], got {self.ramp}")
         if not isinstance(self.every, int) or self.every < 1:
             raise ConfigError(f"image.every must be a whole number ≥ 1, got {self.every!r}")
 

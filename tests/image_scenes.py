@@ -45,6 +45,7 @@ class BoxesBehind:
     frame: Frame  # where a job puts it in the unit volume
     colours: np.ndarray  # [F, 3] the known colouring: by face direction, the hidden box white
     seen: np.ndarray  # faces of the front box turned squarely to the view (cos > 0.6: its front)
+    turned: np.ndarray  # faces of the front box turned to the view (cos > 0.3: its front, right and top)
     hidden: np.ndarray  # the front box's faces turned away, and every face of the box behind it
 
 
@@ -65,4 +66,21 @@ def boxes_behind(view: ImageConfig) -> BoxesBehind:
     colours[len(front_f):] = 0.95
     cos = normals[:len(front_f)] @ towards
     hidden = np.concatenate([np.flatnonzero(cos < 0), np.arange(len(front_f), len(faces))])
-    return BoxesBehind(Mesh(vertices, faces), Frame.fit(vertices), colours, np.flatnonzero(cos > 0.6), hidden)
+    return BoxesBehind(Mesh(vertices, faces), Frame.fit(vertices), colours, np.flatnonzero(cos > 0.6),
+                       np.flatnonzero(cos > 0.3), hidden)
+
+
+def reference_psnr(result: Mesh, texture: np.ndarray, frame: Frame, view: ImageConfig, image: np.ndarray,
+                   size: int = 64) -> float:
+    """PSNR (dB) of a textured result seen from the reference view against the image [H, W, 4], over the pixels
+    wholly inside the image's mask at `size`² (the result placed in the unit volume by `frame`)."""
+    from backend.reference import ReferenceImage, mask_inside
+
+    vertices = torch.as_tensor(frame.to_unit(result.vertices))
+    colour, coverage = render_mesh(vertices, torch.as_tensor(result.faces), view.camera(), size,
+                                   uvs=torch.as_tensor(result.uvs),
+                                   texture=torch.as_tensor(texture).permute(2, 0, 1).float() / 255.0, supersample=4)
+    rgb, mask = ReferenceImage.from_pixels(image).tensors(size)
+    inside = mask_inside(mask, 1)
+    error = ((colour[0] + (1 - coverage[0]) - rgb) ** 2).mean(0)[inside]  # over white where it misses
+    return float(10 * torch.log10(1 / error.mean().clamp(min=1e-12)))

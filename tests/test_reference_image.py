@@ -179,7 +179,7 @@ def test_projection_reaches_only_the_texels_the_view_sees():
     projection = project_image(torch.as_tensor(scene.frame.to_unit(mapped.vertices)), torch.as_tensor(mapped.faces),
                                torch.as_tensor(mapped.uvs), 128, image, view.camera())
     for faces, expected in ((scene.seen, 1.0), (scene.hidden, 0.0)):
-        texels = face_texels(mapped, 128, faces, erode=1)
+        texels = face_texels(mapped, 128, faces, erode=int(expected))  # hidden faces' edges too
         weight = projection.weight[texels]
         print(f"projection weight on {len(faces)} faces that should have {expected}: {weight.min():.3f} to "
               f"{weight.max():.3f}, mean {weight.mean():.3f}")

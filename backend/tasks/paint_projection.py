@@ -5,8 +5,9 @@ its projection in the reference view when three things hold there:
 
 - it is the front-most surface: the mesh is rasterised from the view (at the image's size), and either its
   own face is what the pixel it lands in shows, or it is no farther than the nearest depth within a pixel
-  of it plus one pixel's footprint for its slope; a texel behind any other surface (a hidden face, the far
-  side) never takes the image's colour;
+  of it plus one pixel's footprint for its slope and its face is turned the same way as the shown one; a
+  texel behind any other surface (a hidden face, the far side, even at a silhouette) never takes the
+  image's colour;
 - its face turns towards the view (faces are double-sided, as renders show them): the weight fades from 1
   to 0 between 73° and 84° from the view, where one pixel spreads over many texels;
 - the image's mask there is the object (the weight is the mask's value).
@@ -86,8 +87,15 @@ def project_image(vertices: torch.Tensor, faces: torch.Tensor, uvs: torch.Tensor
     cos = (normal * towards).sum(-1).abs() / towards.norm(dim=-1).clamp(min=1e-12)
     footprint = 2 * depth * torch.tan(cameras.fov[0] / 2) / res  # one pixel's width at the texel's depth
     slope = torch.sqrt(1 - cos**2) / cos.clamp(min=FACING[0])
-    shown = rast[0, ..., 3].long() - 1  # the face each pixel shows
-    front = (shown[py, px] == face) | (depth <= nearest[py, px] + footprint * (1 + slope))
+    # the face each pixel shows, and which side of each face the camera is on (faces are double-sided)
+    shown = (rast[0, ..., 3].long() - 1)[py, px]
+    centres = vertices[faces].mean(1)
+    face_side = ((torch.linalg.cross(*(vertices[faces[:, k]] - vertices[faces[:, 0]] for k in (1, 2)))
+                  * (cameras.position[0] - centres)).sum(-1) > 0)
+    side = (normal * towards).sum(-1) > 0
+    # near the pixel's surface and on its side: a far side's texels at a silhouette are as near, but turned away
+    same_side = torch.where(shown >= 0, face_side[shown.clamp(min=0)] == side, side)
+    front = (shown == face) | (same_side & (depth <= nearest[py, px] + footprint * (1 + slope)))
     facing = ((cos - FACING[0]) / (FACING[1] - FACING[0])).clamp(0, 1)
     rgb, mask = image.tensors(res, device)
     sample = torch.cat([rgb, mask[None]])

@@ -30,6 +30,7 @@ from backend.guidance.analytic import VAE_FACTOR
 from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.reference import ImageConfig, ReferenceImage, mask_inside
+from backend.regularisers import ramp
 from backend.scene.base import SceneRender
 
 BACKDROP = (0.5, 0.5, 0.5)  # the reference view's solid background: far from white and from black objects
@@ -77,8 +78,9 @@ class ReferenceView:
         count = float(inside_f.sum())
         colour = (((out.image - target) ** 2).mean(1)[0] * inside_f).sum() / max(count, 1.0)
         silhouette = ((out.opacity[0] - coverage) ** 2).mean()
-        return {"image_rgb": (every * self.config.rgb_weight * per_pixel * count, colour),
-                "image_mask": (every * self.config.mask_weight * per_pixel * size**2, silhouette)}
+        scale = every * per_pixel * (ramp(step, total, self.config.ramp) if self.config.ramp else 1.0)
+        return {"image_rgb": (self.config.rgb_weight * scale * count, colour),
+                "image_mask": (self.config.mask_weight * scale * size**2, silhouette)}
 
 
 def reference_cameras(config: ImageConfig, device: torch.device | str) -> Cameras:
