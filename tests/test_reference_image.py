@@ -192,3 +192,21 @@ def test_projection_reaches_only_the_texels_the_view_sees():
         texels = face_texels(mapped, 128, np.array([face]), erode=1)
         error = np.abs(projection.colour[texels] - scene.colours[face]).max(-1)
         assert np.median(error) < 0.02, (face, float(np.median(error)))
+
+
+def test_a_partial_paint_projects_the_image_onto_its_own_faces_only():
+    from backend.config import merge
+    from backend.guidance.target import TargetGuidance
+    from backend.tasks.paint import PaintConfig, prepare_paint
+
+    view = ImageConfig(azimuth=30.0, elevation=20.0)
+    scene = boxes_behind(view)
+    image = ReferenceImage.from_pixels(image_of(coloured(scene.mesh, scene.colours), scene.frame, view, 96))
+    config = merge(PaintConfig(prompt="a box", image=view), {"resolution": 16, "texture_size": 128})
+    guidance = TargetGuidance(coloured(scene.mesh, scene.colours))
+    whole = prepare_paint(config, guidance, scene.mesh, image=image)
+    chosen = scene.seen[:1]  # one triangle of the front
+    partial = prepare_paint(config, guidance, scene.mesh, faces=chosen, image=image)
+    outside = ~partial.selection.painted
+    assert (partial.projection.weight[outside] == 0).all()
+    assert partial.projection.weight.sum() > 0 and whole.projection.weight[outside].sum() > 0

@@ -184,7 +184,9 @@ def prepare_generate(
     orient = config.refine.lambda_orient
     refine_step = replace(step, lighting=config.shading, regularisers={**regularisers, "orient": (
         orient, lambda out, *_: orientation(out.rays.normals, out.rays.directions, out.rays.weights))},
-        render=lambda cams: scene.render(cams, config.refine.resolution, cams.shading, normals=orient > 0))
+        # normals for the orientation loss on the prior's views (they carry a light), not the reference view's
+        render=lambda cams: scene.render(cams, config.refine.resolution, cams.shading,
+                                         normals=orient > 0 and cams.light is not None))
     adam = {"betas": (0.9, 0.99), "eps": 1e-15}
     stages = [distill_stage("latent", config.optim.iters, step,
                             lambda: nerf.param_groups(config.optim.lr, config.optim.grid_lr_scale), speed,
