@@ -210,3 +210,33 @@ def test_a_partial_paint_projects_the_image_onto_its_own_faces_only():
     outside = ~partial.selection.painted
     assert (partial.projection.weight[outside] == 0).all()
     assert partial.projection.weight.sum() > 0 and whole.projection.weight[outside].sum() > 0
+
+
+def test_every_stage_fits_the_image_on_a_tiny_stable_diffusion(tiny_sd_dir, tmp_path, capsys):
+    """Through the command line with Stable Diffusion's own encoder (a tiny random one): the reference view's
+    losses are reported in the latent, RGB refinement and mesh stages, and paint's in both of its stages."""
+    import json
+
+    from tiny_config import TINY
+
+    image = tmp_path / "concept.png"
+    image.write_bytes(png(disc()))
+    generate_config = tmp_path / "generate.json"
+    generate_config.write_text(json.dumps({**TINY, "optim": {"iters": 4}, "refine": {"iters": 2, "resolution": 32},
+                                           "mesh": {"iters": 2, "resolution": 32, "grid_resolution": 12},
+                                           "loop": {"checkpoint_every": 0}}))
+    paint_config = tmp_path / "paint.json"
+    paint_config.write_text(json.dumps({"resolution": 16, "iters": 3, "texture_size": 64, "finetune_iters": 2,
+                                        "finetune_resolution": 32}))
+    runs = {"generate": ["--config", str(generate_config), "--image-view", "right"],
+            "paint": ["--config", str(paint_config), "--mesh", str(TARGET), "--image-view", "20,10"]}
+    for task, args in runs.items():
+        out = tmp_path / f"{task}.glb"
+        code = main([task, "--prompt", "a toadstool", "--model", str(tiny_sd_dir), "--device", "cpu", "--image",
+                     str(image), "--out", str(out), *args])
+        err = capsys.readouterr().err
+        assert code == 0 and out.is_file(), err
+        stages = ("latent", "rgb_refine", "mesh") if task == "generate" else ("paint", "rgb_finetune")
+        for stage in stages:  # each stage's bar shows its losses, the image's among them
+            shown = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(f"{stage}:")]
+            assert shown and "image" in shown[-1], (stage, shown[-1:])
