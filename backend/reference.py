@@ -50,6 +50,9 @@ class ImageConfig:
     # pull at every stage's render size
     rgb_weight: float = 10.0
     mask_weight: float = 10.0
+    # generate with a sketch: the image's object is moved and scaled onto the sketch's outline in the view,
+    # so the image and the sketch agree where the object is; false takes the image as framed
+    fit_sketch: bool = True
     every: int = 1  # render the reference view every this many steps (its losses count that many times)
     ramp: float = 0.0  # the generate weights rise linearly from 0 over this fraction of the job (0: from the start)
     # paint: weight of the projected image on the texels the view sees, per latent texel
@@ -114,6 +117,30 @@ class ReferenceImage:
                              "the object's outline", MASK_HINT)
         background = border_colour(rgb)
         return ReferenceImage(*pad_square(rgb, mask, background))
+
+    def fitted(self, box: tuple[float, float, float, float]) -> ReferenceImage:
+        """The image with its mask's bounding box moved onto `box` (top, left, bottom, right, as fractions of the
+        frame) and scaled uniformly to the same area (the geometric mean of the two sides' ratios)."""
+        from PIL import Image
+
+        size = self.size
+        rows, cols = np.nonzero(self.mask > 127)
+        if rows.size == 0:
+            return self
+        top, left, bottom, right = rows.min(), cols.min(), rows.max() + 1, cols.max() + 1
+        b_top, b_left, b_bottom, b_right = (v * size for v in box)
+        scale = math.sqrt((b_bottom - b_top) * (b_right - b_left) / ((bottom - top) * (right - left)))
+        if not (math.isfinite(scale) and scale > 0):
+            return self
+        # output pixel (x, y) reads the input at ((x − centre_out) / scale + centre_in)
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        bx, by = (b_left + b_right) / 2, (b_top + b_bottom) / 2
+        affine = (1 / scale, 0.0, cx - bx / scale, 0.0, 1 / scale, cy - by / scale)
+        background = tuple(int(v) for v in border_colour(self.rgb))
+        rgba = Image.fromarray(np.dstack([self.rgb, self.mask]))
+        moved = np.asarray(rgba.transform((size, size), Image.AFFINE, affine, resample=Image.BILINEAR,
+                                          fillcolor=(*background, 0)))
+        return ReferenceImage(np.ascontiguousarray(moved[..., :3]), np.ascontiguousarray(moved[..., 3]))
 
     def tensors(self, size: int, device: torch.device | str = "cpu",
                 backdrop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -240,3 +240,40 @@ def test_every_stage_fits_the_image_on_a_tiny_stable_diffusion(tiny_sd_dir, tmp_
         for stage in stages:  # each stage's bar shows its losses, the image's among them
             shown = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(f"{stage}:")]
             assert shown and "image" in shown[-1], (stage, shown[-1:])
+
+
+def test_with_a_sketch_the_image_is_moved_and_scaled_onto_its_outline():
+    """A small disc in a corner of the image, a tall blockout: the job's reference image has the disc where the
+    blockout's outline is in that view, at the outline's area."""
+    import trimesh
+
+    from backend.config import merge
+    from backend.guidance.target import TargetGuidance
+    from backend.mesh import Mesh
+    from backend.sketch import SketchShape
+    from backend.tasks.generate import GenerateConfig, prepare_generate
+    from backend.tasks.reference_view import silhouette_box
+
+    pixels = np.full((96, 96, 3), 255, np.uint8)
+    y, x = np.mgrid[:96, :96]
+    pixels[np.hypot(x - 20, y - 70) < 10] = (30, 30, 200)
+    box = trimesh.creation.box((0.4, 0.4, 1.6))
+    sketch = Mesh(np.asarray(box.vertices, np.float32) + (3.0, 1.0, 0.5), np.asarray(box.faces))
+    target = Mesh(sketch.vertices, sketch.faces, vertex_colors=np.ones_like(sketch.vertices) * 0.5)
+    view = ImageConfig(azimuth=20.0)
+    config = merge(GenerateConfig(prompt="a post", image=view), {"resolution": 16, "optim": {"iters": 1},
+                                                                 "refine": {"iters": 0}, "mesh": {"iters": 0},
+                                                                 "sketch": {"grid_resolution": 16}})
+    job = prepare_generate(config, TargetGuidance(target), sketch=sketch, image=ReferenceImage.from_pixels(pixels))
+    fitted = job.stages[0].step.reference.image
+    rows, cols = np.nonzero(fitted.mask > 127)
+    placed = SketchShape(sketch, config.sketch, config.nerf.bound)
+    top, left, bottom, right = (v * 96 for v in silhouette_box(placed.vertices, placed.faces, view))
+    assert abs((rows.min() + rows.max() + 1) / 2 - (top + bottom) / 2) <= 1.5
+    assert abs((cols.min() + cols.max() + 1) / 2 - (left + right) / 2) <= 1.5
+    area = (rows.max() + 1 - rows.min()) * (cols.max() + 1 - cols.min())
+    assert abs(area / ((bottom - top) * (right - left)) - 1) < 0.15
+    unfitted = merge(config, {"image": {"fit_sketch": False}})
+    as_framed = prepare_generate(unfitted, TargetGuidance(target), sketch=sketch,
+                                 image=ReferenceImage.from_pixels(pixels)).stages[0].step.reference.image
+    assert np.array_equal(as_framed.mask, ReferenceImage.from_pixels(pixels).mask)

@@ -91,7 +91,6 @@ class DistillConfig:
             part.validate()
 
 
-
 # a reference image's view: (the stage's render, step, total) → {name: (weight, loss)}, empty on steps it skips
 ReferenceLosses = Callable[[Callable[[Cameras], SceneRender], int, int], dict[str, tuple[float, torch.Tensor]]]
 

@@ -50,7 +50,7 @@ from backend.tasks.distill import (
     run_job,
     set_up,
 )
-from backend.tasks.reference_view import ReferenceView
+from backend.tasks.reference_view import ReferenceView, silhouette_box
 
 
 @dataclass
@@ -177,6 +177,9 @@ def prepare_generate(
         regularisers["depth"] = (config.depth.weight, depth_regulariser(
             MonocularDepth.load(config.depth.model, device), guidance.decode))
     objective = build_objective(config.objective, guidance)
+    if image is not None and shape is not None and config.image.fit_sketch:  # the image's object onto the sketch's
+        box = silhouette_box(shape.vertices, shape.faces, config.image)
+        image = image.fitted(box) if box is not None else image
     reference = ReferenceView(image, config.image, guidance, device) if image is not None else None
     step = DistillStep(lambda cams: scene.render(cams, config.resolution, "latent"), guidance, objective,
                        config.timesteps, sampler, prompt, generator, config.optim.batch, regularisers,

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from backend.cameras import Cameras
@@ -31,6 +32,7 @@ from backend.guidance.base import Guidance
 from backend.latent import resize
 from backend.reference import ImageConfig, ReferenceImage, mask_inside
 from backend.regularisers import ramp
+from backend.render.mesh_render import render_mesh
 from backend.scene.base import SceneRender
 
 BACKDROP = (0.5, 0.5, 0.5)  # the reference view's solid background: far from white and from black objects
@@ -86,3 +88,16 @@ class ReferenceView:
 def reference_cameras(config: ImageConfig, device: torch.device | str) -> Cameras:
     """The reference view's camera, as the job renders it (grey backdrop, unlit)."""
     return replace(config.camera(device), background=torch.tensor(BACKDROP, device=device)[None])
+
+
+def silhouette_box(vertices: np.ndarray, faces: np.ndarray, config: ImageConfig,
+                   size: int = 256) -> tuple[float, float, float, float] | None:
+    """(top, left, bottom, right) as fractions of the reference view's frame: the bounding box of a mesh's
+    outline there (`vertices` [V, 3] in the unit volume), or None when the view does not see it."""
+    cameras = config.camera()
+    coverage = render_mesh(torch.as_tensor(vertices, dtype=torch.float32), torch.as_tensor(faces), cameras, size,
+                           vertex_colors=torch.ones(len(vertices), 1), supersample=1)[1][0]
+    rows, cols = np.nonzero(coverage.numpy() > 0.5)
+    if rows.size == 0:
+        return None
+    return rows.min() / size, cols.min() / size, (rows.max() + 1) / size, (cols.max() + 1) / size
