@@ -148,14 +148,17 @@ def _png_of(image: bpy.types.Image) -> bytes:
     w, h = image.size
     if problem := _too_large(image):
         raise ValueError(problem)
-    pixels = np.empty(w * h * 4, np.float32)
+    channels = image.channels
+    pixels = np.empty(w * h * channels, np.float32)
     image.pixels.foreach_get(pixels)
-    pixels = pixels.reshape(h, w, 4)[::-1]  # Blender's row 0 is the bottom
-    rgb, alpha = pixels[..., :3], pixels[..., 3:]
-    if image.is_float and image.colorspace_settings.name not in ("sRGB", "Non-Color"):
-        rgb = _linear_to_srgb(rgb)  # float images hold linear values; the image travels as display values
+    pixels = pixels.reshape(h, w, channels)[::-1]  # Blender's row 0 is the bottom
+    colour = pixels[..., :max(1, channels - 1) if channels in (2, 4) else channels]
+    rgb = np.repeat(colour, 3, axis=2) if colour.shape[2] == 1 else colour[..., :3]
+    alpha = pixels[..., -1:] if channels in (2, 4) else np.ones((h, w, 1), np.float32)
     if image.alpha_mode == "PREMUL":
         rgb = np.where(alpha > 0, rgb / np.maximum(alpha, 1e-6), rgb)
+    if image.is_float or image.colorspace_settings.name != "sRGB":
+        rgb = _linear_to_srgb(rgb)  # byte sRGB images hand out their bytes / 255; anything else is linear
     return png_rgba(np.round(np.clip(np.concatenate([rgb, alpha], -1), 0, 1) * 255).astype(np.uint8))
 
 

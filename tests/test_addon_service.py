@@ -602,3 +602,20 @@ def test_a_reference_image_that_cannot_be_used_is_refused_with_a_reason(bpy: Mod
             bpy.ops.latentforge.generate()
         assert scene_job(bpy) is None
     assert set(bpy.context.scene.objects) == objects
+
+
+def test_reference_images_travel_as_display_values_with_their_alpha() -> None:
+    import io
+
+    from PIL import Image
+
+    bpy, _, _ = support.modules()
+    reference = support.submodule("reference")
+    linear = bpy.data.images.new("Linear", 4, 2, alpha=True, float_buffer=True)
+    linear.pixels.foreach_set(np.tile(np.float32([0.2, 0.5, 1.0, 0.5]), 8))
+    try:
+        sent = np.asarray(Image.open(io.BytesIO(reference.image_png(reference.Reference("image", image=linear)))))
+    finally:
+        bpy.data.images.remove(linear)
+    assert sent.shape == (2, 4, 4)
+    np.testing.assert_array_equal(sent[0, 0], [124, 188, 255, 128])  # linear 0.2, 0.5 encoded as sRGB
