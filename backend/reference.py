@@ -138,7 +138,7 @@ class ReferenceImage:
         affine = (1 / scale, 0.0, cx - bx / scale, 0.0, 1 / scale, cy - by / scale)
         background = tuple(int(v) for v in border_colour(self.rgb))
         rgba = Image.fromarray(np.dstack([self.rgb, self.mask]))
-        moved = np.asarray(rgba.transform((size, size), Image.AFFINE, affine, resample=Image.BILINEAR,
+        moved = np.array(rgba.transform((size, size), Image.AFFINE, affine, resample=Image.BILINEAR,
                                           fillcolor=(*background, 0)))
         return ReferenceImage(np.ascontiguousarray(moved[..., :3]), np.ascontiguousarray(moved[..., 3]))
 
@@ -210,7 +210,7 @@ def decode_image(data: bytes, what: str = "the image", formats: tuple[str, ...] 
     try:
         image = ImageOps.exif_transpose(image)
         alpha = "A" in image.getbands() or "transparency" in image.info
-        pixels = np.asarray(image.convert("RGBA" if alpha else "RGB"), np.uint8)
+        pixels = np.array(image.convert("RGBA" if alpha else "RGB"), np.uint8)  # writable, as torch wants it
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data
         raise InputError(f"{what} cannot be decoded: {exc}", "save it again as PNG or JPEG") from exc
     return pixels
