@@ -70,17 +70,29 @@ def boxes_behind(view: ImageConfig) -> BoxesBehind:
                        np.flatnonzero(cos > 0.3), hidden)
 
 
-def reference_psnr(result: Mesh, texture: np.ndarray, frame: Frame, view: ImageConfig, image: np.ndarray,
-                   size: int = 64) -> float:
-    """PSNR (dB) of a textured result seen from the reference view against the image [H, W, 4], over the pixels
-    wholly inside the image's mask at `size`² (the result placed in the unit volume by `frame`)."""
+def inside_pixels(image: np.ndarray, size: int, erode: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the image's RGB [3, size, size], the pixels wholly inside its mask at size², `erode` pixels in)."""
+    from scipy.ndimage import binary_erosion
+
     from backend.reference import ReferenceImage, mask_inside
 
+    rgb, mask = ReferenceImage.from_pixels(image).tensors(size)
+    inside = mask_inside(mask, 1).numpy()
+    return rgb, torch.as_tensor(binary_erosion(inside, iterations=erode) if erode else inside)
+
+
+def psnr_inside(render: torch.Tensor, image: np.ndarray, erode: int = 0) -> float:
+    """PSNR (dB) of an RGB render [3, S, S] against the image [H, W, 4] over the pixels inside its mask."""
+    rgb, inside = inside_pixels(image, render.shape[-1], erode)
+    error = ((render - rgb) ** 2).mean(0)[inside]
+    return float(10 * torch.log10(1 / error.mean().clamp(min=1e-12)))
+
+
+def asset_render(result: Mesh, texture: np.ndarray, frame: Frame, view: ImageConfig, size: int = 64) -> torch.Tensor:
+    """A textured result [3, size, size] seen from the reference view over white (placed in the unit volume by
+    `frame`, as the job placed it)."""
     vertices = torch.as_tensor(frame.to_unit(result.vertices))
     colour, coverage = render_mesh(vertices, torch.as_tensor(result.faces), view.camera(), size,
                                    uvs=torch.as_tensor(result.uvs),
                                    texture=torch.as_tensor(texture).permute(2, 0, 1).float() / 255.0, supersample=4)
-    rgb, mask = ReferenceImage.from_pixels(image).tensors(size)
-    inside = mask_inside(mask, 1)
-    error = ((colour[0] + (1 - coverage[0]) - rgb) ** 2).mean(0)[inside]  # over white where it misses
-    return float(10 * torch.log10(1 / error.mean().clamp(min=1e-12)))
+    return colour[0] + (1 - coverage[0])
