@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import geometry, runtime
+from . import geometry, reference, runtime
 from .jobs import Job
 
 WRAP_CHARS = 42  # the sidebar's default width; error text is wrapped, never cut
@@ -21,7 +21,7 @@ def wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE") -> None:
 
 def paint_scope(context: bpy.types.Context) -> str | None:
     """How many faces Paint will paint: the Edit Mode selection, else the whole mesh."""
-    objects = context.selected_objects
+    objects = geometry.sent_objects(context.selected_objects)
     if len(objects) != 1 or objects[0].type != "MESH":
         return None
     painted, total = geometry.painted_polygons(objects[0])
@@ -66,6 +66,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             row.prop(settings, "quads")
             col.prop(settings, "lods")
         layout.label(text=geometry.front_label(geometry.front_of(context)), icon="ORIENTATION_VIEW")
+        self.draw_reference(layout, context)
         row = layout.row()
         row.scale_y = 1.5
         if settings.mode == "PAINT":
@@ -76,6 +77,33 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
             row.operator("latentforge.generate", icon="PLAY")
         if (job := rt.jobs.get(context.scene.session_uid)) is not None:
             self.draw_job(layout, job)
+
+    @staticmethod
+    def draw_reference(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+        """The reference image: a selected Image Empty's, else the one picked here; a thumbnail and its view."""
+        settings = context.scene.latentforge
+        found = reference.reference_of(context)
+        box = layout.box()
+        if found is not None and found.source.startswith("Image Empt"):
+            box.label(text=f"Reference: {found.source}", icon="IMAGE_REFERENCE")
+        else:
+            box.row().prop(settings, "image_source", expand=True)
+            if settings.image_source == "IMAGE":
+                box.template_ID(settings, "reference_image", open="image.open")
+            elif settings.image_source == "FILE":
+                box.prop(settings, "reference_file", text="")
+            if settings.image_source != "NONE":
+                row = box.row(align=True)
+                row.prop(settings, "image_azimuth")
+                row.prop(settings, "image_elevation")
+        if found is None:
+            return
+        if found.problem:
+            wrapped(box, found.problem, icon="ERROR")
+            return
+        if icon := found.thumbnail():
+            box.template_icon(icon_value=icon, scale=6.0)
+        box.label(text=found.view_label(), icon="ORIENTATION_VIEW")
 
     @staticmethod
     def draw_server(layout: bpy.types.UILayout, rt: runtime.Runtime) -> None:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from ..backend.nesting import merge_trees as merge
 from . import choices
@@ -89,6 +89,26 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
     lods: IntProperty(name="LODs", description="Levels of detail, each half the faces of the one before, as objects "
                                                "NAME_LOD0 … in one collection with LOD0 shown",
                       min=1, max=MAX_LODS, default=1)
+    # the reference image when no Image Empty is selected (a selected one gives its image and its facing)
+    image_source: EnumProperty(
+        name="Reference",
+        description="An image of the asset that steers the job: its view is fitted to it, the prompt shapes the rest",
+        items=(("NONE", "None", "No reference image (select an Image Empty to use its image and facing)"),
+               ("IMAGE", "Image", "An image in this file"),
+               ("FILE", "File", "A PNG or JPEG file")),
+        default="NONE",
+    )
+    reference_image: PointerProperty(name="Image", type=bpy.types.Image,
+                                     description="The reference image: its alpha is the mask, else its border's "
+                                                 "colour is the background")
+    reference_file: StringProperty(name="File", subtype="FILE_PATH",
+                                   description="A PNG or JPEG of the asset: its alpha is the mask, else its "
+                                               "border's colour is the background")
+    image_azimuth: FloatProperty(name="Azimuth", description="Where the image was seen from: degrees about the "
+                                 "up axis from the asset's front (its −Y), 90 is its right side",
+                                 min=-180.0, max=180.0, default=0.0, precision=1)
+    image_elevation: FloatProperty(name="Elevation", description="Where the image was seen from: degrees above "
+                                   "the horizontal", min=-90.0, max=90.0, default=0.0, precision=1)
     extra_json: StringProperty(
         name="Extra Settings",
         description="Any service setting as JSON, merged last, e.g. {\"objective\": {\"guidance_scale\": 50}}",

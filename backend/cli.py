@@ -17,7 +17,8 @@ from backend.compose import compose_config
 from backend.config import from_dict, load_file, merge
 from backend.cpu_time import CPU_WARN_S, duration, project_cpu_s, project_cpu_stages
 from backend.devices import DEVICES, device_arg, pick_device
-from backend.errors import LatentForgeError, ModelNotFoundError
+from backend.errors import ConfigError, LatentForgeError, ModelNotFoundError
+from backend.image_view import view_arg
 from backend.nesting import nested
 from backend.notices import quiet_third_party
 
@@ -78,7 +79,11 @@ SCHEDULE_FLAGS = ("quality", "config", "iters", "refine_iters", "resolution", "f
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     """CLI flags that were given, as nested config keys (flags beat the config file)."""
-    return nested(vars(args), flags)
+    overrides = nested(vars(args), flags)
+    if getattr(args, "image_view", None) is not None:
+        azimuth, elevation = args.image_view
+        overrides["image"] = {"azimuth": azimuth, "elevation": elevation}
+    return overrides
 
 
 FRONTS = {"-y": 0.0, "+x": 90.0, "+y": 180.0, "-x": -90.0}
@@ -124,6 +129,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front", type=front_arg, metavar="-y|+x|+y|-x|DEGREES",
                    help="which way the asset's front faces in the scene, for the view prompts (default -y, "
                         "Blender's front view; or degrees counter-clockwise about +Z from -y)")
+    p.add_argument("--image", help="a reference image of the asset (PNG or JPEG): its view is fitted to it, the prompt "
+                                   "shapes the rest; its alpha is the mask, else the background is its border's "
+                                   "colour (within image.tolerance, default 0.1 per channel)")
+    p.add_argument("--image-view", type=view_arg, metavar="front|right|back|left|top|bottom|AZ,EL",
+                   help="where the image was seen from, in the asset's frame (front: its -Y, Blender's front view; "
+                        "azimuth counter-clockwise about +Z, elevation up; default front)")
     p.add_argument("--quality", choices=tuple(PRESETS),
                    help="a preset schedule, as in the add-on and the service (default standard; draft on a CPU "
                         "takes a fraction of the time)")
@@ -173,6 +184,25 @@ def build_config(task: str, args: argparse.Namespace) -> Any:
     """Defaults, the method's defaults, the --quality preset, the --config file, then the flags given."""
     file = load_file(args.config) if args.config else {}
     return compose_config(task, file, _overrides(args, task_flags(task)), preset=getattr(args, "quality", None))
+
+
+def reference_image(args: argparse.Namespace, config: Any) -> Any:
+    """--image as a `ReferenceImage` (None without one), read before anything is written."""
+    if args.image is None:
+        if args.image_view is not None:
+            raise ConfigError("--image-view says where an image was seen from, but no --image is given",
+                              "add --image FILE, or drop --image-view")
+        return None
+    from backend.reference import read_image
+
+    return read_image(args.image, config.image.tolerance)
+
+
+def check_prompt_with_image(args: argparse.Namespace) -> None:
+    """An image is one view: the prompt still has to say what the object is, for every other view."""
+    if args.image is not None and not (args.prompt or "").strip():
+        raise ConfigError("a reference image needs a prompt too: the image fixes one view, the prompt shapes every "
+                          "view it does not show", "describe the object, e.g. --prompt 'a red toadstool'")
 
 
 def guidance_spec(args: argparse.Namespace) -> str:
@@ -227,6 +257,7 @@ def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: st
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_prompt_with_image(args)
     config = build_config("generate", args)
     config.validate()
     from backend.export.libraries import check
@@ -240,16 +271,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from backend.tasks.generate import generate
 
     sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
+    image = reference_image(args, config)
     warn_cpu_schedule("generate", config, args, spec, device)
     if config.objective.name == "hifa" and config.depth.weight is None and not config.depth.model.strip():
         print(f"note: HiFA's depth term (weight {HIFA_DEPTH_WEIGHT}) is off: no depth model is named "
               "(depth.model: a transformers depth-estimation model, e.g. Intel/dpt-hybrid-midas)", file=sys.stderr)
     guidance = build_guidance(spec, device)
     return _run(lambda events: generate(config, guidance, args.out, sketch=sketch, on_event=events,
-                                        job_dir=args.job_dir), guidance.describe(), device, known_answer(guidance))
+                                        job_dir=args.job_dir, image=image), guidance.describe(), device,
+                known_answer(guidance))
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
+    check_prompt_with_image(args)
     config = build_config("paint", args)
     config.validate()
     spec = guidance_spec(args)
@@ -263,10 +297,11 @@ def cmd_paint(args: argparse.Namespace) -> int:
     mesh = load_mesh(args.mesh, "paint mesh")
     refuse_in_files(mesh)
     faces = check_faces(load_faces(args.faces), len(mesh.faces)) if args.faces else None
+    image = reference_image(args, config)
     warn_cpu_schedule("paint", config, args, spec, device)
     guidance = build_guidance(spec, device)
     return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir,
-                                     faces=faces), guidance.describe(), device)
+                                     faces=faces, image=image), guidance.describe(), device)
 
 
 def known_answer(guidance: Any) -> Any:

@@ -125,7 +125,7 @@ class JobBoard:
         skeleton, checkpoint = saved if saved is not None else (None, {})
         return encode("task", {"job": record.id, "spec": self.store.spec(record.id), "checkpoint": skeleton,
                                "attempt": record.attempts},
-                      {**self.store.inputs(record.id), **checkpoint})
+                      {**self.store.inputs(record.id), **checkpoint}, self.store.input_blobs(record.id))
 
     def reexport_offer(self, record: JobRecord, details: dict | None) -> dict | None:
         """An error's details, with `reexport`: whether a reexport could reuse the job's trained field."""

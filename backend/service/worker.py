@@ -147,7 +147,7 @@ class JobRun:
             saved = {k: v for k, v in message.arrays.items() if k.startswith(CHECKPOINT_PREFIX)}
             checkpoint_wire.write(job_dir, message.fields["checkpoint"], saved)
         spec_fields = message.fields["spec"]
-        spec = JobSpec(spec_fields["task"], spec_fields, arrays)
+        spec = JobSpec(spec_fields["task"], spec_fields, arrays, dict(message.blobs))
         start = time.perf_counter()
         result = run_spec(spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir, worker),
                           self.cancel)

@@ -17,6 +17,8 @@ from .arrays import (  # noqa: F401
     CHECKPOINT_PREFIX,
     IMAGE_ARRAY,
     IMAGE_ARRAYS,
+    IMAGE_BLOB,
+    IMAGE_VIEW_FIELDS,
     LOD_ITEM,
     MAX_TILE_BYTES,
     TILE_BLOB,
@@ -24,10 +26,12 @@ from .arrays import (  # noqa: F401
     ArrayRule,
     check_appearance,
     check_arrays,
+    check_image_blob,
     check_mesh_arrays,
     check_result_arrays,
     image_index,
     lod_item,
+    png_size,
 )
 from .base import (  # noqa: F401
     BROKER_TO_WORKER,

@@ -4,11 +4,12 @@ face selection and appearance arrays must agree with each other."""
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...catalog import MAX_FACES, MAX_LODS, MAX_VERTICES, TASKS
+from ...catalog import MAX_FACES, MAX_LODS, MAX_REFERENCE_BYTES, MAX_REFERENCE_SIDE, MAX_VERTICES, TASKS
 from .base import (
     DTYPES,
     FIRST_TILE,
@@ -65,10 +66,15 @@ ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": {**_MESH, "selected_faces":
                                           "task": {**_MESH, "selected_faces": _SELECTED_FACES, **_APPEARANCE}}
 CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
 IMAGE_ARRAYS = frozenset({"submit", "task"})
+IMAGE_BLOB = "image"  # a submit's reference image: one PNG (RGB, or RGBA whose alpha is the mask)
+IMAGE_VIEW_FIELDS = ("image_azimuth", "image_elevation")  # where it was seen from, in the asset's frame
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
     "result": {"texture": 1 << 30, "glb": 2 << 30, "normal_map": 1 << 30},
+    "submit": {IMAGE_BLOB: MAX_REFERENCE_BYTES},
+    "task": {IMAGE_BLOB: MAX_REFERENCE_BYTES},
 }
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TILE_BLOBS = frozenset({"result"})
 MAX_TILE_BYTES = 1 << 30
 
@@ -220,3 +226,30 @@ def check_result_arrays(arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) 
         if sizes is not None and (sizes.size and int(sizes.min()) < 3 or int(sizes.sum()) != len(corners)):
             raise ProtocolError("bad_array", f"'{prefix}polygon_sizes' must each be 3 or more and add up to the "
                                              f"length of '{prefix}polygon_corners'")
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or None when the bytes do not start as a PNG does."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def check_image_blob(fields: dict, blobs: dict[str, bytes]) -> None:
+    """A submit's reference image: a PNG no more than MAX_REFERENCE_SIDE a side (read from its header, before
+    anything decodes it), and its view fields only beside it. Its pixels and mask are the task's to check."""
+    if IMAGE_BLOB not in blobs:
+        given = [name for name in IMAGE_VIEW_FIELDS if name in fields]
+        if given:
+            raise ProtocolError("bad_field", f"field {given[0]!r} says where an image was seen from, but the submit "
+                                             f"carries no {IMAGE_BLOB!r} blob")
+        return
+    size = png_size(blobs[IMAGE_BLOB])
+    if size is None:
+        raise ProtocolError("bad_input", f"blob {IMAGE_BLOB!r} is not a PNG image: send the image as PNG bytes")
+    if max(size) > MAX_REFERENCE_SIDE:
+        raise ProtocolError("too_large", f"the reference image is {size[0]}×{size[1]} pixels, over the limit of "
+                                         f"{MAX_REFERENCE_SIDE} a side: scale it down")
+    if min(size) < 1:
+        raise ProtocolError("bad_input", f"the reference image is {size[0]}×{size[1]} pixels: it has no pixels")
