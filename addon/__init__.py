@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bpy
 
-from . import operators, panel, preferences, properties, runtime
+from . import operators, panel, preferences, properties, reference, runtime
 
 # Registration order matters: property groups before what points to them, panels last.
 CLASSES = (
@@ -24,11 +24,13 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.latentforge = bpy.props.PointerProperty(type=properties.LatentForgeSettings)
+    reference.register()
     runtime.start()
 
 
 def unregister() -> None:
     runtime.stop()
+    reference.unregister()
     del bpy.types.Scene.latentforge
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -18,6 +18,10 @@ PANEL_SETTINGS: tuple[tuple[str, str], ...] = (
     (r"\b(optim\.)?iters\b|\biterations\b", "set Advanced › Iterations (0 uses the Quality preset's)"),
     (r"\btexture_size\b", "choose another Texture size"),
     (r"\bsketch\.looseness\b", "set Follow Loosely between 0.01 and 2"),
+    (r"\bpyinstantmeshes\b|\bpymeshlab\b", "the server lacks a library for Quads or LODs: untick Quads, set LODs "
+                                          "to 1, or install the server's game extra"),
+    (r"levels of detail|\bexport\.lods\b", "choose fewer LODs, or more Faces"),
+    (r"\bexport\.max_faces\b|\bfaces\b", "choose fewer Faces (0 uses the Quality preset's)"),
     (r"\bquality preset\b", "choose a Quality"),
     (r"\bmethod\b", "choose another Method"),
     (r"\bseed\b", "choose another Seed"),

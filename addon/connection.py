@@ -40,12 +40,13 @@ class Settings:
 
 
 def result_event(result: JobResult) -> Event:
-    arrays = {"vertices": result.vertices, "faces": result.faces}
+    arrays = {"vertices": result.vertices, "faces": result.faces} | result.level_arrays
     if result.uvs is not None:
         arrays["uvs"] = result.uvs
     blobs = {"texture": result.texture_png} | ({"glb": result.glb} if result.glb is not None else {})
     if result.normal_png is not None:
         blobs["normal_map"] = result.normal_png
+    blobs |= result.level_blobs
     return {"type": "result", "job": result.job, "arrays": arrays, "blobs": blobs, "glb_path": result.glb_path,
             "stats": result.stats, "tiles": result.tiles}
 

@@ -44,6 +44,16 @@ class TriangleMesh:
         return (lo + hi) / 2
 
 
+def is_image_empty(obj: bpy.types.Object) -> bool:
+    """Blender's reference image (Add › Image › Reference): an empty that shows an image."""
+    return obj.type == "EMPTY" and obj.empty_display_type == "IMAGE"
+
+
+def sent_objects(objects: Iterable[bpy.types.Object]) -> list[bpy.types.Object]:
+    """The selection a job sends as geometry: Image Empties give it its reference image instead."""
+    return [obj for obj in objects if not is_image_empty(obj)]
+
+
 def front_yaw(obj: bpy.types.Object | None) -> float:
     """Where an object's front (its local −Y, as in Blender's front view) faces in the scene: degrees
     counter-clockwise about +Z from −Y. 0 for none, or for an object lying on its front."""
@@ -59,7 +69,7 @@ def front_of(context: bpy.types.Context) -> float:
     """The job's front: the active (else the first selected) object's, or the world's for Text Only."""
     if context.scene.latentforge.mode == "TEXT":
         return 0.0
-    selected = list(context.selected_objects)
+    selected = sent_objects(context.selected_objects)
     active = context.active_object
     return front_yaw(active if active in selected else (selected[0] if selected else None))
 

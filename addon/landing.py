@@ -93,13 +93,34 @@ def import_new(context: bpy.types.Context, job: Job, event: dict[str, Any]) -> b
     vertices, faces, uvs = np.asarray(arrays["vertices"], dtype=np.float64), arrays["faces"], arrays.get("uvs")
     sketch = [o for uid in job.sketch if (o := object_by_uid(uid)) is not None]
     world, anchor = placement(job, vertices)
+    shift = world[:1] - vertices[:1] if len(vertices) else np.zeros((1, 3))  # the placement's move
     obj = results.import_generated(scene, job.prompt, world, faces, uvs, None if tiles else blobs["texture"], anchor,
-                                   sketch, normal_png=blobs.get("normal_map"))
+                                   sketch, normal_png=blobs.get("normal_map"), polygons=polygons(arrays),
+                                   lods=levels_of_detail(arrays, blobs, shift))
     if tiles:  # a UDIM paint's UVs read the tiles
         name = results.name_from_prompt(job.prompt)
         image = painting.tiled_image(f"{name} texture", tiles)
         obj.data.materials.append(results.textured_material(name, image, results.UV_LAYER))
     return obj
+
+
+def polygons(arrays: dict[str, np.ndarray], prefix: str = "") -> tuple[np.ndarray, np.ndarray] | None:
+    """A level's faces as polygons (real quads), when the result has them."""
+    if f"{prefix}polygon_sizes" not in arrays:
+        return None
+    return arrays[f"{prefix}polygon_sizes"], arrays[f"{prefix}polygon_corners"]
+
+
+def levels_of_detail(arrays: dict[str, np.ndarray], blobs: dict[str, bytes], shift: np.ndarray) -> list[dict]:
+    """Levels 1, 2 … of a game-ready result (PROTOCOL.md's lod.<k>.*), moved as LOD0 was placed."""
+    levels = []
+    while f"lod.{len(levels) + 1}.vertices" in arrays:
+        prefix = f"lod.{len(levels) + 1}."
+        levels.append({"vertices": np.asarray(arrays[prefix + "vertices"], dtype=np.float64) + shift,
+                       "faces": arrays[prefix + "faces"], "uvs": arrays.get(prefix + "uvs"),
+                       "polygons": polygons(arrays, prefix), "normal_png": blobs.get(prefix + "normal_map"),
+                       "texture_png": blobs.get(prefix + "texture")})
+    return levels
 
 
 def placement(job: Job, vertices: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:

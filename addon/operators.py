@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, StringProperty
 
-from . import geometry, identity, landing, painting, preferences, results, runtime
+from . import geometry, identity, landing, painting, preferences, reference, results, runtime
 from .addresses import parse_address
 from .jobs import Job
 from .local_backend import serve_command
@@ -67,14 +67,17 @@ class _SubmitJob(_Explained, bpy.types.Operator):
             return problem
         if not settings.prompt.strip():
             return "Type a prompt first"
+        sent = geometry.sent_objects(context.selected_objects)
         if cls.task == "paint":
-            return geometry.selection_problem(context.selected_objects, single=True) or \
-                geometry.modifier_problem(context.selected_objects[0], context.evaluated_depsgraph_get())
-        if settings.mode == "PAINT":
+            problem = geometry.selection_problem(sent, single=True) or \
+                geometry.modifier_problem(sent[0], context.evaluated_depsgraph_get())
+        elif settings.mode == "PAINT":
             return "The mode is Paint: press Paint, or choose From Sketch or Text Only to generate"
-        if settings.mode == "GENERATE":
-            return geometry.selection_problem(context.selected_objects)
-        return None
+        else:
+            problem = geometry.selection_problem(sent) if settings.mode == "GENERATE" else None
+        if problem is None and (found := reference.reference_of(context)) is not None:
+            problem = found.problem
+        return problem
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         if self.refused(context):
@@ -88,6 +91,8 @@ class _SubmitJob(_Explained, bpy.types.Operator):
             arrays = self.arrays(context, job)
             # view prompts follow the front the artist gave the sketch or mesh; Extra Settings still win
             fields["overrides"] = merge({"front_yaw": geometry.front_of(context)}, fields["overrides"])
+            if (found := reference.reference_of(context)) is not None:  # the image and where it was seen from
+                arrays |= {"image": reference.image_png(found), "image_view": (found.azimuth, found.elevation)}
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -101,7 +106,7 @@ class _SubmitJob(_Explained, bpy.types.Operator):
         if context.scene.latentforge.mode == "TEXT":  # the asset goes to the 3D cursor
             job.anchor = tuple(context.scene.cursor.location)
             return {}
-        objects = list(context.selected_objects)
+        objects = geometry.sent_objects(context.selected_objects)
         sketch = geometry.export_objects(objects, context.evaluated_depsgraph_get())
         job.sketch = [obj.session_uid for obj in objects]
         return {"vertices": relative(sketch.vertices, job), "faces": sketch.faces}
@@ -138,7 +143,8 @@ class LATENTFORGE_OT_paint(_SubmitJob):
                                  "object that shows it", default=False, options={"SKIP_SAVE", "HIDDEN"})
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        obj = context.selected_objects[0] if context.selected_objects else None
+        sent = geometry.sent_objects(context.selected_objects)
+        obj = sent[0] if sent else None
         others = shared_with(obj) if obj is not None and obj.type == "MESH" else []
         if others and context.scene.latentforge.shared_mesh == "ALL":
             self.confirm_shared = True
@@ -149,7 +155,7 @@ class LATENTFORGE_OT_paint(_SubmitJob):
         return self.execute(context)
 
     def arrays(self, context: bpy.types.Context, job: Job) -> dict[str, np.ndarray]:
-        obj = context.selected_objects[0]
+        obj = geometry.sent_objects(context.selected_objects)[0]
         if obj.mode == "EDIT":
             obj.update_from_editmode()  # edits and the selection live in the edit mesh until written back
         others = shared_with(obj)

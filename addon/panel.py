@@ -6,7 +6,7 @@ import textwrap
 
 import bpy
 
-from . import geometry, identity, runtime
+from . import geometry, identity, reference, runtime
 from .jobs import Job
 from .landing import scene_by_uid
 
@@ -22,7 +22,7 @@ def wrapped(layout: bpy.types.UILayout, text: str, icon: str = "NONE") -> None:
 
 def paint_scope(context: bpy.types.Context) -> str | None:
     """How many faces Paint will paint: the Edit Mode selection, else the whole mesh (or why it cannot)."""
-    objects = context.selected_objects
+    objects = geometry.sent_objects(context.selected_objects)
     if len(objects) != 1 or objects[0].type != "MESH":
         return None
     if problem := geometry.modifier_problem(objects[0], context.evaluated_depsgraph_get()):
@@ -68,7 +68,13 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         if settings.mode == "GENERATE":
             col.prop(settings, "looseness")
         col.prop(settings, "texture_size")
+        if settings.mode != "PAINT":
+            col.prop(settings, "faces")
+            row = col.row(heading="Game-ready")
+            row.prop(settings, "quads")
+            col.prop(settings, "lods")
         layout.label(text=geometry.front_label(geometry.front_of(context)), icon="ORIENTATION_VIEW")
+        self.draw_reference(layout, context)
         row = layout.row()
         row.scale_y = 1.5
         if settings.mode == "PAINT":
@@ -84,13 +90,40 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
     @staticmethod
     def draw_shared(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
         """A mesh other objects show too: say so, and what Paint does about it."""
-        objects = context.selected_objects
+        objects = geometry.sent_objects(context.selected_objects)
         if len(objects) != 1 or objects[0].type != "MESH":
             return
         users = identity.mesh_users(objects[0].data)
         if len(users) > 1:
             wrapped(layout, f"The mesh is shared by {len(users)} objects", icon="LINKED")
             layout.prop(context.scene.latentforge, "shared_mesh", text="")
+
+    @staticmethod
+    def draw_reference(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+        """The reference image: a selected Image Empty's, else the one picked here; a thumbnail and its view."""
+        settings = context.scene.latentforge
+        found = reference.reference_of(context)
+        box = layout.box()
+        if found is not None and found.source.startswith("Image Empt"):
+            box.label(text=f"Reference: {found.source}", icon="IMAGE_REFERENCE")
+        else:
+            box.row().prop(settings, "image_source", expand=True)
+            if settings.image_source == "IMAGE":
+                box.template_ID(settings, "reference_image", open="image.open")
+            elif settings.image_source == "FILE":
+                box.prop(settings, "reference_file", text="")
+            if settings.image_source != "NONE":
+                row = box.row(align=True)
+                row.prop(settings, "image_azimuth")
+                row.prop(settings, "image_elevation")
+        if found is None:
+            return
+        if found.problem:
+            wrapped(box, found.problem, icon="ERROR")
+            return
+        if icon := found.thumbnail():
+            box.template_icon(icon_value=icon, scale=6.0)
+        box.label(text=found.view_label(), icon="ORIENTATION_VIEW")
 
     @staticmethod
     def draw_server(layout: bpy.types.UILayout, rt: runtime.Runtime) -> None:

@@ -6,12 +6,14 @@ import json
 from typing import Any
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
 from ..backend.nesting import merge_trees as merge
 from . import choices
 
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
+# game-ready output: the service's own limits (`welcome.limits.ceilings`) are checked again when it gets the job
+MIN_FACES, MAX_FACES, MAX_LODS = 100, 500_000, 4
 
 
 def _method_items(_self: Any, _context: Any) -> list[tuple]:
@@ -64,7 +66,7 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
     looseness: FloatProperty(
         name="Follow Loosely",
         description="How far from the sketch's surface the shape may wander (in units where the sketch fits a "
-                    "sphere of radius 0.5): small follows the sketch tightly, large treats it as a rough hint",
+                    "sphere of radius 0.7): small follows the sketch tightly, large treats it as a rough hint",
         min=0.01, max=2.0, default=0.3, precision=2, step=5,
     )
     texture_size: EnumProperty(
@@ -88,6 +90,34 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
                                  description="Mesh refinement steps on the extracted surface (−1: the quality "
                                              "preset's, 0: skip, the mesh is then cut from the field directly)",
                                  min=-1, max=1_000_000, default=-1)
+    faces: IntProperty(name="Faces", description="Face budget of the result, simplified from the full surface whose "
+                       "detail goes into a normal map (0: the quality preset's; with Quads it counts quads)",
+                       min=0, max=MAX_FACES, default=0)
+    quads: BoolProperty(name="Quads", description="A quad-dominant remesh at the face budget (Instant Meshes): "
+                                                  "real quads in Blender", default=False)
+    lods: IntProperty(name="LODs", description="Levels of detail, each half the faces of the one before, as objects "
+                                               "NAME_LOD0 … in one collection with LOD0 shown",
+                      min=1, max=MAX_LODS, default=1)
+    # the reference image when no Image Empty is selected (a selected one gives its image and its facing)
+    image_source: EnumProperty(
+        name="Reference",
+        description="An image of the asset that steers the job: its view is fitted to it, the prompt shapes the rest",
+        items=(("NONE", "None", "No reference image (select an Image Empty to use its image and facing)"),
+               ("IMAGE", "Image", "An image in this file"),
+               ("FILE", "File", "A PNG or JPEG file")),
+        default="NONE",
+    )
+    reference_image: PointerProperty(name="Image", type=bpy.types.Image,
+                                     description="The reference image: its alpha is the mask, else its border's "
+                                                 "colour is the background")
+    reference_file: StringProperty(name="File", subtype="FILE_PATH",
+                                   description="A PNG or JPEG of the asset: its alpha is the mask, else its "
+                                               "border's colour is the background")
+    image_azimuth: FloatProperty(name="Azimuth", description="Where the image was seen from: degrees about the "
+                                 "up axis from the asset's front (its −Y), 90 is its right side",
+                                 min=-180.0, max=180.0, default=0.0, precision=1)
+    image_elevation: FloatProperty(name="Elevation", description="Where the image was seen from: degrees above "
+                                   "the horizontal", min=-90.0, max=90.0, default=0.0, precision=1)
     extra_json: StringProperty(
         name="Extra Settings",
         description="Any service setting as JSON, merged last, e.g. {\"objective\": {\"guidance_scale\": 50}}",
@@ -109,6 +139,19 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
             raise ValueError("Extra Settings must be a JSON object, e.g. {\"refine\": {\"iters\": 0}}")
         return value
 
+    def game_ready(self) -> dict[str, Any]:
+        """The export settings of Faces, Quads and LODs; raises ValueError for a budget under the minimum."""
+        export: dict[str, Any] = {}
+        if self.faces:
+            if self.faces < MIN_FACES:
+                raise ValueError(f"Faces is {self.faces}: give at least {MIN_FACES}, or 0 for the quality preset's")
+            export["max_faces"] = self.faces
+        if self.quads:
+            export["quad"] = True
+        if self.lods > 1:
+            export["lods"] = self.lods
+        return {"export": export} if export else {}
+
     def submit_fields(self, task: str) -> dict[str, Any]:
         """The header fields of a `generate` or `paint` submit (see PROTOCOL.md), without the mesh arrays."""
         overrides: dict[str, Any] = {}
@@ -116,6 +159,8 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
             overrides["sketch"] = {"looseness": round(self.looseness, 4)}
         if task == "generate" and self.mesh_iterations >= 0:
             overrides["mesh"] = {"iters": self.mesh_iterations}
+        if task == "generate":
+            overrides = merge(overrides, self.game_ready())
         if self.texture_size != "0":  # generate bakes it at export; paint decodes its latent texture to it
             size = int(self.texture_size)
             overrides |= {"texture_size": size} if task == "paint" else {"export": {"texture_size": size}}

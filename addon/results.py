@@ -110,18 +110,27 @@ def set_uv_layer(mesh: bpy.types.Mesh, name: str, per_loop: np.ndarray) -> bpy.t
     return layer
 
 
-def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray | None) -> bpy.types.Mesh:
-    """A triangle mesh; `uvs` per vertex ([V, 2], as the service sends them) become the UV map `UV_LAYER`."""
+def build_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray | None,
+               polygons: tuple[np.ndarray, np.ndarray] | None = None, weld: bool = False) -> bpy.types.Mesh:
+    """A mesh of triangles `faces`, or of `polygons` (corners per face, then every face's corners in a row:
+    real quads) over the same vertices; `uvs` per vertex ([V, 2], as the service sends them) become the UV
+    map `UV_LAYER`. With `weld`, vertices that UV seams split are one vertex again (the UVs are per corner)."""
+    sizes, corners = polygons if polygons is not None else (np.full(len(faces), 3), np.asarray(faces).ravel())
+    sizes, corners = np.asarray(sizes, dtype=np.int64), np.asarray(corners, dtype=np.int64)
+    points, point_of = np.asarray(vertices, dtype=np.float32), np.arange(len(vertices))
+    if weld:
+        points, point_of = np.unique(points, axis=0, return_inverse=True)
+        point_of = point_of.reshape(-1)
     mesh = bpy.data.meshes.new(name)
-    mesh.vertices.add(len(vertices))
-    mesh.vertices.foreach_set("co", np.ascontiguousarray(vertices, dtype=np.float32).ravel())
-    mesh.loops.add(len(faces) * 3)
-    mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(faces, dtype=np.int32).ravel())
-    mesh.polygons.add(len(faces))
-    mesh.polygons.foreach_set("loop_start", np.arange(0, len(faces) * 3, 3, dtype=np.int32))
-    mesh.polygons.foreach_set("loop_total", np.full(len(faces), 3, dtype=np.int32))
+    mesh.vertices.add(len(points))
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(points, dtype=np.float32).ravel())
+    mesh.loops.add(len(corners))
+    mesh.loops.foreach_set("vertex_index", np.ascontiguousarray(point_of[corners], dtype=np.int32))
+    mesh.polygons.add(len(sizes))
+    mesh.polygons.foreach_set("loop_start", (np.cumsum(sizes) - sizes).astype(np.int32))
+    mesh.polygons.foreach_set("loop_total", sizes.astype(np.int32))
     if uvs is not None:
-        set_uv_layer(mesh, UV_LAYER, np.asarray(uvs)[np.asarray(faces).ravel()])
+        set_uv_layer(mesh, UV_LAYER, np.asarray(uvs)[corners])
     mesh.update()
     mesh.validate(clean_customdata=False)
     return mesh
@@ -142,26 +151,52 @@ def collect_sketch(scene: bpy.types.Scene, objects: Sequence[bpy.types.Object], 
 
 def import_generated(scene: bpy.types.Scene, prompt: str, vertices: np.ndarray, faces: np.ndarray,
                      uvs: np.ndarray | None, texture_png: bytes | None, anchor: Sequence[float],
-                     sketch: Sequence[bpy.types.Object] = (), normal_png: bytes | None = None) -> bpy.types.Object:
-    """A new object from world-space arrays, its origin at `anchor` (its vertices relative to it, subtracted in
-    float64 so that an asset far from the origin keeps its detail); the sketch hidden and collected.
-    A `normal_png` (a refined mesh's tangent-space normal map) is wired into its material."""
+                     sketch: Sequence[bpy.types.Object] = (), normal_png: bytes | None = None,
+                     polygons: tuple[np.ndarray, np.ndarray] | None = None,
+                     lods: Sequence[dict] = ()) -> bpy.types.Object:
+    """A new object from world-space arrays, its origin at `anchor`; the sketch hidden and collected.
+    A `normal_png` (a refined mesh's tangent-space normal map) is wired into its material, and `polygons` make
+    it of real quads. With `lods` (levels 1, 2 … of a game-ready result, each a dict of world-space `vertices`,
+    `faces`, `uvs`, optional `polygons`, its `normal_png` and, when it has its own, `texture_png`), every level
+    is an object NAME_LOD<k> in one collection NAME, LOD0 shown, the others hidden, all reading LOD0's colour
+    image unless they bring their own. Vertices are made relative to the origin in float64, so that an asset far
+    from the world's origin keeps its detail. Returns LOD0's object."""
     name = name_from_prompt(prompt)
     anchor = np.asarray(anchor, dtype=np.float64)
-    mesh = build_mesh(name, np.asarray(vertices, dtype=np.float64) - anchor, faces, uvs)
-    obj = bpy.data.objects.new(name, mesh)
-    tag(obj, prompt)
-    obj.location = anchor.tolist()
     target = sketch[0].users_collection[0] if sketch and sketch[0].users_collection else scene.collection
-    target.objects.link(obj)
-    if texture_png is not None:
-        material = textured_material(name, load_png(f"{name} texture", texture_png), UV_LAYER)
-        if normal_png is not None:
-            add_normal_map(material, load_png(f"{name} normal map", normal_png), UV_LAYER)
-        mesh.materials.append(material)
+    game_ready = bool(lods) or polygons is not None
+    levels = [{"vertices": vertices, "faces": faces, "uvs": uvs, "polygons": polygons, "normal_png": normal_png,
+               "texture_png": texture_png}, *lods]
+    if lods:
+        collection = bpy.data.collections.new(name)
+        tag(collection, prompt)
+        target.children.link(collection)
+        target = collection
+    shared = None
+    objects = []
+    for k, level in enumerate(levels):
+        level_name = f"{name}_LOD{k}" if lods else name
+        mesh = build_mesh(level_name, np.asarray(level["vertices"], dtype=np.float64) - anchor, level["faces"],
+                          level["uvs"], level.get("polygons"), weld=game_ready)
+        obj = bpy.data.objects.new(level_name, mesh)
+        tag(obj, prompt)
+        obj.location = anchor.tolist()
+        target.objects.link(obj)
+        png = level.get("texture_png")
+        if png is not None or shared is not None:
+            image = load_png(f"{level_name} texture", png) if png is not None else shared
+            shared = image if k == 0 else shared
+            material = textured_material(level_name, image, UV_LAYER)
+            if level.get("normal_png") is not None:
+                add_normal_map(material, load_png(f"{level_name} normal map", level["normal_png"]), UV_LAYER)
+            mesh.materials.append(material)
+        if k:  # LOD0 is the one seen; the others are there for the exporter and the artist to switch to
+            obj.hide_set(True)
+            obj.hide_render = True
+        objects.append(obj)
     if sketch:
         collect_sketch(scene, sketch, name)
-    return obj
+    return objects[0]
 
 
 def remove_unused(materials: Sequence[bpy.types.Material]) -> None:

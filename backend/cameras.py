@@ -26,27 +26,45 @@ class CameraConfig:
 
     radius_range: tuple[float, float] = (1.0, 1.5)
     fov_range: tuple[float, float] = (40.0, 70.0)  # vertical field of view, degrees
-    elevation_range: tuple[float, float] = (-10.0, 80.0)  # degrees
+    elevation_range: tuple[float, float] = (-10.0, 90.0)  # degrees (DreamFusion: up to straight overhead)
     azimuth_range: tuple[float, float] = (-180.0, 180.0)  # degrees
+    # the view-dependent prompts' sectors (Latent-NeRF's angle_front and angle_overhead), carried by every
+    # camera batch the sampler draws
     front_angle: float = 70.0  # width of the "front" and "back" sectors, degrees
-    overhead_angle: float = 30.0  # elevations above 90° − this are "overhead"
+    overhead_angle: float = 30.0  # elevations above 90° − this are "overhead", below −90° + this "bottom"
     # probability per step that the render and the prior's answer are both composited over a random solid
     # colour (one per camera) instead of the learned background; unset: the prior's own default
     random_background: float | None = None
 
     def validate(self) -> None:
-        for name in ("radius_range", "fov_range", "elevation_range", "azimuth_range"):
-            lo, hi = getattr(self, name)
-            if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-                raise ConfigError(f"camera.{name} = {(lo, hi)} is not a finite (low, high) range")
-        if self.radius_range[0] <= 0:
-            raise ConfigError("camera.radius_range must be positive", "cameras orbit at a distance > 0")
-        if not (self.fov_range[0] > 0 and self.fov_range[1] < 180):
-            raise ConfigError("camera.fov_range must lie inside (0, 180) degrees")
-        if not (self.elevation_range[0] >= -90 and self.elevation_range[1] <= 90):
-            raise ConfigError("camera.elevation_range must lie inside [-90, 90] degrees")
+        check_view_ranges("camera", self.radius_range, self.fov_range, self.elevation_range)
+        check_range("camera.azimuth_range", self.azimuth_range)
+        if not (0.0 < self.front_angle < 180.0 and 0.0 <= self.overhead_angle <= 90.0):
+            raise ConfigError(f"camera.front_angle must be in (0, 180) and camera.overhead_angle in [0, 90] degrees, "
+                              f"got {self.front_angle} and {self.overhead_angle}", "Latent-NeRF's: 70 and 30")
         if self.random_background is not None and not 0.0 <= self.random_background <= 1.0:
             raise ConfigError(f"camera.random_background is a probability in [0, 1], got {self.random_background}")
+
+
+def check_range(name: str, value: tuple[float, float]) -> None:
+    lo, hi = value
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ConfigError(f"{name} = {(lo, hi)} is not a finite (low, high) range")
+
+
+def check_view_ranges(where: str, radius_range: tuple[float, float], fov_range: tuple[float, float],
+                      elevation_range: tuple[float, float]) -> None:
+    """Refuse camera ranges that are not (low, high) pairs, or distances, fields of view or elevations that
+    no camera can have; `where` names the table they are set in ("camera", "mesh")."""
+    for name, value in (("radius_range", radius_range), ("fov_range", fov_range),
+                        ("elevation_range", elevation_range)):
+        check_range(f"{where}.{name}", value)
+    if radius_range[0] <= 0:
+        raise ConfigError(f"{where}.radius_range must be positive", "cameras orbit at a distance > 0")
+    if not (fov_range[0] > 0 and fov_range[1] < 180):
+        raise ConfigError(f"{where}.fov_range must lie inside (0, 180) degrees")
+    if not (elevation_range[0] >= -90 and elevation_range[1] <= 90):
+        raise ConfigError(f"{where}.elevation_range must lie inside [-90, 90] degrees")
 
 
 @dataclass
@@ -62,6 +80,8 @@ class Cameras:
     background: torch.Tensor | None = None  # [B, 3] a solid RGB colour both are composited over
     light: Light | None = None  # DreamFusion's point light, one per camera
     shading: str = "albedo"  # render mode of RGB renders this step: one of backend.shading.MODES
+    front_angle: float = 70.0  # the view prompts' sectors (`CameraConfig`), degrees
+    overhead_angle: float = 30.0
 
     def take(self, index: torch.Tensor) -> Cameras:
         """The cameras at `index` [K], with their backgrounds and lights."""
@@ -139,17 +159,20 @@ class Cameras:
         proj[:, 3, 2] = -1.0
         return proj @ w2c
 
-    def view_indices(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> torch.Tensor:
+    def view_indices(self, front_angle: float | None = None, overhead_angle: float | None = None) -> torch.Tensor:
         """Index into `VIEWS` per camera [B] (DreamFusion's view-dependent prompts), computed on the device.
 
-        Cameras as far below the horizon as "overhead" ones are above it are "bottom" views.
+        The sectors are the batch's own (`front_angle`, `overhead_angle`) unless given. Cameras as far below
+        the horizon as "overhead" ones are above it are "bottom" views.
         """
+        front_angle = self.front_angle if front_angle is None else front_angle
+        overhead_angle = self.overhead_angle if overhead_angle is None else overhead_angle
         az = self.azimuth.abs()
         index = torch.where(az < front_angle / 2, 0, torch.where(az > 180.0 - front_angle / 2, 2, 1))
         index = torch.where(self.elevation <= overhead_angle - 90.0, 4, index)
         return torch.where(self.elevation >= 90.0 - overhead_angle, 3, index)
 
-    def view_labels(self, front_angle: float = 70.0, overhead_angle: float = 30.0) -> list[str]:
+    def view_labels(self, front_angle: float | None = None, overhead_angle: float | None = None) -> list[str]:
         """DreamFusion's view-dependent prompt suffixes: front, side, back, overhead or bottom."""
         return [VIEWS[i] for i in self.view_indices(front_angle, overhead_angle).tolist()]
 
@@ -204,4 +227,5 @@ class CameraSampler:
             fov=self._uniform(*c.fov_range, batch),
             device=self.device,
         )
-        return replace(cameras, background=self._background(batch))
+        return replace(cameras, background=self._background(batch), front_angle=c.front_angle,
+                       overhead_angle=c.overhead_angle)

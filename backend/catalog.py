@@ -15,6 +15,14 @@ MAX_PROMPT_CHARS = 1000  # the prompt and the negative prompt each
 MAX_SEED = 2**63 - 1  # seeds are 0 … 2^63 − 1: every one a torch generator takes as a signed 64-bit number
 MAX_FACES = 2_000_000  # larger meshes are refused: decimate them first
 MAX_VERTICES = 3 * MAX_FACES
+MIN_EXPORT_FACES = 100  # the smallest face budget an export takes
+MAX_LODS = 6  # levels of detail one export writes at most (LOD0 … LOD5)
+# a reference image (`--image`, a submit's `image` blob): at most this many pixels a side, this many bytes as sent
+MAX_REFERENCE_SIDE = 4096
+MAX_REFERENCE_BYTES = 96 << 20
+# a reference image's named views → (azimuth, elevation) in degrees, in the asset's own frame (front: its −Y)
+IMAGE_VIEWS: dict[str, tuple[float, float]] = {"front": (0.0, 0.0), "right": (90.0, 0.0), "back": (180.0, 0.0),
+                                               "left": (-90.0, 0.0), "top": (0.0, 90.0), "bottom": (0.0, -90.0)}
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,8 @@ class Preset:
 TASKS: dict[str, Task] = {
     "generate": Task("text (and sketch) to a textured GLB", "backend.tasks.generate", "optim.iters",
                      {"refine_iters": "refine.iters", "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution",
-                      "looseness": "sketch.looseness"}, mesh="sketch"),
+                      "looseness": "sketch.looseness", "faces": "export.max_faces", "quad": "export.quad",
+                      "lods": "export.lods"}, mesh="sketch"),
     "paint": Task("texture a mesh from a prompt (Latent-Paint), keeping its geometry", "backend.tasks.paint", "iters",
                   {"texture_size": "texture_size", "finetune_iters": "finetune_iters"}, mesh="paint"),
 }
@@ -54,7 +63,8 @@ TASKS: dict[str, Task] = {
 COMMON_FLAGS: dict[str, str] = {"prompt": "prompt", "negative": "negative", "seed": "seed", "resolution": "resolution",
                                 "method": "objective.name", "perp_neg": "perp_neg", "front": "front_yaw"}
 # a submit's fields that are settings of every task → dotted settings (and `iterations` → the task's own)
-SUBMIT_SETTINGS: dict[str, str] = {"prompt": "prompt", "negative": "negative", "seed": "seed"}
+SUBMIT_SETTINGS: dict[str, str] = {"prompt": "prompt", "negative": "negative", "seed": "seed",
+                                   "image_azimuth": "image.azimuth", "image_elevation": "image.elevation"}
 
 METHODS: dict[str, Method] = {
     "sds": Method("SDS", "backend.objectives.sds:SDS", "Score distillation (DreamFusion / Latent-NeRF)"),

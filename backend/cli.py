@@ -12,12 +12,13 @@ from typing import Any
 
 # Only light modules here: `--help`, usage errors and setting checks must not wait for torch or diffusers.
 from backend import __version__
-from backend.catalog import COMMON_FLAGS, METHODS, PRESETS, TASKS
+from backend.catalog import COMMON_FLAGS, MAX_FACES, MAX_LODS, METHODS, MIN_EXPORT_FACES, PRESETS, TASKS
 from backend.compose import compose_config
 from backend.config import from_dict, load_file, merge
-from backend.cpu_time import duration, project_cpu_s
+from backend.cpu_time import CPU_WARN_S, duration, project_cpu_s, project_cpu_stages
 from backend.devices import DEVICES, device_arg, pick_device
-from backend.errors import LatentForgeError, ModelNotFoundError
+from backend.errors import ConfigError, LatentForgeError, ModelNotFoundError
+from backend.image_view import view_arg
 from backend.nesting import nested
 from backend.notices import quiet_third_party
 
@@ -78,7 +79,11 @@ SCHEDULE_FLAGS = ("quality", "config", "iters", "refine_iters", "resolution", "f
 
 def _overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict:
     """CLI flags that were given, as nested config keys (flags beat the config file)."""
-    return nested(vars(args), flags)
+    overrides = nested(vars(args), flags)
+    if getattr(args, "image_view", None) is not None:
+        azimuth, elevation = args.image_view
+        overrides["image"] = {"azimuth": azimuth, "elevation": elevation}
+    return overrides
 
 
 FRONTS = {"-y": 0.0, "+x": 90.0, "+y": 180.0, "-x": -90.0}
@@ -93,6 +98,19 @@ def front_arg(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an axis ({', '.join(FRONTS)}) or an angle") from None
+
+
+def count_arg(what: str, lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], refused with the range named (argparse exits with 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {what}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value:,} {what} is out of range: give {lo:,} to {hi:,}")
+        return value
+    return parse
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +129,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--front", type=front_arg, metavar="-y|+x|+y|-x|DEGREES",
                    help="which way the asset's front faces in the scene, for the view prompts (default -y, "
                         "Blender's front view; or degrees counter-clockwise about +Z from -y)")
+    p.add_argument("--image", help="a reference image of the asset (PNG or JPEG): its view is fitted to it, the prompt "
+                                   "shapes the rest; its alpha is the mask, else the background is its border's "
+                                   "colour (within image.tolerance, default 0.1 per channel)")
+    p.add_argument("--image-view", type=view_arg, metavar="front|right|back|left|top|bottom|AZ,EL",
+                   help="where the image was seen from, in the asset's frame (front: its -Y, Blender's front view; "
+                        "azimuth counter-clockwise about +Z, elevation up; default front)")
     p.add_argument("--quality", choices=tuple(PRESETS),
                    help="a preset schedule, as in the add-on and the service (default standard; draft on a CPU "
                         "takes a fraction of the time)")
@@ -134,7 +158,17 @@ def add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sketch", help="a mesh of primitives (.glb/.obj/.ply) for the shape to follow")
     p.add_argument("--looseness", type=float,
                    help="how loosely to follow the sketch: distance from its surface, in units of a sketch "
-                        "scaled to radius 0.5, within which the shape is free (default 0.3)")
+                        "scaled to radius 0.7 (Latent-NeRF's), within which the shape is free (default 0.3)")
+    game = p.add_argument_group("game-ready output")
+    game.add_argument("--faces", type=count_arg("faces", MIN_EXPORT_FACES, MAX_FACES),
+                      help="face budget of the exported mesh, simplified from the full surface whose detail goes "
+                           "into the normal map (default 50,000; with --quad it counts quads)")
+    game.add_argument("--quad", action="store_const", const=True,
+                      help="quad-dominant remesh (Instant Meshes) at the face budget; NAME.obj beside the GLB keeps "
+                           "the quads (glTF stores triangles). Needs the game extra")
+    game.add_argument("--lods", type=count_arg("levels of detail", 1, MAX_LODS),
+                      help=f"levels of detail LOD0 … LOD(K-1), each half the faces of the one before, as GLB nodes "
+                           f"NAME_LOD0 … with normal maps from the full surface (1 to {MAX_LODS}, default 1)")
 
 
 def add_paint_args(p: argparse.ArgumentParser) -> None:
@@ -152,6 +186,25 @@ def build_config(task: str, args: argparse.Namespace) -> Any:
     return compose_config(task, file, _overrides(args, task_flags(task)), preset=getattr(args, "quality", None))
 
 
+def reference_image(args: argparse.Namespace, config: Any) -> Any:
+    """--image as a `ReferenceImage` (None without one), read before anything is written."""
+    if args.image is None:
+        if args.image_view is not None:
+            raise ConfigError("--image-view says where an image was seen from, but no --image is given",
+                              "add --image FILE, or drop --image-view")
+        return None
+    from backend.reference import read_image
+
+    return read_image(args.image, config.image.tolerance)
+
+
+def check_prompt_with_image(args: argparse.Namespace) -> None:
+    """An image is one view: the prompt still has to say what the object is, for every other view."""
+    if args.image is not None and not (args.prompt or "").strip():
+        raise ConfigError("a reference image needs a prompt too: the image fixes one view, the prompt shapes every "
+                          "view it does not show", "describe the object, e.g. --prompt 'a red toadstool'")
+
+
 def guidance_spec(args: argparse.Namespace) -> str:
     if args.model and args.guidance:
         raise LatentForgeError("give either --model or --guidance, not both")
@@ -160,34 +213,77 @@ def guidance_spec(args: argparse.Namespace) -> str:
     return args.guidance or "sd:"
 
 
+# each projected stage in the words of its flags: what it is, its step count and render size settings, its flags
+STAGE_WORDS = {"latent": ("the latent stage", "optim.iters", "resolution", "--iters"),
+               "rgb_refine": ("RGB refinement", "refine.iters", "refine.resolution", "--refine-iters"),
+               "mesh": ("the mesh stage", "mesh.iters", "mesh.resolution", "--mesh-iters, --mesh-resolution"),
+               "paint": ("painting", "iters", "resolution", "--iters"),
+               "rgb_finetune": ("RGB fine-tuning", "finetune_iters", "resolution", "--finetune-iters")}
+
+
+def describe_stage(name: str, config: Any) -> str:
+    """A stage of a job in the words of its flags, e.g. "the mesh stage (1,000 steps at 512²; --mesh-iters, ...)"."""
+    if name not in STAGE_WORDS:
+        return f"the {name}"
+
+    def setting(path: str) -> int:
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        return value
+
+    words, iters, size, flags = STAGE_WORDS[name]
+    return f"{words} ({setting(iters):,} steps at {setting(size)}²; {flags})"
+
+
 def warn_cpu_schedule(task: str, config: Any, args: argparse.Namespace, spec: str, device: Any) -> None:
-    """On a CPU with the default schedule, say how long it would take and how to make it shorter."""
-    if device.type != "cpu" or any(getattr(args, flag, None) is not None for flag in SCHEDULE_FLAGS):
+    """On a CPU, say how long a job would take and which stage takes most of it: always with the default
+    schedule (and how long --quality draft would take), and whatever the settings when it passes 10 minutes."""
+    if device.type != "cpu":
         return
+    chosen = any(getattr(args, flag, None) is not None for flag in SCHEDULE_FLAGS)
     with_unet = not spec.startswith("target:")
-    projected = project_cpu_s(task, config, with_unet)
-    draft = compose_config(task, method=args.method, preset="draft")
-    print(f"warning: on the CPU these settings take roughly {duration(projected)}; --quality draft takes roughly "
-          f"{duration(project_cpu_s(task, draft, with_unet))} (a GPU is tens of times faster)", file=sys.stderr)
+    stages = project_cpu_stages(task, config, with_unet)
+    projected = sum(stages.values())
+    if chosen and projected <= CPU_WARN_S:
+        return
+    longest = max(stages, key=stages.__getitem__)
+    message = (f"warning: on the CPU these settings take roughly {duration(projected)}, "
+               f"{duration(stages[longest])} of it in {describe_stage(longest, config)}")
+    if not chosen:
+        draft = compose_config(task, method=args.method, preset="draft")
+        message += f"; --quality draft takes roughly {duration(project_cpu_s(task, draft, with_unet))}"
+    print(message + " (a GPU is tens of times faster)", file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_prompt_with_image(args)
     config = build_config("generate", args)
     config.validate()
+    from backend.export.libraries import check
+
+    check(config.export.quad, config.export.lods)  # before training: the export is hours away
     spec = guidance_spec(args)
     device = pick_device(args.device)
+    from backend.depth import HIFA_WEIGHT as HIFA_DEPTH_WEIGHT
     from backend.guidance import build_guidance
     from backend.mesh import load_mesh
     from backend.tasks.generate import generate
 
     sketch = load_mesh(args.sketch, "sketch") if args.sketch else None
+    image = reference_image(args, config)
     warn_cpu_schedule("generate", config, args, spec, device)
+    if config.objective.name == "hifa" and config.depth.weight is None and not config.depth.model.strip():
+        print(f"note: HiFA's depth term (weight {HIFA_DEPTH_WEIGHT}) is off: no depth model is named "
+              "(depth.model: a transformers depth-estimation model, e.g. Intel/dpt-hybrid-midas)", file=sys.stderr)
     guidance = build_guidance(spec, device)
     return _run(lambda events: generate(config, guidance, args.out, sketch=sketch, on_event=events,
-                                        job_dir=args.job_dir), guidance.describe(), device)
+                                        job_dir=args.job_dir, image=image), guidance.describe(), device,
+                known_answer(guidance))
 
 
 def cmd_paint(args: argparse.Namespace) -> int:
+    check_prompt_with_image(args)
     config = build_config("paint", args)
     config.validate()
     spec = guidance_spec(args)
@@ -201,13 +297,22 @@ def cmd_paint(args: argparse.Namespace) -> int:
     mesh = load_mesh(args.mesh, "paint mesh")
     refuse_in_files(mesh)
     faces = check_faces(load_faces(args.faces), len(mesh.faces)) if args.faces else None
+    image = reference_image(args, config)
     warn_cpu_schedule("paint", config, args, spec, device)
     guidance = build_guidance(spec, device)
     return _run(lambda events: paint(config, guidance, mesh, args.out, on_event=events, job_dir=args.job_dir,
-                                     faces=faces), guidance.describe(), device)
+                                     faces=faces, image=image), guidance.describe(), device)
 
 
-def _run(job: Callable, what: str, device: Any) -> int:
+def known_answer(guidance: Any) -> Any:
+    """The mesh a job's asset should come back as, when its prior is one known mesh (target:), else None."""
+    from backend.guidance.target import TargetGuidance
+
+    return guidance.mesh if isinstance(guidance, TargetGuidance) else None
+
+
+def _run(job: Callable, what: str, device: Any, reference: Any = None) -> int:
+    """Run `job`, then summarise what it wrote (and, with the `reference` mesh it should match, how closely)."""
     print(f"latentforge {__version__}: {what} on {device}", file=sys.stderr)
     events = TqdmEvents()
     start = time.perf_counter()
@@ -217,10 +322,32 @@ def _run(job: Callable, what: str, device: Any) -> int:
         events.close()
     charts = getattr(result, "charts", 0)
     normal_map = getattr(result, "normal_map_path", None)
+    levels = getattr(result, "levels", [])
+    if levels:
+        obj = f" and {result.obj_path} (quads)" if result.obj_path else ""
+        print(f"wrote {result.glb_path}{obj}, with textures and normal maps beside them "
+              f"({time.perf_counter() - start:.1f} s)")
+        for k, level in enumerate(levels):
+            print("  " + describe_level(k, level))
+        return 0
     print(f"wrote {result.glb_path} and {result.png_path}" + (f" and {normal_map}" if normal_map else "")
           + f" ({len(result.mesh.faces):,} faces" + (f", {charts:,} UV charts" if charts else "")
           + f", {time.perf_counter() - start:.1f} s)")
+    if reference is not None:
+        from backend.surface_error import surface_error
+
+        print(f"against the reference mesh: {surface_error(result.mesh, reference).describe()}")
     return 0
+
+
+def describe_level(k: int, level: Any) -> str:
+    """One line per level of detail: faces (quads and triangles), UV charts, which texture it reads."""
+    if level.polygons is not None:
+        faces = (f"{level.face_count:,} faces, {level.polygons.quad_ratio:.0%} quads "
+                 f"({len(level.mesh.faces):,} triangles in the GLB)")
+    else:
+        faces = f"{level.face_count:,} faces"
+    return f"LOD{k}: {faces}, {level.charts:,} UV charts, colour texture {level.texture}"
 
 
 def describe_schedule(config: Any) -> str:
@@ -259,7 +386,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"The demo runs {describe_schedule(config)}.", file=sys.stderr)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    return _run(lambda events: generate(config, guidance, args.out, on_event=events), guidance.describe(), device)
+    return _run(lambda events: generate(config, guidance, args.out, on_event=events), guidance.describe(), device,
+                known_answer(guidance))
 
 
 def _command(argv: list[str]) -> str | None:

@@ -26,16 +26,30 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 MIN_OPACITY = 0.5  # pixels the depth loss looks at: those that are mostly object
 
 
+HIFA_WEIGHT = 0.1  # HiFA's λ_d (its code's lambda_depthreg)
+
+
 @dataclass
 class DepthConfig:
+    """HiFA's total loss has the depth term (λ_d 0.1), so with --method hifa it is on whenever a depth model is
+    named. None is named by default: it would be a second large download the artist did not ask for, and
+    without one the job runs without the term and says so (the rest of HiFA does not depend on it)."""
+
     model: str = ""  # folder or hub id of a depth-estimation model
-    weight: float = 0.0  # 0: off; annealed to 0 over training as t is
+    # annealed to 0 over training as t is. None: HiFA's λ_d with --method hifa and a model, else off; 0: off
+    weight: float | None = None
 
     def validate(self) -> None:
-        if not self.weight >= 0:
+        if self.weight is not None and not self.weight >= 0:
             raise ConfigError(f"depth.weight must be ≥ 0, got {self.weight}")
-        if self.weight > 0 and not self.model.strip():
+        if self.weight and not self.model.strip():
             raise ConfigError("depth.weight is set but depth.model names no model", DEPTH_HINT)
+
+    def weight_for(self, method: str) -> float:
+        """The term's weight in a job of `method`: the one set, else HiFA's with a model named, else 0."""
+        if self.weight is not None:
+            return self.weight
+        return HIFA_WEIGHT if method == "hifa" and self.model.strip() else 0.0
 
 
 class MonocularDepth:

@@ -57,10 +57,12 @@ def orientation(normals: torch.Tensor, directions: torch.Tensor, weights: torch.
     """DreamFusion's orientation loss (from Ref-NeRF): Σ_i w_i·max(0, n_i·d)² per ray, averaged over rays.
 
     Normals [R, S, 3] facing away from the camera along the ray direction d [R, 3] are penalised, so the
-    visible surface cannot be a back face painted from behind.
+    visible surface cannot be a back face painted from behind. The weights only say where the surface is
+    (no gradient through them, as DreamFusion's and the reference implementations' loss): otherwise the
+    loss could lower itself by removing the density there instead of turning its normals.
     """
     facing = (normals * directions[:, None]).sum(-1).clamp(min=0)
-    return (weights * facing**2).sum(-1).mean()
+    return (weights.detach() * facing**2).sum(-1).mean()
 
 
 def texture_smoothness(texture: torch.Tensor, right: torch.Tensor, down: torch.Tensor, edge: float) -> torch.Tensor:

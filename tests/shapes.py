@@ -6,6 +6,7 @@ import numpy as np
 import trimesh
 
 from backend.mesh import Mesh
+from backend.surface_error import set_iou, voxel_iou, voxel_sets  # noqa: F401 - the tests' shared metrics
 
 RED = np.array([0.85, 0.12, 0.10], np.float32)
 BLUE = np.array([0.12, 0.25, 0.85], np.float32)
@@ -20,30 +21,6 @@ def two_tone_box(extents=(1.6, 1.0, 1.2), center=(2.0, -1.0, 0.5), lower=BLUE) -
     upper = v.reshape(-1, 3, 3).mean(1)[:, 2] > 0
     colors = np.repeat(np.where(upper[:, None], RED, np.asarray(lower, np.float32)), 3, axis=0).astype(np.float32)
     return Mesh(v + np.asarray(center, np.float32), faces, vertex_colors=colors)
-
-
-def voxel_sets(meshes: list[Mesh], resolution: int = 64) -> list[np.ndarray]:
-    """Filled voxelisations of closed meshes, sampled on one grid over all of them."""
-    lo = np.min([m.vertices.min(0) for m in meshes], axis=0)
-    hi = np.max([m.vertices.max(0) for m in meshes], axis=0)
-    pitch = float((hi - lo).max()) / resolution
-    axes = [np.arange(lo[k], hi[k] + pitch, pitch) for k in range(3)]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-
-    def filled(m: Mesh) -> np.ndarray:
-        vox = trimesh.Trimesh(m.vertices, m.faces, process=False).voxelized(pitch / 2).fill()
-        return vox.is_filled(grid)
-
-    return [filled(m) for m in meshes]
-
-
-def set_iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
-
-
-def voxel_iou(a: Mesh, b: Mesh, resolution: int = 64) -> float:
-    """Volume IoU of two closed meshes: filled voxelisations sampled on one grid over both."""
-    return set_iou(*voxel_sets([a, b], resolution))
 
 
 def two_tone_colour_rmse(mesh: Mesh, texture: np.ndarray, seam_z: float = 0.5, margin: float = 0.15) -> float:
@@ -111,15 +88,45 @@ def notched_block(center=(1.5, 0.5, -1.0), size=1.6) -> Mesh:
     return Mesh((verts + np.asarray(center)).astype(np.float32), faces.astype(np.int64), vertex_colors=colors)
 
 
-def chamfer(a: Mesh, b: Mesh, samples: int = 20000, seed: int = 0) -> float:
-    """Symmetric Chamfer distance (mean of both directions' mean closest-point distances), in b's units."""
-    ta = trimesh.Trimesh(a.vertices, a.faces, process=False)
-    tb = trimesh.Trimesh(b.vertices, b.faces, process=False)
-    pa = trimesh.sample.sample_surface(ta, samples, seed=seed)[0]
-    pb = trimesh.sample.sample_surface(tb, samples, seed=seed)[0]
-    from scipy.spatial import cKDTree
 
-    return float((cKDTree(pb).query(pa)[0].mean() + cKDTree(pa).query(pb)[0].mean()) / 2)
+def _smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
+    """A union of two signed distances whose surface blends over a width of about `k` (no crease)."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b + (a - b) * h - k * h * (1 - h)
+
+
+def _sdf_mesh(sdf, half: float, center, n: int = 72) -> Mesh:
+    """Marching cubes of a smooth signed distance over [−half, half]³: one closed surface, red above z = 0 and
+    blue below, moved to `center`."""
+    from skimage.measure import marching_cubes
+
+    axis = np.linspace(-half, half, n)
+    grid = sdf(*np.meshgrid(axis, axis, axis, indexing="ij")).astype(np.float32)
+    verts, faces, _, _ = marching_cubes(grid, 0.0, spacing=(axis[1] - axis[0],) * 3, gradient_direction="descent")
+    verts = verts - half
+    colors = np.where((verts[:, 2] > 0)[:, None], RED, BLUE).astype(np.float32)
+    return Mesh((verts + np.asarray(center)).astype(np.float32), faces.astype(np.int64), vertex_colors=colors)
+
+
+def gourd(center=(-0.8, 1.2, 0.4)) -> Mesh:
+    """Two spheres of different sizes blended into one smooth surface with a waist (convex and saddle-shaped
+    regions), off the origin."""
+    def sdf(x, y, z):
+        low = np.sqrt(x**2 + y**2 + (z + 0.22) ** 2) - 0.42
+        high = np.sqrt(x**2 + y**2 + (z - 0.33) ** 2) - 0.27
+        return _smooth_min(low, high, 0.2)
+
+    return _sdf_mesh(sdf, 0.7, center)
+
+
+def dumbbell(center=(1.0, 0.6, -0.5)) -> Mesh:
+    """Two balls on a thin rod (a third of their radius), smoothly blended, lying along x, off the origin."""
+    def sdf(x, y, z):
+        balls = np.sqrt((np.abs(x) - 0.52) ** 2 + y**2 + z**2) - 0.3
+        rod = np.maximum(np.sqrt(y**2 + z**2) - 0.1, np.abs(x) - 0.6)
+        return _smooth_min(balls, rod, 0.06)
+
+    return _sdf_mesh(sdf, 0.9, center)
 
 
 def write_linear_coloured_glb(path, vertices: np.ndarray, faces: np.ndarray, linear: np.ndarray) -> None:

@@ -278,6 +278,11 @@ class FakeLayout:
         assert 0 <= kwargs["factor"] <= 1
         self.log.append(("progress", kwargs["text"]))
 
+    def template_ID(self, data: object, name: str, **kwargs: object) -> None:  # noqa: N802 - bpy's name
+        assert name in data.bl_rna.properties, f"no property {name!r}"
+        self._check("template_ID", **kwargs)
+        self.log.append(("template_ID", name))
+
     def template_icon(self, **kwargs: object) -> None:
         self._check("template_icon", **kwargs)
         self.log.append(("preview", kwargs["icon_value"]))

@@ -22,6 +22,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import test_addon_support as support
+from test_addon_scene import draw
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = REPO / "backend" / "examples" / "toadstool" / "target.glb"
@@ -504,3 +505,116 @@ def test_an_empty_field_offers_a_reexport_that_trains_nothing_again(bpy: ModuleT
     support.assert_whole_words(result.name, LONG_PROMPT, 63 - results.LONGEST_SUFFIX, results.DANGLING)
     assert len(result.data.polygons) > 0 and result["latentforge_job"] == job.job
     assert [i.name for i in bpy.data.images] == [f"{result.name} texture"]
+
+
+def image_empty(bpy: ModuleType, image: object | None, azimuth: float, elevation: float) -> object:
+    """An Image Empty (Add › Image › Reference) whose image faces the direction `azimuth`, `elevation`."""
+    import math
+
+    empty = bpy.data.objects.new("Concept", None)
+    empty.empty_display_type = "IMAGE"
+    empty.data = image
+    # the image faces its local +Z: tip it up from facing −Y (the front), then turn it about the up axis
+    empty.rotation_euler = (math.radians(90.0 - elevation), 0.0, math.radians(azimuth))
+    empty.location = (3.0, -4.0, 1.0)  # where it stands does not matter, only where it faces
+    bpy.context.scene.collection.objects.link(empty)
+    bpy.context.view_layer.update()  # its world matrix, as the depsgraph keeps it in the UI
+    return empty
+
+
+def concept_image(bpy: ModuleType, name: str = "Concept art", size: int = 48, alpha: float = 1.0) -> object:
+    """A red disc on a transparent background (`alpha`: the disc's own alpha)."""
+    image = bpy.data.images.new(name, size, size, alpha=True)
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    pixels = np.zeros((size, size, 4), np.float32)
+    pixels[np.hypot(x, y) < size * 0.3] = (0.8, 0.1, 0.1, alpha)
+    image.pixels.foreach_set(pixels.ravel())
+    return image
+
+
+def test_an_image_empty_gives_a_generate_its_image_and_view(bpy: ModuleType, service: Service) -> None:
+    from PIL import Image
+
+    sketch = primitives(bpy)
+    lo = np.min([np.array(o.matrix_world @ v.co) for o in sketch for v in o.data.vertices], axis=0)
+    hi = np.max([np.array(o.matrix_world @ v.co) for o in sketch for v in o.data.vertices], axis=0)
+    image = concept_image(bpy)
+    empty = image_empty(bpy, image, 30.0, 15.0)
+    empty.select_set(True)
+    bpy.context.view_layer.objects.active = empty  # the empty's own front is no job's front
+    configure(bpy, "a red toadstool", "GENERATE", TINY_GENERATE)
+    found = support.submodule("reference").reference_of(bpy.context)
+    assert (found.source, found.problem) == ('Image Empty "Concept"', None)
+    panel = draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)
+    assert ("label", 'Reference: Image Empty "Concept"') in panel  # the thumbnail is Blender's to make
+    assert ("label", "Seen 30° right of the front, 15° above") in panel
+    assert bpy.ops.latentforge.generate() == {"FINISHED"}
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished", job.message
+    folder = service.jobs / job.job
+    spec = json.loads((folder / "spec.json").read_text())
+    assert (spec["image_azimuth"], spec["image_elevation"]) == (30.0, 15.0)
+    assert spec["overrides"]["front_yaw"] == 0.0  # the sketch's front, not the empty's
+    sent = np.asarray(Image.open(folder / "inputs" / "image.blob"))
+    pixels = np.empty(48 * 48 * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    np.testing.assert_array_equal(sent, np.round(pixels.reshape(48, 48, 4)[::-1] * 255))  # row 0 at the top
+    result = bpy.data.objects["Red toadstool"]
+    np.testing.assert_allclose(result.location, (lo + hi) / 2, atol=1e-4)  # where the sketch was
+    assert empty.name in bpy.context.scene.objects and not empty.hide_get()  # the empty is not part of the sketch
+    assert {o.name for o in bpy.data.collections["Red toadstool sketch"].objects} == {o.name for o in sketch}
+
+
+@pytest.mark.parametrize("case", ["empty without image", "two empties", "missing file", "not an image", "huge image",
+                                  "empty mask"])
+def test_a_reference_image_that_cannot_be_used_is_refused_with_a_reason(bpy: ModuleType, service: Service,
+                                                                       tmp_path: Path, case: str) -> None:
+    primitives(bpy)
+    settings = bpy.context.scene.latentforge
+    configure(bpy, "a red toadstool", "GENERATE", TINY_GENERATE)
+    message = {"empty without image": 'The Image Empty "Concept" has no image', "two empties": "2 Image Empties",
+               "missing file": "does not exist", "not an image": "Cannot read", "huge image": "over the limit of 4096",
+               "empty mask": "mask is empty"}[case]
+    if case in ("empty without image", "two empties"):
+        image_empty(bpy, None if case == "empty without image" else concept_image(bpy), 0.0, 0.0).select_set(True)
+        if case == "two empties":
+            image_empty(bpy, concept_image(bpy, "Other"), 90.0, 0.0).select_set(True)
+    elif case in ("missing file", "not an image"):
+        (tmp_path / "notes.png").write_text("not an image")
+        settings.image_source, settings.reference_file = "FILE", str(tmp_path / ("nowhere.png" if case ==
+                                                                                "missing file" else "notes.png"))
+    else:
+        settings.image_source = "IMAGE"
+        settings.reference_image = (bpy.data.images.new("Huge", 4097, 1) if case == "huge image"
+                                    else concept_image(bpy, alpha=0.0))  # all transparent: nothing is the object
+    objects = set(bpy.context.scene.objects)
+    if case != "not an image":  # the panel says what is wrong (a file's contents are read only when sent)
+        labels = " ".join(text for kind, text in draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)
+                          if kind == "label")
+        assert message.split(":")[0] in labels or case == "empty mask", labels
+    if case == "empty mask":  # the service's check: refused at submit, the panel shows why
+        assert bpy.ops.latentforge.generate() == {"FINISHED"}
+        job, _ = run_to_end(bpy, service, 60)
+        assert job.state == "failed" and message in job.message and job.job is None, job.message
+    else:
+        with pytest.raises(RuntimeError, match=message):
+            bpy.ops.latentforge.generate()
+        assert scene_job(bpy) is None
+    assert set(bpy.context.scene.objects) == objects
+
+
+def test_reference_images_travel_as_display_values_with_their_alpha() -> None:
+    import io
+
+    from PIL import Image
+
+    bpy, _, _ = support.modules()
+    reference = support.submodule("reference")
+    linear = bpy.data.images.new("Linear", 4, 2, alpha=True, float_buffer=True)
+    linear.pixels.foreach_set(np.tile(np.float32([0.2, 0.5, 1.0, 0.5]), 8))
+    try:
+        sent = np.asarray(Image.open(io.BytesIO(reference.image_png(reference.Reference("image", image=linear)))))
+    finally:
+        bpy.data.images.remove(linear)
+    assert sent.shape == (2, 4, 4)
+    np.testing.assert_array_equal(sent[0, 0], [124, 188, 255, 128])  # linear 0.2, 0.5 encoded as sRGB

@@ -146,10 +146,11 @@ def test_listed_commands_match_their_modules():
     assert list(helps(["generate"])) == list(helps(["bench"])) == list(helps(["serve"]))
 
 
-def test_cpu_warning_projects_the_time_and_suggests_draft(capsys):
+def test_cpu_warning_projects_the_time_and_suggests_draft(capsys, tmp_path):
     import torch
 
     from backend.cli import build_config, warn_cpu_schedule
+    from backend.examples import example_config
 
     cpu = torch.device("cpu")
     args = parse(["generate", "--prompt", "x", "--out", "o.glb"])
@@ -159,8 +160,20 @@ def test_cpu_warning_projects_the_time_and_suggests_draft(capsys):
     args = parse(["generate", "--prompt", "x", "--quality", "draft", "--out", "o.glb"])
     config = build_config("generate", args)
     warn_cpu_schedule("generate", config, args, "sd:", cpu)
-    assert capsys.readouterr().err == ""  # explicit settings: no warning
+    # explicit settings still hear about hours, and which stage they go to, but not about the preset they chose
+    err = capsys.readouterr().err
+    assert "take roughly" in err and "in the latent stage (1,500 steps at 64²; --iters)" in err
+    assert "--quality draft" not in err
     assert (config.optim.iters, config.refine.iters, config.export.texture_size) == (1500, 0, 512)
+    # a couple of latent steps leave the default 1,000 mesh steps at 512²
+    args = parse(["generate", "--prompt", "x", "--iters", "2", "--refine-iters", "0", "--out", "o.glb"])
+    warn_cpu_schedule("generate", build_config("generate", args), args, "target:t.glb", cpu)
+    assert "in the mesh stage (1,000 steps at 512²; --mesh-iters, --mesh-resolution)" in capsys.readouterr().err
+    # the demo's CPU schedule with its reference mesh ends in minutes: nothing to say
+    (tmp_path / "cpu.json").write_text(json.dumps(example_config("cpu")))
+    args = parse(["generate", "--prompt", "x", "--config", str(tmp_path / "cpu.json"), "--out", "o.glb"])
+    warn_cpu_schedule("generate", build_config("generate", args), args, "target:t.glb", cpu)
+    assert capsys.readouterr().err == ""
     args = parse(["paint", "--prompt", "x", "--mesh", "m.glb", "--quality", "draft", "--iters", "20", "--out", "o.glb"])
     paint = build_config("paint", args)
     assert (paint.iters, paint.texture_size) == (20, 512)  # flags beat the preset

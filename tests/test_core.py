@@ -102,6 +102,23 @@ def test_camera_sampler_respects_ranges_and_seed():
         CameraConfig(radius_range=(2.0, 1.0)).validate()
 
 
+def test_sampled_cameras_carry_their_view_sectors_and_reach_straight_overhead():
+    """camera.front_angle and camera.overhead_angle decide the view prompts of the cameras the sampler draws, and
+    the default elevations reach DreamFusion's 90°."""
+    def labels(**angles: float) -> list[str]:
+        config = CameraConfig(azimuth_range=(25.0, 25.0), elevation_range=(70.0, 70.0), **angles)
+        cams = CameraSampler(config, torch.Generator().manual_seed(0), "cpu").sample(2)
+        return cams.take(torch.tensor([0])).view_labels()
+
+    assert labels() == ["overhead"]  # 70° is above 90° − 30°
+    assert labels(overhead_angle=10.0) == ["front"]  # below 80°; 25° from the front is inside its 70° sector
+    assert labels(overhead_angle=10.0, front_angle=30.0) == ["side"]  # outside a 30° front sector
+    with pytest.raises(ConfigError, match="front_angle"):
+        CameraConfig(front_angle=0.0).validate()
+    high = CameraSampler(CameraConfig(), torch.Generator().manual_seed(0), "cpu").sample(4000).elevation
+    assert float(high.max()) > 85.0 and float(high.min()) >= -10.0 - 1e-4
+
+
 def test_rasteriser_matches_hand_computed_coverage_and_barycentrics():
     # one triangle in clip space (w = 1) covering the lower-left half of a 4×4 image
     pos = torch.tensor([[-1.0, -1.0, 0.0, 1.0], [1.0, -1.0, 0.0, 1.0], [-1.0, 1.0, 0.0, 1.0]])

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trimesh
-from shapes import two_tone_box, two_tone_colour_rmse, voxel_iou
+from shapes import dumbbell, gourd, two_tone_box, two_tone_colour_rmse, voxel_iou
 
 from backend.config import merge
 from backend.guidance.target import TargetGuidance
 from backend.mesh import load_mesh
+from backend.surface_error import surface_error
 from backend.tasks.generate import GenerateConfig, generate
 
 # small enough for a CPU: 32² renders, a reduced hash grid, 400 steps
@@ -24,6 +25,12 @@ FAST = {
     "export": {"grid_resolution": 96, "texture_size": 256, "max_faces": 20000, "density_threshold": 5.0},
     "loop": {"checkpoint_every": 0},
 }
+# the concave block's budget: 140 NeRF steps and 60 mesh-refinement steps at 128² on a 32³ grid
+CONCAVE = {**FAST, "optim": {"iters": 140, "lr": 5e-3}, "mesh": {"iters": 60, "resolution": 128, "grid_resolution": 32}}
+# the mesh stage's known answers: 100 NeRF steps, then 50 mesh-refinement steps at 128²
+MESH_KNOWN_ANSWER = {**FAST, "optim": {"iters": 100, "lr": 5e-3},
+                     "mesh": {"iters": 50, "resolution": 128, "grid_resolution": 48},
+                     "export": {**FAST["export"], "texture_size": 64, "max_faces": 8000}}
 
 
 @pytest.mark.slow
@@ -46,22 +53,37 @@ def test_generate_reconstructs_a_known_coloured_shape(tmp_path):
 @pytest.mark.slow
 def test_mesh_stage_improves_a_concave_known_shape_in_the_same_step_budget(tmp_path):
     """An L-shaped block off the origin: 200 NeRF steps against 140 NeRF + 60 mesh-refinement steps."""
-    from shapes import chamfer, notched_block
+    from shapes import notched_block
 
     target = notched_block()
     results = {}
     for name, mesh_iters in (("without", 0), ("with", 60)):
-        config = merge(GenerateConfig(prompt="an L-shaped block"), {
-            **FAST, "optim": {"iters": 200 - mesh_iters, "lr": 5e-3},
-            "mesh": {"iters": mesh_iters, "resolution": 128, "grid_resolution": 32}})
+        config = merge(GenerateConfig(prompt="an L-shaped block"), {**CONCAVE, "optim": {
+            "iters": 200 - mesh_iters, "lr": 5e-3}, "mesh": {**CONCAVE["mesh"], "iters": mesh_iters}})
         result = generate(config, TargetGuidance(target), tmp_path / f"{name}.glb")
-        results[name] = (voxel_iou(result.mesh, target), chamfer(result.mesh, target), result)
-    for name, (iou, dist, result) in results.items():
-        print(f"{name} mesh stage: voxel IoU {iou:.3f}, Chamfer {dist:.4f}, {result.charts} UV charts, "
-              f"{len(result.mesh.faces)} faces")
-    iou, dist, result = results["with"]
-    assert iou >= 0.85 and iou > results["without"][0]
+        results[name] = (surface_error(result.mesh, target), result)
+    for name, (error, result) in results.items():
+        print(f"{name} mesh stage: {error.describe()}, {result.charts} UV charts, {len(result.mesh.faces)} faces")
+    error, result = results["with"]
+    assert error.iou >= 0.85 and error.iou > results["without"][0].iou
     welded = trimesh.Trimesh(result.mesh.vertices, result.mesh.faces)
     welded.merge_vertices()
     assert welded.is_watertight and len(welded.split(only_watertight=False)) == 1
     assert result.charts <= 150 and result.normal_map_path.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, iou_before", [(gourd, 0.979), (dumbbell, 0.945)], ids=["gourd", "dumbbell"])
+def test_mesh_stage_gives_smooth_known_shapes_smooth_surfaces(shape, iou_before, tmp_path):
+    """Smooth references through the mesh stage: the surface shades like the reference's (normals a few degrees
+    off) at the volume the same run reached before (iou_before). Before the stage followed Magic3D's refinement
+    (t up to 0.98, the latent stage's cameras, weak smoothing), this run gave the gourd normals 10.3° off at IoU
+    0.979 and the dumbbell (balls on a rod a third their radius) 13.6° at 0.945."""
+    target = shape()
+    config = merge(GenerateConfig(prompt="a smooth shape"), MESH_KNOWN_ANSWER)
+    result = generate(config, TargetGuidance(target), tmp_path / "smooth.glb")
+    error = surface_error(result.mesh, target)
+    print(f"{shape.__name__} through the mesh stage: {error.describe()}, {result.charts} UV charts, "
+          f"{len(result.mesh.faces)} faces")
+    assert error.normal_mean_deg <= 8.0
+    assert error.iou >= iou_before

@@ -22,7 +22,7 @@ from backend.cameras import Cameras
 from backend.cli import build_config, build_parser, main
 from backend.compose import method_overrides
 from backend.config import merge
-from backend.depth import MonocularDepth
+from backend.depth import HIFA_WEIGHT, DepthConfig, MonocularDepth
 from backend.errors import ConfigError, ModelNotFoundError
 from backend.guidance.base import Guidance, NoisePrediction, Prompt
 from backend.guidance.target import TargetGuidance, sd_scheduler
@@ -32,7 +32,7 @@ from backend.objectives.hifa import BGT, NATIVE_LATENT_ELEMENTS, WEIGHT, BGTConf
 from backend.regularisers import ramp, scale_invariant_disparity, z_variance
 from backend.render.volume import VolumeConfig, VolumeRenderer, composite, smooth_weights
 from backend.schedules import TimestepConfig, sample_timesteps
-from backend.tasks.generate import GenerateConfig, generate
+from backend.tasks.generate import GenerateConfig, generate, prepare_generate
 from backend.tasks.paint import PaintConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -239,6 +239,16 @@ def test_depth_model_loads_from_a_saved_folder_and_missing_ones_are_clear(tiny_d
 # -- methods and configs ---------------------------------------------------------------------------------
 
 
+def test_hifa_s_depth_term_is_on_at_its_weight_whenever_a_depth_model_is_named(tiny_depth_dir):
+    named = DepthConfig(model=str(tiny_depth_dir))
+    assert named.weight_for("hifa") == HIFA_WEIGHT == 0.1  # HiFA's λ_d
+    assert DepthConfig().weight_for("hifa") == 0.0  # no model: off (the CLI says so)
+    assert named.weight_for("sds") == 0.0 and DepthConfig(model="m", weight=0.3).weight_for("sds") == 0.3
+    job = prepare_generate(merge(merge(GenerateConfig(prompt="a box"), method_overrides("hifa", GenerateConfig)),
+                                 {**TINY, "depth": {"model": str(tiny_depth_dir)}}), TargetGuidance(two_tone_box()))
+    assert job.stages[0].step.regularisers["depth"][0] == 0.1
+
+
 def test_method_defaults_and_their_precedence(tmp_path):
     generate_hifa = method_overrides("hifa", GenerateConfig)
     assert generate_hifa["objective"] == {"name": "hifa"}
@@ -320,7 +330,11 @@ def test_cli_method_hifa_on_target_guidance(tmp_path, capsys):
     out = tmp_path / "asset.glb"
     assert main(["generate", "--method", "hifa", "--prompt", "x", "--guidance", f"target:{TARGET}", "--device", "cpu",
                  "--config", str(config), "--out", str(out)]) == 0
-    assert "zvar" in capsys.readouterr().err  # the regulariser is on and reported
+    printed, err = capsys.readouterr()
+    assert "zvar" in err  # the regulariser is on and reported
+    assert "depth term (weight 0.1) is off: no depth model is named" in err
+    # the summary measures the asset against the known answer
+    assert "against the reference mesh: voxel IoU" in printed and "° off on average" in printed
     assert len(trimesh.load(out, force="mesh").faces) > 0
 
 

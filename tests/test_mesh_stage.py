@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 
@@ -164,3 +165,75 @@ def test_checkpoint_and_resume_across_the_nerf_to_mesh_hand_over(tmp_path):
     resumed = first + second
     assert [(s, i) for s, i, _ in resumed] == [(s, i) for s, i, _ in straight]
     assert np.allclose([v for *_, v in resumed], [v for *_, v in straight], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["sds", "hifa"])
+def test_the_mesh_stage_draws_its_own_timesteps_and_zoomed_in_cameras(method, monkeypatch, tmp_path):
+    """Magic3D's refinement: t ≤ mesh.t_max (0.5) whatever the latent stage draws (HiFA's annealed t continues
+    the job's schedule, clamped into the stage's range), cameras inside the stage's narrower field of view
+    and elevations."""
+    from shapes import two_tone_box
+
+    import backend.tasks.distill as distill
+    from backend.cameras import CameraSampler
+    from backend.events import StageStarted
+    from backend.guidance.target import TargetGuidance
+    from backend.schedules import sqrt_annealed_timesteps
+    from backend.tasks.generate import generate
+
+    stage, drawn = [""], {"t": [], "cameras": []}
+    sample_t, sample_cameras = distill.sample_timesteps, CameraSampler.sample
+
+    def timesteps(*args, **kwargs):
+        drawn["t"].append((stage[0], sample_t(*args, **kwargs)))
+        return drawn["t"][-1][1]
+
+    def cameras(self, batch=1):
+        drawn["cameras"].append((stage[0], sample_cameras(self, batch)))
+        return drawn["cameras"][-1][1]
+
+    monkeypatch.setattr(distill, "sample_timesteps", timesteps)
+    monkeypatch.setattr(CameraSampler, "sample", cameras)
+    config = merge_method(mesh_job_config(optim={"iters": 6}, refine={"iters": 0},
+                                          mesh={"iters": 8, "resolution": 32, "grid_resolution": 12}), method)
+    c = config.mesh
+    generate(config, TargetGuidance(two_tone_box()), tmp_path / "m.glb",
+             on_event=lambda e: stage.__setitem__(0, e.stage) if isinstance(e, StageStarted) else None)
+    t = {name: torch.cat([v for s, v in drawn["t"] if s == name]) for name in ("latent", "mesh")}
+    assert len(t["mesh"]) == c.iters
+    assert int(t["mesh"].min()) >= int(c.t_min * 1000) and int(t["mesh"].max()) <= int(c.t_max * 1000)
+    assert int(t["latent"].max()) > int(c.t_max * 1000)  # the latent stage draws above it
+    if method == "hifa":  # the job's √-annealed t, clamped into [t_min, t_max]
+        total = config.optim.iters + c.iters
+        expected = [min(int(sqrt_annealed_timesteps(config.timesteps, config.optim.iters + k, total, 1, 1000,
+                                                    torch.Generator())), int(c.t_max * 1000)) for k in range(c.iters)]
+        assert t["mesh"].tolist() == expected and expected[0] == 500 > expected[-1]  # clamped, then below
+    views = {name: [cams for s, cams in drawn["cameras"] if s == name] for name in ("latent", "mesh")}
+    fov = torch.rad2deg(torch.cat([cams.fov for cams in views["mesh"]]))
+    elevation = torch.cat([cams.elevation for cams in views["mesh"]])
+    for values, (lo, hi) in ((fov, c.fov_range), (elevation, c.elevation_range)):
+        assert lo - 1e-3 <= float(values.min()) and float(values.max()) <= hi + 1e-3
+    assert float(torch.rad2deg(torch.cat([cams.fov for cams in views["latent"]])).max()) > c.fov_range[1]
+
+
+def merge_method(config, method: str):  # noqa: ANN001, ANN201
+    from backend.compose import method_overrides
+    from backend.config import merge
+
+    return merge(config, method_overrides(method, type(config)))
+
+
+def test_smoothing_weights_are_the_references_at_512_and_scale_with_a_summed_loss_s_pixels():
+    """10⁴ normal consistency and 0.5 Laplacian at 512²: an SDS render of 128² carries a sixteenth of the summed
+    guidance, so the weights are a sixteenth too; HiFA's loss is normalised to the native size, so its are not."""
+    from shapes import two_tone_box
+
+    from backend.guidance.target import TargetGuidance
+    from backend.tasks.generate import prepare_generate
+
+    weights = {}
+    for method in ("sds", "hifa"):
+        config = merge_method(mesh_job_config(mesh={"iters": 1, "resolution": 128, "grid_resolution": 8}), method)
+        regularisers = prepare_generate(config, TargetGuidance(two_tone_box())).stages[-1].step.regularisers
+        weights[method] = (regularisers["normal_consistency"][0], regularisers["laplacian"][0])
+    assert weights == {"sds": (1e4 / 16, 0.5 / 16), "hifa": (1e4, 0.5)}

@@ -13,7 +13,7 @@ from tiny_config import TINY
 
 from backend.compose import method_overrides
 from backend.config import merge
-from backend.errors import Cancelled
+from backend.errors import Cancelled, ConfigError
 from backend.guidance.target import TargetGuidance
 from backend.loop import Stage, final_anneal, schedule_position, train_step
 from backend.tasks.generate import GenerateConfig, prepare_generate
@@ -115,3 +115,19 @@ def test_a_stage_rate_follows_its_step_and_a_resumed_stage_continues_it():
     resumed.load_state_dict(optimizer.state_dict())
     train_step(replace(annealed, enter=lambda: resumed), resumed, 7)
     assert resumed.param_groups[0]["lr"] == pytest.approx(rates[7])
+
+
+def test_vsd_lowers_t_max_to_0_5_after_a_fifth_of_the_job(tmp_path):
+    """ProlificDreamer's schedule (threestudio: 0.98 → 0.5 at step 5,000 of 25,000), through the job's own loop."""
+    from backend.schedules import TimestepConfig
+
+    config = merge(merge(GenerateConfig(prompt="a box"), method_overrides("vsd", GenerateConfig)),
+                   {**TINY, "optim": {"iters": 60}, "refine": {"iters": 0}, "loop": {"checkpoint_every": 0}})
+    assert (config.timesteps.late_t_max, config.timesteps.late_from) == (0.5, 0.2)
+    guidance = Recording(two_tone_box())
+    guidance.seen = []
+    prepare_generate(config, guidance).run()
+    early, late = guidance.seen[:12], guidance.seen[12:]
+    assert len(late) == 48 and max(late) <= 500 and max(early) > 500
+    with pytest.raises(ConfigError, match="late_t_max"):
+        TimestepConfig(t_max=0.98, late_t_max=0.99).validate()

@@ -114,6 +114,10 @@ HOSTILE_SETTINGS = [
     ({"overrides": {"depth": {"model": "/etc"}}}, "bad_config", "depth.model"),
     ({"overrides": {"depth": {"model": "someone/huge-model", "weight": 1.0}}}, "bad_config", "depth.model"),
     ({"overrides": {"camera": {"front_angle": 10**400}}}, "bad_config", "camera.front_angle"),
+    ({"overrides": {"camera": {"front_angle": -30.0}}}, "bad_config", "camera.front_angle"),
+    ({"overrides": {"render": {"min_near": -1e308}}}, "bad_config", "render.min_near"),
+    ({"overrides": {"mesh": {"t_max": 1.5}}}, "bad_config", "mesh.t_max"),
+    ({"overrides": {"mesh": {"fov_range": [30.0, 190.0]}}}, "bad_config", "mesh.fov_range"),
     ({"overrides": {"optim": {"iters": True}}}, "bad_config", "optim.iters"),
     ({"overrides": {"nerf": "big"}}, "bad_config", "nerf"),
 ]

@@ -205,3 +205,19 @@ def test_a_failed_export_is_reexported_without_training_again(service, service_t
     # straight to the export (its sub-steps are stages "export: NAME"): not one optimisation step again
     assert stages and all(stage.startswith("export") for stage in stages), stages
     assert out.read_bytes()[:4] == b"glTF"
+
+
+def test_game_ready_levels_and_quads_travel_and_are_kept(service, service_tiny) -> None:  # noqa: ANN001
+    overrides = {**service_tiny, "export": {**service_tiny.get("export", {}), "max_faces": 400, "quad": True,
+                                            "lods": 2}}
+    with service.client() as client:
+        job = client.submit("a red toadstool", overrides=overrides, seed=3)
+        result = client.wait(job, timeout_s=120)
+        again = client.fetch(job)
+    assert_valid_result(result)
+    arrays, blobs = result.level_arrays, result.level_blobs
+    assert result.stats["lods"][0] <= 400 and result.stats["lods"][0] > result.stats["lods"][1]
+    assert len(arrays["polygon_sizes"]) == result.stats["lods"][0] and result.stats["quads"][0] > 0.5
+    assert len(arrays["lod.1.polygon_sizes"]) == result.stats["lods"][1]
+    assert {"lod.1.normal_map", "lod.1.texture"} == set(blobs) and result.normal_png.startswith(b"\x89PNG")
+    assert set(again.level_arrays) == set(arrays) and again.level_blobs == blobs  # kept with the job

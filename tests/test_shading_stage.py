@@ -51,6 +51,23 @@ def test_orientation_loss_is_zero_for_normals_facing_the_camera_and_positive_oth
     assert float(orientation(away.normals, away.directions, away.weights)) > 0.1
 
 
+def test_orientation_loss_turns_normals_and_never_removes_density_through_the_ray_weights():
+    """Scaling a density leaves its normals' directions as they are and moves only the ray weights: the
+    orientation loss has no gradient for that scale (DreamFusion's loss: the weights say where the surface is,
+    they are not to be lowered), while its gradient for the normals themselves is there."""
+    scale = torch.tensor(1.0, requires_grad=True)
+    hole = render(lambda x: scale * ball(x, 0.9, inverted=True))  # normals face away from the camera
+    loss = orientation(hole.normals, hole.directions, hole.weights)
+    assert float(loss) > 0.1
+    (by_scale,) = torch.autograd.grad(loss, scale, retain_graph=True)
+    # the same sum with the weights' gradient kept would lower itself by thinning the density
+    facing = (hole.normals * hole.directions[:, None]).sum(-1).clamp(min=0)
+    (through_weights,) = torch.autograd.grad((hole.weights * facing**2).sum(-1).mean(), scale, retain_graph=True)
+    assert float(through_weights) > 1e-2 and abs(float(by_scale)) < 1e-3 * float(through_weights)
+    (by_normals,) = torch.autograd.grad(loss, hole.normals)
+    assert float(by_normals.abs().max()) > 0
+
+
 def test_textureless_renders_do_not_depend_on_albedo_and_lit_ones_do():
     light = Light(torch.tensor([[1.0, -1.0, 1.0]]), torch.full((1, 3), 0.9), torch.full((1, 3), 0.1))
     red = lambda x: torch.tensor([[1.0, 0.0, 0.0]]).expand(len(x), -1)  # noqa: E731

@@ -48,8 +48,8 @@ def test_distance_and_loss_weight_are_zero_on_the_surface_and_one_far_away():
     d = surface_distance(np.array([[0.5, 0.0, 0.0], [0.0, 0, 0], [3.0, 0, 0]]), sketch.vertices, sketch.faces)
     assert np.allclose(d, [0.0, 0.5, 2.5], atol=1e-6)
     shape = SketchShape(sketch, SketchConfig(looseness=0.3, grid_resolution=64))
-    # the sketch is scaled into radius 0.5: its surface is where the unit-frame |x| = 0.5/√3
-    half = 0.5 / np.sqrt(3)
+    # the sketch is scaled into radius 0.7: its surface is where the unit-frame |x| = 0.7/√3
+    half = 0.7 / np.sqrt(3)
     pts = torch.tensor([[half, 0.0, 0.0], [0.0, 0.0, 0.0], [0.95, 0.0, 0.0]], dtype=torch.float32)
     inside, dist = shape.lookup(pts)
     weight = 1 - torch.exp(-dist**2 / (2 * 0.3**2))
@@ -90,6 +90,16 @@ def test_huge_sketch_is_refused_with_the_limit_named(monkeypatch):
     with pytest.raises(InputError, match="over the limit of 1,000"):
         mesh_module.validate_mesh(Mesh(np.asarray(sphere.vertices, np.float32), np.asarray(sphere.faces)),
                                   "sketch", max_faces=mesh_module.MAX_FACES)
+
+
+def test_the_sketch_fills_latent_nerf_s_radius():
+    """Latent-NeRF scales the sketch into a sphere of radius 0.7 of the unit volume; σ_S is in those units."""
+    bar = trimesh.creation.box((3.0, 0.4, 0.2))
+    bar.apply_translation([10.0, -4.0, 2.0])
+    shape = SketchShape(Mesh(np.asarray(bar.vertices, np.float32), np.asarray(bar.faces)),
+                        SketchConfig(grid_resolution=16))
+    assert abs(float(np.linalg.norm(shape.vertices, axis=1).max()) - 0.7) < 1e-5
+    assert abs(float(np.abs(shape.vertices).max(0)[0]) - 0.7 * 1.5 / np.linalg.norm([1.5, 0.2, 0.1])) < 1e-5
 
 
 def test_looseness_out_of_range_is_a_config_error():

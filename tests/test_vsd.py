@@ -110,6 +110,29 @@ def test_lora_of_a_tiny_sd_starts_as_the_unet_and_its_loss_falls():
                           atol=1e-5)
 
 
+def test_the_lora_sees_the_plain_prompt_while_the_prior_sees_the_view():
+    """ProlificDreamer and threestudio give ε_φ the view-independent prompt (the camera tells it the view): at the
+    start, where the LoRA is the U-Net, the gradient is w·(ε̂(view prompt, CFG) − ε(plain prompt)), and ε_φ's
+    own loss is the same whichever prompt the step carries."""
+    torch.manual_seed(0)
+    guidance = StableDiffusionGuidance.random("tiny")
+    viewed, plain = Prompt("a red box"), Prompt("a red box", view_dependent=False)
+    vsd = build_objective(vsd_config(camera_dropout=0.0), guidance)
+    gen = torch.Generator().manual_seed(0)
+    z, noise = torch.randn(3, 4, 16, 16, generator=gen), torch.randn(3, 4, 16, 16, generator=gen)
+    t = torch.tensor([100, 400, 800])
+    a = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
+    z_t = a.sqrt() * z + (1 - a).sqrt() * noise
+    prior = guidance.predict_noise(z_t, t, viewed, CAMS).guided(7.5)
+    eps_plain, eps_viewed = (guidance.predict_noise(z_t, t, p, CAMS).guided(1.0) for p in (plain, viewed))
+    assert float((eps_plain - eps_viewed).abs().max()) > 1e-3  # the view suffix changes the U-Net's answer
+    grad = vsd.gradient(z, t, noise, viewed, CAMS)
+    assert torch.allclose(grad, (1 - a) * (prior - eps_plain), atol=1e-5)
+    with torch.no_grad():
+        losses = [float(vsd.model_loss(z, p, CAMS, torch.Generator().manual_seed(3))) for p in (viewed, plain)]
+    assert losses[0] == losses[1]
+
+
 def tiny_vsd_config(**changes) -> GenerateConfig:
     config = merge(GenerateConfig(prompt="a box"), method_overrides("vsd", GenerateConfig))
     return merge(config, {**TINY, "refine": {"iters": 0}, "objective": {"vsd": {"lora_lr": 1e-3}}, **changes})

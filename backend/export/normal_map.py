@@ -24,7 +24,7 @@ from backend.render.rasterize import interpolate, rasterize
 
 @dataclass
 class SurfaceBake:
-    texture: np.ndarray  # [S, S, 3] uint8 colour
+    texture: np.ndarray | None  # [S, S, 3] uint8 colour (None when no colour field was given)
     normal_map: np.ndarray  # [S, S, 3] uint8 tangent-space normals, (0.5, 0.5, 1) is "unchanged"
 
 
@@ -52,9 +52,10 @@ def tangent_frames(mesh: Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return normals, tangents, sign
 
 
-def bake_from_surface(low: Mesh, high: trimesh.Trimesh, color_fn: Field, size: int,
+def bake_from_surface(low: Mesh, high: trimesh.Trimesh, color_fn: Field | None, size: int,
                       device: torch.device | str = "cpu") -> SurfaceBake:
-    """Colour and tangent-space normal map of `high` (the full-resolution surface) on `low`'s UV atlas."""
+    """Colour and tangent-space normal map of `high` (the full-resolution surface) on `low`'s UV atlas
+    (the normal map only, without `color_fn`: a level of detail that reads another level's colours)."""
     uv = torch.as_tensor(low.uvs, dtype=torch.float32, device=device)
     faces = torch.as_tensor(low.faces, device=device)
     clip = torch.cat([uv * 2 - 1, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], -1)
@@ -80,6 +81,8 @@ def bake_from_surface(low: Mesh, high: trimesh.Trimesh, color_fn: Field, size: i
     normal_map = np.zeros((size, size, 3), np.uint8)
     normal_map[covered] = np.round((unit(local) * 0.5 + 0.5) * 255).clip(0, 255).astype(np.uint8)
 
+    if color_fn is None:
+        return SurfaceBake(None, fill_empty(normal_map, covered))
     texture = np.zeros((size, size, 3), np.uint8)
     colors = evaluate(color_fn, torch.as_tensor(closest, dtype=torch.float32, device=device), channels=3)
     texture[covered] = (colors.nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from backend.fields import Field, chunk_points
 from backend.isosurface import extract_mesh
 from backend.mesh import Frame, Mesh
 
+if TYPE_CHECKING:
+    from backend.export.levels import Level
+
 COLOR_STENCIL_POINTS = 8  # field points one colour query may evaluate (a stencil): sizes the bake's chunks
 
 
@@ -32,6 +36,10 @@ class ExportResult:
     png_path: Path
     charts: int = 0  # UV charts of the atlas: fewer charts, fewer texture seams
     normal_map_path: Path | None = None  # the tangent-space normal map (PNG), when one was baked
+    # game-ready export: every level of detail (LOD0 is `mesh`), in the input frame, and the files they read
+    levels: list[Level] = field(default_factory=list)
+    textures: list[np.ndarray] = field(default_factory=list)  # [S, S, 3] uint8: the colour textures levels read
+    obj_path: Path | None = None  # the OBJ with the levels' polygons, when they are quads
 
 
 def export_asset(density_fn: Field, color_fn: Field, frame: Frame, config: ExportConfig, out_path: Path,

@@ -1,6 +1,6 @@
 """Objectives turn a guidance's opinion of a render into a loss whose gradient moves the scene.
 
-Which objectives exist, and by what name, is `backend.methods`' registry; the `objective` config table and
+Which objectives exist, and by what name, is `backend.catalog`'s registry; the `objective` config table and
 `build_objective` are in `backend.objectives.config`.
 """
 

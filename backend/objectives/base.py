@@ -3,7 +3,7 @@ model's parameters.
 
 An objective is built from the guidance, the job's guidance scale and its own settings table (`settings_type`,
 the `objective.<method>` table of a config; None when it has none), and says which config defaults come with
-it as a method (`defaults`, nested overrides such as HiFA's timestep schedule; see `backend.methods`).
+it as a method (`defaults`, nested overrides such as HiFA's timestep schedule; see `backend.compose`).
 
 An objective that owns parameters (VSD's LoRA) exposes them as one `nn.Module` (`trainable`): the task puts
 `param_groups()` into each stage's optimiser and the module into the job's checkpointed state, so a resumed
@@ -30,6 +30,9 @@ class Objective:
     defaults: ClassVar[dict[str, Any]] = {}
     #: the objective's own trainable state (saved in checkpoints), or None
     trainable: nn.Module | None = None
+    #: whether the loss sums over the latent's elements (SDS, VSD: it grows with the render's pixel count) or is
+    #: normalised to Stable Diffusion's native size (HiFA's BGT+: the same at any render size)
+    sums_over_pixels: bool = True
 
     def __init__(self, guidance: Guidance, guidance_scale: float, settings: Any = None) -> None:
         self.guidance = guidance

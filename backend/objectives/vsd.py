@@ -13,12 +13,14 @@ same surrogate as SDS. ε_φ learns the renders with the plain diffusion loss at
 
 with the camera dropped (zeroed) on a fraction of its steps, as ProlificDreamer trains it. L_φ reaches only
 φ and the surrogate only the scene: both are summed into the step's loss and one optimiser steps both.
+ε_φ sees the plain prompt, never the view-dependent one (ProlificDreamer and threestudio): the camera
+already tells it the view, and the view suffixes are the pretrained model's crutch, not the renders'.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -60,6 +62,11 @@ class VSDConfig:
             raise ConfigError(f"objective.vsd.camera_dropout must be in [0, 1], got {self.camera_dropout}", HINT)
 
 
+def plain(prompt: Prompt) -> Prompt:
+    """The prompt without its view suffixes (and so without Perp-Neg's view negatives): what ε_φ is told."""
+    return replace(prompt, view_dependent=False, perp_neg=False)
+
+
 class VSD(SDS):
     settings_type = VSDConfig
     settings: VSDConfig
@@ -67,7 +74,9 @@ class VSD(SDS):
     defaults = {
         "objective": {"guidance_scale": 7.5,
                       "vsd": {"lora_rank": 4, "lora_lr": 1e-4, "lora_timesteps": {"t_min": 0.0, "t_max": 1.0}}},
-        "timesteps": {"schedule": "uniform", "t_min": 0.02, "t_max": 0.98},
+        # t_max drops to 0.5 once the shape has formed (threestudio's prolificdreamer: at step 5,000 of 25,000,
+        # a fifth of the run; a fraction here, so the short presets get the drop too)
+        "timesteps": {"schedule": "uniform", "t_min": 0.02, "t_max": 0.98, "late_t_max": 0.5, "late_from": 0.2},
     }
 
     def __init__(self, guidance: Guidance, guidance_scale: float, settings: VSDConfig | None = None) -> None:
@@ -84,7 +93,7 @@ class VSD(SDS):
         """w(t)·(ε̂_pretrain − ε_φ) for latents z [B, 4, h, w], as a detached tensor."""
         z_t, eps = self.prior_noise(z, t, noise, prompt, cameras)
         with torch.no_grad():
-            eps_phi = self.trainable(z_t, t, prompt, cameras)
+            eps_phi = self.trainable(z_t, t, plain(prompt), cameras)
         grad = self.weight(t).view(-1, 1, 1, 1) * (eps.float() - eps_phi.float())
         return torch.nan_to_num(grad)
 
@@ -98,7 +107,7 @@ class VSD(SDS):
         noise = to_device(torch.randn(z.shape, generator=generator), z)
         keep = to_device(torch.rand(batch, generator=generator) >= self.settings.camera_dropout, z.device)
         a = self.guidance.alphas_cumprod[t].view(-1, 1, 1, 1).to(z)
-        eps = self.trainable(a.sqrt() * z + (1 - a).sqrt() * noise, t, prompt, cameras, keep)
+        eps = self.trainable(a.sqrt() * z + (1 - a).sqrt() * noise, t, plain(prompt), cameras, keep)
         return ((eps.float() - noise) ** 2).mean()
 
     def losses(self, z: torch.Tensor, images: torch.Tensor | None, t: torch.Tensor, prompt: Prompt,

@@ -42,6 +42,8 @@ class VolumeConfig:
     def validate(self) -> None:
         if int(self.samples) < 2:
             raise ConfigError("render.samples must be at least 2")
+        if not 0.0 <= self.min_near < 1.0:  # float32 distances along rays; cameras orbit at 1–1.5 by default
+            raise ConfigError(f"render.min_near must be in [0, 1), got {self.min_near}", "Latent-NeRF's: 0.1")
         if int(self.importance_samples) < 0:
             raise ConfigError(f"render.importance_samples must be 0 (off) or more, got {self.importance_samples}")
         if self.kernel not in KERNELS:

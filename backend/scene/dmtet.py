@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backend.cameras import Cameras
+from backend.cameras import Cameras, check_view_ranges
 from backend.errors import ConfigError
 from backend.isosurface import extract_mesh
 from backend.mesh import MAX_FACES
@@ -34,9 +34,14 @@ ColorField = Callable[[torch.Tensor], torch.Tensor]  # unit-frame points [N, 3] 
 Background = Callable[[torch.Tensor], torch.Tensor]  # view directions [..., 3] → RGB [..., 3]
 
 
+REFERENCE_RESOLUTION = 512  # the render size the references' mesh-stage weights are given for
+
+
 @dataclass
 class MeshStageConfig:
-    """The mesh refinement stage (Magic3D): step count, render size, grid and loss weights."""
+    """The mesh refinement stage (Magic3D): step count, render size, grid, its own timesteps and cameras, and
+    loss weights. The defaults are Magic3D's refinement as stable-dreamfusion and threestudio's
+    `magic3d-refine-sd` run it."""
 
     iters: int = 1000  # 0 skips the stage (the export then meshes the NeRF's density)
     resolution: int = 512  # rasterised render size, up to 512
@@ -44,8 +49,19 @@ class MeshStageConfig:
     lr_sdf: float = 1e-3
     lr_deform: float = 1e-3
     lr_color: float = 1e-3  # the NeRF's colour field; its hash table learns `grid_lr_scale` times faster
-    lambda_normal: float = 0.05  # normal consistency between neighbouring faces
-    lambda_laplacian: float = 5.0  # uniform Laplacian smoothing of the surface vertices
+    # t ≤ 0.5 (Magic3D, both references): the surface is formed, the high-noise end would only add noise
+    # to it. A uniform schedule draws from this range; HiFA's annealed one is clamped into it.
+    t_min: float = 0.02
+    t_max: float = 0.5
+    # zoomed in on details (Magic3D raises the focal length): threestudio's refinement narrows the field of
+    # view to 30–45° at the coarse stage's distance (ours: the latent stage's 1–1.5) and keeps −10…45°
+    radius_range: tuple[float, float] = (1.0, 1.5)
+    fov_range: tuple[float, float] = (30.0, 45.0)
+    elevation_range: tuple[float, float] = (-10.0, 45.0)
+    # smoothing weights at 512² renders (the references' size); a smaller render scales them by its share of
+    # 512²'s pixels when the guidance's loss is a sum over the latent (SDS, VSD), so the balance stays theirs
+    lambda_normal: float = 1e4  # normal consistency along edges (threestudio's refinement: 10⁴)
+    lambda_laplacian: float = 0.5  # uniform Laplacian smoothing of the surface vertices (stable-dreamfusion: 0.5)
     init_clamp: float = 3.0  # the initial SDF is clamped to ± this many cells
 
     def validate(self) -> None:
@@ -60,6 +76,10 @@ class MeshStageConfig:
                 raise ConfigError(f"mesh.{name} must be positive, got {getattr(self, name)}")
         if not (self.lambda_normal >= 0 and self.lambda_laplacian >= 0):
             raise ConfigError("mesh.lambda_normal and mesh.lambda_laplacian must be ≥ 0")
+        if not 0.0 <= self.t_min < self.t_max <= 1.0:
+            raise ConfigError(f"mesh timesteps need 0 ≤ mesh.t_min < mesh.t_max ≤ 1, got {self.t_min} and {self.t_max}",
+                              "Magic3D's refinement: 0.02 and 0.5")
+        check_view_ranges("mesh", self.radius_range, self.fov_range, self.elevation_range)
 
 
 @dataclass
@@ -148,36 +168,36 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def normal_consistency(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Mean 1 − cos between the normals of faces sharing an edge: low on a smooth, fold-free surface."""
-    if len(faces) < 2:
-        return vertices.sum() * 0
-    p = vertices[faces]
-    n = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
-    n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+def mesh_edges(faces: torch.Tensor, n: int) -> torch.Tensor:
+    """Each edge of a triangle mesh of `n` vertices once [E, 2], lower index first."""
     edges = torch.sort(faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2), -1).values
-    key = edges[:, 0] * len(vertices) + edges[:, 1]
-    order = torch.argsort(key)
-    key, owner = key[order], (order // 3)
-    pair = key[1:] == key[:-1]  # a manifold edge appears exactly twice, next to itself once sorted
-    a, b = owner[:-1][pair], owner[1:][pair]
-    if len(a) == 0:
+    key = torch.unique(edges[:, 0] * n + edges[:, 1])  # one number per edge: a 1-D unique is a plain sort
+    return torch.stack([key // n, key % n], -1)
+
+
+def normal_consistency(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Mean 1 − cos between the unit vertex normals at the two ends of each edge (threestudio's definition, so
+    its weight carries over): low on a smooth surface, high on a bumpy or folded one."""
+    if len(faces) == 0:
         return vertices.sum() * 0
-    return (1 - (n[a] * n[b]).sum(-1)).mean()
+    normals = vertex_normals(vertices, faces)
+    normals = normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    edges = mesh_edges(faces, len(vertices))
+    return (1 - (normals[edges[:, 0]] * normals[edges[:, 1]]).sum(-1)).mean()
 
 
 def laplacian_smoothness(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Mean ‖v − mean of its neighbours‖² over vertices, in units of the grid-independent unit frame."""
+    """Mean over vertices of ‖Σ_neighbours (v − v_j)‖, the uniform Laplacian's magnitude (stable-dreamfusion's
+    and threestudio's definition, so their weights carry over), in the unit frame's lengths."""
     if len(faces) == 0:
         return vertices.sum() * 0
-    edges = faces[:, [[0, 1], [1, 2], [2, 0]]].reshape(-1, 2)
+    edges = mesh_edges(faces, len(vertices))
     edges = torch.cat([edges, edges.flip(-1)])
-    total = torch.zeros_like(vertices).index_add(0, edges[:, 0], vertices[edges[:, 1]])
-    count = torch.zeros(len(vertices), device=vertices.device).index_add(
-        0, edges[:, 0], torch.ones(len(edges), device=vertices.device))
-    used = count > 0
-    mean = total[used] / count[used][:, None]
-    return ((vertices[used] - mean) ** 2).sum(-1).mean()
+    delta = vertices[edges[:, 0]] - vertices[edges[:, 1]]
+    lap = torch.zeros_like(vertices).index_add(0, edges[:, 0], delta)
+    used = torch.zeros(len(vertices), dtype=torch.bool, device=vertices.device)
+    used[edges[:, 0]] = True
+    return (lap[used].pow(2).sum(-1) + 1e-20).sqrt().mean()  # + ε: a finite gradient where the sum is 0
 
 
 class DMTetScene:

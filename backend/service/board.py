@@ -125,7 +125,7 @@ class JobBoard:
         skeleton, checkpoint = saved if saved is not None else (None, {})
         return encode("task", {"job": record.id, "spec": self.store.spec(record.id), "checkpoint": skeleton,
                                "attempt": record.attempts},
-                      {**self.store.inputs(record.id), **checkpoint})
+                      {**self.store.inputs(record.id), **checkpoint}, self.store.input_blobs(record.id))
 
     def reexport_offer(self, record: JobRecord, details: dict | None) -> dict | None:
         """An error's details, with `reexport`: whether a reexport could reuse the job's trained field."""
@@ -153,7 +153,8 @@ class JobBoard:
         elif message.type == "result" and not {"texture", "glb"} <= set(message.blobs):
             self.end(record, "failed", "internal", f"worker {worker.name} sent a result without its files")
         elif message.type == "result":
-            tiles = {k: v for k, v in message.blobs.items() if k.startswith("tile.")}  # a UDIM paint's images
+            # a UDIM paint's images, the levels of detail's normal maps and textures
+            tiles = {k: v for k, v in message.blobs.items() if k.startswith(("tile.", "lod."))}
             glb_path = self.store.save_result(job, message.arrays, message.blobs["texture"],
                                               message.blobs["glb"], message.blobs.get("normal_map"), tiles)
             record.stats = fields.get("stats") or {}

@@ -80,13 +80,19 @@ class JobResult:
     stats: dict[str, Any]
     normal_png: bytes | None = None  # a refined mesh's tangent-space normal map
     tiles: dict[int, bytes] = field(default_factory=dict)  # a UDIM paint: each tile's texture (PNG)
+    # a game-ready export: LOD0's polygon_sizes / polygon_corners and each later level's lod.<k>.* arrays,
+    # and those levels' lod.<k>.normal_map / lod.<k>.texture blobs (PROTOCOL.md)
+    level_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    level_blobs: dict[str, bytes] = field(default_factory=dict)
 
     @staticmethod
     def from_message(message: Message) -> JobResult:
         a, b, f = message.arrays, message.blobs, message.fields
         tiles = {int(name[len("tile."):]): png for name, png in b.items() if name.startswith("tile.")}
+        levels = {name: array for name, array in a.items() if name.startswith(("polygon_", "lod."))}
         return JobResult(f["job"], a["vertices"], a["faces"], a.get("uvs"), a.get("vertex_map"), b["texture"],
-                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"), tiles)
+                         f.get("glb_path"), b.get("glb"), f.get("stats", {}), b.get("normal_map"), tiles, levels,
+                         {name: png for name, png in b.items() if name.startswith("lod.")})
 
 
 def _error(message: Message) -> ServiceError:
@@ -134,10 +140,12 @@ class Client:
             return None
 
     def request(self, kind: str, fields: dict[str, Any] | None = None,
-                arrays: dict[str, np.ndarray] | None = None, timeout_s: float | None = None) -> Message:
+                arrays: dict[str, np.ndarray] | None = None, timeout_s: float | None = None,
+                blobs: dict[str, bytes] | None = None) -> Message:
         """Send a request and return its reply; raises ServiceError for an error reply, ServiceTimeout."""
         request_id = uuid.uuid4().hex[:16]
-        self.socket.send_multipart(protocol.encode(kind, {"id": request_id, **(fields or {})}, arrays), copy=False)
+        self.socket.send_multipart(protocol.encode(kind, {"id": request_id, **(fields or {})}, arrays, blobs),
+                                   copy=False)
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while (remaining := deadline - time.monotonic()) > 0:
             message = self._receive(remaining)
@@ -171,14 +179,19 @@ class Client:
                preset: str | None = None, model: str | None = None, overrides: dict | None = None,
                vertices: np.ndarray | None = None, faces: np.ndarray | None = None, uvs: np.ndarray | None = None,
                selected_faces: np.ndarray | None = None, appearance: dict[str, np.ndarray] | None = None,
+               image: bytes | None = None, image_view: tuple[float, float] | None = None,
                watch: bool = True) -> str:
         """Submit a job; returns its id. A generate's optional sketch or a paint's mesh goes in
         vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint; `selected_faces` [N]: paint only those
-        triangles; `appearance`: how its faces look now, the arrays PROTOCOL.md lists). With `watch`, its
-        events stream here."""
+        triangles; `appearance`: how its faces look now, the arrays PROTOCOL.md lists). `image`: a reference
+        image's PNG bytes, seen from `image_view` (azimuth, elevation in degrees, the asset's frame; default
+        its front). With `watch`, its events stream here."""
+        azimuth, elevation = image_view if image_view is not None else (None, None)
         given = {"task": task, "prompt": prompt, "negative": negative, "method": method, "seed": seed,
-                 "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch}
-        fields = {k: v for k, v in given.items() if v is not None}
+                 "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch,
+                 "image_azimuth": azimuth, "image_elevation": elevation}
+        fields = {k: float(v) if k.startswith("image_") else v for k, v in given.items() if v is not None}
+        blobs = {protocol.IMAGE_BLOB: bytes(image)} if image is not None else {}
         arrays: dict[str, np.ndarray] = {}
         if vertices is not None:
             arrays["vertices"] = np.asarray(vertices, dtype=np.float32)
@@ -194,9 +207,10 @@ class Client:
             protocol.check_fields("submit", fields)
             protocol.check_arrays("submit", arrays)
             protocol.check_mesh_arrays(task, arrays)
+            protocol.check_image_blob(fields, blobs)
         except ProtocolError as exc:
             raise ServiceError(exc.code, exc.message) from None
-        return self.request("submit", fields, arrays).fields["job"]
+        return self.request("submit", fields, arrays, blobs=blobs).fields["job"]
 
     def status(self, job: str, watch: bool = False) -> dict[str, Any]:
         """The job's summary (state, progress, error...); with `watch`, its events stream here from now on."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from backend.devices import DEVICES, device_arg
 from backend.errors import LatentForgeError
+from backend.image_view import view_arg
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
 from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
 from backend.service.worker import HANG_S
@@ -127,11 +128,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         arrays = {"vertices": mesh.vertices, "faces": mesh.faces}
         if args.task == "paint" and mesh.uvs is not None:
             arrays["uvs"] = mesh.uvs
+    if args.image_view is not None and args.image is None:
+        raise LatentForgeError("--image-view says where an image was seen from, but no --image is given")
+    image = None
+    if args.image is not None:  # its mask is made here, once: alpha travels with it
+        from backend.reference import png_of, read_image
+
+        image = png_of(read_image(args.image))
     with _client(args) as client:
         job = client.submit(args.prompt or "", args.task, negative=args.negative, method=args.method, seed=args.seed,
                             iterations=args.iters, preset=args.preset, model=args.model,
                             overrides=load_file(args.overrides) if args.overrides else None, watch=args.wait,
-                            **arrays)
+                            image=image, image_view=args.image_view, **arrays)
         print(job, flush=True)
         if args.wait:
             result = client.wait(job, on_progress=_print_progress)
@@ -249,6 +257,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--overrides", help="a JSON or TOML file of settings")
     m.add_argument("--sketch", help="a blockout mesh that places a generate")
     m.add_argument("--mesh", help="the mesh to paint")
+    m.add_argument("--image", help="a reference image (PNG or JPEG), sent as a PNG with its mask as alpha")
+    m.add_argument("--image-view", type=view_arg, metavar="front|right|back|left|top|bottom|AZ,EL",
+                   help="where the image was seen from, in the asset's frame (default front)")
     m.add_argument("--wait", action="store_true", help="follow the job to its end")
     m.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it)")
     m.set_defaults(func=_run(cmd_submit))

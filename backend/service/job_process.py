@@ -152,7 +152,7 @@ class JobRun:
             saved = {k: v for k, v in message.arrays.items() if k.startswith(CHECKPOINT_PREFIX)}
             checkpoint_wire.write(job_dir, message.fields["checkpoint"], saved)
         spec_fields = message.fields["spec"]
-        spec = JobSpec(spec_fields["task"], spec_fields, arrays)
+        spec = JobSpec(spec_fields["task"], spec_fields, arrays, dict(message.blobs))
         start = time.perf_counter()
         result = run_spec(spec, guidance, job_dir, EventForwarder(self.job, self.outbox.put, job_dir, worker),
                           self.cancel)
@@ -168,8 +168,32 @@ class JobRun:
             blobs[f"tile.{tile}"] = Path(path).read_bytes()
         arrays = {"vertices": mesh.vertices, "faces": mesh.faces, "uvs": mesh.uvs,
                   "vertex_map": getattr(result, "vertex_map", None)}  # paint results map back to the input
+        levels = getattr(result, "levels", [])
+        if levels:  # a game-ready export: LOD0 is the result's own mesh, LOD1 … go as lod.<k>.*
+            arrays |= level_arrays(levels, getattr(result, "textures", []), blobs)
+            stats["lods"] = [level.face_count for level in levels]
+            if levels[0].polygons is not None:
+                stats["quads"] = [round(level.polygons.quad_ratio, 4) for level in levels]
         return encode("result", {"job": self.job, "stats": stats}, {k: v for k, v in arrays.items() if v is not None},
                       blobs)
+
+
+def level_arrays(levels: list, textures: list, blobs: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """The wire's arrays of a game-ready export's levels (PROTOCOL.md): LOD0's polygons, and each later level's
+    mesh, polygons, normal map and, when it reads a texture of its own, that texture (added to `blobs`)."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, level in enumerate(levels):
+        prefix = f"lod.{k}." if k else ""
+        if k:
+            arrays |= {f"{prefix}vertices": level.mesh.vertices, f"{prefix}faces": level.mesh.faces,
+                       f"{prefix}uvs": level.mesh.uvs}
+            blobs[f"{prefix}normal_map"] = png_bytes(level.normal_map)
+            if level.texture:
+                blobs[f"{prefix}texture"] = png_bytes(textures[level.texture])
+        if level.polygons is not None:
+            arrays |= {f"{prefix}polygon_sizes": level.polygons.sizes.astype(np.int32),
+                       f"{prefix}polygon_corners": level.polygons.corners.astype(np.int32)}
+    return arrays
 
 
 def hold_gil_if_asked(trigger: str) -> None:

@@ -1,7 +1,7 @@
 """Jobs on disk: one folder per job, so nothing a client submitted is lost when a client or the service dies.
 
     <jobs>/<id>/spec.json          the submit's fields
-    <jobs>/<id>/inputs/<name>.npy  its arrays (sketch or mesh)
+    <jobs>/<id>/inputs/<name>.npy  its arrays (sketch or mesh); inputs/<name>.blob its blobs (a reference image)
     <jobs>/<id>/state.json         state, attempts, error: replaced atomically on every change
     <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays)
     <jobs>/<id>/result/            mesh.npz, texture.png, asset.glb (normal.png: a refined mesh's normal map)
@@ -33,6 +33,7 @@ from backend.service import protocol
 from backend.service.protocol import FINAL_STATES, JOB_ID
 
 SPEC, STATE, INPUTS, CHECKPOINT, RESULT = "spec.json", "state.json", "inputs", "checkpoint.npz", "result"
+BLOB_SUFFIX = ".blob"  # inputs/<name>.blob: a blob the job was submitted with, as sent (the image: a PNG)
 MESH_NPZ, TEXTURE_PNG, ASSET_GLB, NORMAL_PNG = "mesh.npz", "texture.png", "asset.glb", "normal.png"
 _SKELETON = "__state__"  # the checkpoint's JSON skeleton, stored as uint8 inside the .npz
 
@@ -100,13 +101,16 @@ class JobStore:
 
     # --- creation and state
 
-    def create(self, spec: dict[str, Any], arrays: dict[str, np.ndarray], owner: str) -> JobRecord:
+    def create(self, spec: dict[str, Any], arrays: dict[str, np.ndarray], owner: str,
+               blobs: dict[str, bytes] | None = None) -> JobRecord:
         job_id = uuid.uuid4().hex
         staging = self.root / f".new-{job_id}"
         (staging / INPUTS).mkdir(parents=True)
         (staging / SPEC).write_text(json.dumps(spec, allow_nan=False), encoding="utf-8")
         for name, array in arrays.items():
             np.save(staging / INPUTS / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        for name, data in (blobs or {}).items():
+            (staging / INPUTS / f"{name}{BLOB_SUFFIX}").write_bytes(data)
         now = time.time()
         record = JobRecord(job_id, spec["task"], now, updated=now, owner=owner, prompt=spec.get("prompt", ""),
                            model=spec.get("model", ""))
@@ -215,6 +219,11 @@ class JobStore:
         folder = self.folder(job_id) / INPUTS
         return {p.stem: np.load(p, allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
 
+    def input_blobs(self, job_id: str) -> dict[str, bytes]:
+        """The blobs the job was submitted with (its reference image), by name."""
+        folder = self.folder(job_id) / INPUTS
+        return {p.name[:-len(BLOB_SUFFIX)]: p.read_bytes() for p in sorted(folder.glob(f"*{BLOB_SUFFIX}"))}
+
     # --- checkpoints
 
     def save_checkpoint(self, job_id: str, skeleton: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -238,7 +247,8 @@ class JobStore:
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
                     normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None) -> Path:
-        """`tiles`: a UDIM paint's images by blob name (tile.<number>), kept as tile.<number>.png."""
+        """`tiles`: a result's other images by blob name (a UDIM paint's tile.<number>, a level of detail's
+        lod.<k>.normal_map and lod.<k>.texture), each kept as <name>.png."""
         folder = self.folder(job_id) / RESULT
         files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
         if normal_png is not None:
@@ -256,10 +266,11 @@ class JobStore:
         return arrays, (folder / TEXTURE_PNG).read_bytes(), folder / ASSET_GLB
 
     def load_tiles(self, job_id: str) -> dict[str, bytes]:
-        """A UDIM paint result's images by blob name (tile.<number>); none for other results."""
+        """A result's other images by blob name: a UDIM paint's tiles (tile.<number>) and the levels of detail's
+        normal maps and textures (lod.<k>.normal_map, lod.<k>.texture); none for other results."""
         folder = self.folder(job_id) / RESULT
-        return {p.stem: p.read_bytes() for p in sorted(folder.glob("tile.*.png"))
-                if protocol.TILE_BLOB.fullmatch(p.stem)}
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.png"))
+                if protocol.TILE_BLOB.fullmatch(p.stem) or protocol.lod_item(p.stem) is not None}
 
     def load_normal_map(self, job_id: str) -> bytes | None:
         """The result's tangent-space normal map (PNG), when its export baked one."""

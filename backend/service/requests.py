@@ -93,9 +93,9 @@ class Requests:
         if queued >= self.config.max_queued_per_client:
             raise Refused("queue_full", f"you already have {queued} queued jobs, the most this service allows",
                           "wait for one to start, or cancel one")
-        spec = tasks.JobSpec.from_submit({**message.fields, "model": model}, message.arrays)
+        spec = tasks.JobSpec.from_submit({**message.fields, "model": model}, message.arrays, message.blobs)
         tasks.check_spec(spec)
-        record = self.store.create(spec.fields, spec.arrays, owner)
+        record = self.store.create(spec.fields, spec.arrays, owner, spec.blobs)
         self.board.add(record)
         if message.fields.get("watch", True):
             self.board.watch(record.id, identity)

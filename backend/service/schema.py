@@ -26,7 +26,7 @@ CEILINGS: dict[str, int] = {
     "nerf.hidden_dim": 256, "nerf.hidden_layers": 8, "nerf.levels": 24, "nerf.log2_table_size": 22,
     "nerf.max_resolution": 8192, "nerf.base_resolution": 512, "nerf.features_per_level": 8,
     "nerf.background_hidden": 256, "nerf.background_frequencies": 16,
-    "export.grid_resolution": 512, "export.texture_size": 4096, "export.max_faces": 500_000,
+    "export.grid_resolution": 512, "export.texture_size": 4096, "export.max_faces": 500_000, "export.lods": 4,
     "sketch.grid_resolution": 256,
     "speed.occupancy.resolution": 256, "speed.occupancy.buckets": 64,
     "objective.hifa.denoise_steps": 50,

@@ -22,7 +22,9 @@ from backend.export import ExportResult
 from backend.guidance.base import Guidance
 from backend.mesh import Mesh, validate_mesh
 from backend.nesting import nested
+from backend.reference import decode_image
 from backend.service import schema
+from backend.service.protocol import IMAGE_BLOB
 
 OUTPUT_NAME = "asset.glb"
 MESH_NAMES = {"sketch": "sketch", "paint": "mesh to paint"}  # a task's mesh, as errors name it
@@ -41,18 +43,31 @@ def submit_settings(task: str) -> dict[str, str]:
     return {**SUBMIT_SETTINGS, "iterations": task_info(task).iterations}
 
 
+# a submit's blobs as a task's inputs: name → decoder of its bytes into an array (the protocol has checked
+# which blobs a submit may carry and their sizes)
+BLOB_INPUTS = {IMAGE_BLOB: lambda data: decode_image(data, "the reference image", ("PNG",))}
+
+
 @dataclass
 class JobSpec:
-    """A submit's fields (prompt, negative, method, seed, iterations, preset, model, overrides) and arrays."""
+    """A submit's fields (prompt, negative, method, seed, iterations, preset, model, overrides), arrays and blobs
+    (its reference image)."""
 
     task: str
     fields: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
     @staticmethod
-    def from_submit(fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> JobSpec:
+    def from_submit(fields: dict[str, Any], arrays: dict[str, np.ndarray],
+                    blobs: dict[str, bytes] | None = None) -> JobSpec:
         spec = {k: v for k, v in fields.items() if k not in ("id", "watch")}
-        return JobSpec(spec["task"], spec, dict(arrays))
+        return JobSpec(spec["task"], spec, dict(arrays), dict(blobs or {}))
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """What the task's `check_inputs` and `run_task` read: the arrays, and each blob decoded (the reference
+        image's PNG as its pixels, under `image`); `InputError` for a blob that does not decode."""
+        return {**self.arrays, **{name: BLOB_INPUTS[name](data) for name, data in self.blobs.items()}}
 
     def config(self) -> Any:
         """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`."""
@@ -77,14 +92,14 @@ def check_spec(spec: JobSpec) -> None:
     schema.check_overrides(spec.fields.get("overrides", {}), type(config))
     config.validate()
     schema.check_ceilings(config, submit_settings(spec.task))
-    task_module(spec.task).check_inputs(config, mesh, spec.arrays)
+    task_module(spec.task).check_inputs(config, mesh, spec.inputs())
 
 
 def run_spec(spec: JobSpec, guidance: Guidance, job_dir: Path, on_event: EventSink,
              cancel: threading.Event) -> ExportResult:
     """Run a checked spec in `job_dir` (checkpoints, and the asset as `OUTPUT_NAME`)."""
-    return task_module(spec.task).run_task(spec.config(), guidance, spec.mesh(), spec.arrays, job_dir / OUTPUT_NAME,
-                                           on_event=on_event, cancel=cancel, job_dir=job_dir)
+    return task_module(spec.task).run_task(spec.config(), guidance, spec.mesh(), spec.inputs(),
+                                           job_dir / OUTPUT_NAME, on_event=on_event, cancel=cancel, job_dir=job_dir)
 
 
 def reexport_spec(fields: dict[str, Any], export: dict[str, Any], checkpoint: dict | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from backend.loop import Checkpointer, LoopConfig, Stage, run_stages
 from backend.mesh import Frame
 from backend.objectives import Objective, checkpointed
 from backend.objectives.config import ObjectiveConfig
+from backend.reference import ImageConfig
 from backend.scene.base import Regulariser, SceneRender, to_preview  # noqa: F401 - the tasks' shared names
 from backend.schedules import TimestepConfig, sample_timesteps
 from backend.shading import LightConfig, sample_light, sample_mode
@@ -72,6 +73,7 @@ class DistillConfig:
     timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # a reference image's view and weights, when given
 
     def validate(self) -> None:
         check_prompt(self.prompt, self.negative)
@@ -85,10 +87,12 @@ class DistillConfig:
         if not (isinstance(self.front_yaw, (int, float)) and math.isfinite(self.front_yaw)):
             raise ConfigError(f"front_yaw must be a finite angle in degrees, got {self.front_yaw!r}",
                               "0 faces −Y (Blender's front view), 90 faces +X")
-        for part in (self.camera, self.timesteps, self.objective):
+        for part in (self.camera, self.timesteps, self.objective, self.image):
             part.validate()
 
 
+# a reference image's view: (the stage's render, step, total) → {name: (weight, loss)}, empty on steps it skips
+ReferenceLosses = Callable[[Callable[[Cameras], SceneRender], int, int], dict[str, tuple[float, torch.Tensor]]]
 
 
 @dataclass
@@ -103,6 +107,8 @@ class DistillStep:
     batch: int = 1
     regularisers: dict[str, tuple[float, Regulariser]] = field(default_factory=dict)
     lighting: LightConfig | None = None  # shaded stages: a point light and a render mode drawn per step
+    t_range: tuple[float, float] | None = None  # a stage's own limits on t (fractions); None: the schedule's
+    reference: ReferenceLosses | None = None  # the reference image's view, fitted beside the prior's views
 
     def __call__(self, step: int, total: int) -> dict[str, torch.Tensor]:
         cams = self.cameras.sample(self.batch)
@@ -114,13 +120,16 @@ class DistillStep:
         images = None if out.latent else out.image
         z = out.image if out.latent else self.guidance.encode(out.image)
         t = sample_timesteps(self.timesteps, step, total, self.batch, self.guidance.num_train_timesteps,
-                             self.generator)
+                             self.generator, self.t_range)
         losses = self.objective.losses(z, images, t, self.prompt, cams, self.generator)
         total_loss = sum(losses.values())
         for name, (weight, fn) in self.regularisers.items():
             if weight > 0:
                 losses[name] = fn(out, step, total)
                 total_loss = total_loss + weight * losses[name]
+        for name, (weight, loss) in (self.reference(self.render, step, total) if self.reference else {}).items():
+            losses[name] = loss
+            total_loss = total_loss + weight * loss
         losses["total"] = total_loss
         return losses
 

@@ -28,6 +28,7 @@ from backend.latent import resize
 from backend.loop import final_anneal
 from backend.mesh import Frame, Mesh, validate_mesh
 from backend.objectives.config import build_objective
+from backend.reference import ReferenceImage, image_input
 from backend.render.atlas import atlas_raster, fill_empty
 from backend.scene.base import PREVIEW_CAMERA
 from backend.scene.latent_texture import LatentTexture
@@ -44,6 +45,7 @@ from backend.tasks.distill import (
 )
 from backend.tasks.face_selection import Selection, select_faces
 from backend.tasks.paint_config import PAINT_BETAS, PAINT_PADDING, VAE_FACTOR, PaintConfig
+from backend.tasks.paint_projection import ProjectedTarget, Projection, project_image
 from backend.tasks.paint_surface import Surface, paint_surface, plan_texture
 
 
@@ -81,6 +83,7 @@ class PaintJob(DistillJob):
     surface: Surface  # the mesh with the UVs it is painted through
     decoded: Callable[[], torch.Tensor]  # the latent texture through the guidance's decoder, [3, S, S]
     selection: Selection | None = None  # partial paint: the faces painted and the texels kept
+    projection: Projection | None = None  # a reference image on the texels its view sees
 
     def state(self) -> torch.nn.Module:
         return self.scene
@@ -95,6 +98,8 @@ class PaintJob(DistillJob):
         out_path, scene, size = Path(out_path), self.scene, self.config.texture_size
         final = scene.rgb_texture.detach().clamp(0, 1) if bool(scene.rgb_started) else self.decoded()
         texture = (final.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+        if self.projection is not None:  # the image's own colours where its view sees the surface
+            texture = self.projection.blend(texture)
         covered = uv_coverage(scene.uvs, scene.faces, size).cpu().numpy()
         texture = fill_empty(texture, covered)
         if self.selection is not None:
@@ -115,11 +120,12 @@ class PaintJob(DistillJob):
 
 
 def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np.ndarray | None = None,
-                  appearance: Appearance | None = None) -> PaintJob:
+                  appearance: Appearance | None = None, image: ReferenceImage | None = None) -> PaintJob:
     """UV-map `mesh` and wire its latent texture, rasteriser, guidance and objective for `config` (validated).
 
     With `faces` (indices into `mesh.faces`), only those faces are painted: see `face_selection`;
-    `appearance` is how every face looks now (default: the mesh's own texture or colours).
+    `appearance` is how every face looks now (default: the mesh's own texture or colours). With `image`, the
+    texels its view (`config.image`) sees take its colours (`paint_projection`); the prompt paints the rest.
     """
     mesh = validate_mesh(mesh, "paint mesh")
     plan = plan_texture(config, mesh, faces, appearance)
@@ -142,6 +148,21 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
                           filtering=config.texture_filter, supersample=config.supersample)
     if selection is not None:
         selection.hold(scene, guidance)
+    projection = target = None
+    if image is not None:
+        projection = project_image(scene.vertices, scene.faces, scene.uvs, config.texture_size, image,
+                                   config.image.camera(device))
+        if selection is not None:
+            projection = projection.restricted(selection.painted)
+        target = ProjectedTarget(projection, guidance.encode, scene.texture.shape[-1], device)
+
+    def regularisers(rgb: bool) -> dict:
+        """The smoothness prior, and with an image its projected colours on the texels its view sees."""
+        texture = (lambda: scene.rgb_texture) if rgb else (lambda: scene.texture)
+        out = {"smoothness": (config.smoothness, lambda *_: scene.smoothness(rgb=rgb))}
+        if target is not None:
+            out["image"] = (target.weight(config.image.texture_weight, rgb), lambda *_: target.loss(texture(), rgb))
+        return out
 
     def render_at(size: int, rgb: bool) -> Callable[[Cameras], SceneRender]:
         """A stage's render: latents, or RGB shaded as the cameras' mode says, at `size`²."""
@@ -164,7 +185,7 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     objective = build_objective(config.objective, guidance)
     latent_render = render_at(config.resolution, rgb=False)
     step = DistillStep(latent_render, guidance, objective, config.timesteps, sampler, prompt, generator,
-                       regularisers={"smoothness": (config.smoothness, lambda *_: scene.smoothness(rgb=False))})
+                       regularisers=regularisers(rgb=False))
 
     def background() -> dict:  # a fresh group per optimiser: Adam fills its defaults into the dict
         return {"params": list(scene.background.parameters()), "lr": config.background_lr}
@@ -179,13 +200,12 @@ def prepare_paint(config: PaintConfig, guidance: Guidance, mesh: Mesh, faces: np
     if config.finetune_iters:
         # RGB renders are lit by a random light per step, so the texture converges to the albedo
         rgb_render = render_at(config.finetune_resolution, rgb=True)
-        lit_step = replace(step, lighting=config.light, render=rgb_render, regularisers={
-            "smoothness": (config.smoothness, lambda *_: scene.smoothness(rgb=True))})
+        lit_step = replace(step, lighting=config.light, render=rgb_render, regularisers=regularisers(rgb=True))
         stages.append(distill_stage("rgb_finetune", config.finetune_iters, lit_step, enter_finetune, speed,
                                     preview_of(rgb_render), restart_schedules=config.finetune_restart_schedules,
                                     lr_scale=anneal, lr=config.finetune_lr))
     return PaintJob(config=config, stages=stages, generator=generator, speed=speed, objective=objective,
-                    scene=scene, surface=surface, decoded=decoded, selection=selection)
+                    scene=scene, surface=surface, decoded=decoded, selection=selection, projection=projection)
 
 
 def paint(
@@ -198,13 +218,15 @@ def paint(
     job_dir: str | Path | None = None,
     faces: np.ndarray | None = None,
     appearance: Appearance | None = None,
+    image: ReferenceImage | None = None,
 ) -> PaintResult:
     """Paint `mesh` (only `faces` of it, when given, around the look `appearance` gives the others) for
-    `config.prompt` under `guidance`; write `out_path` (GLB), the texture (PNG) and, for UDIM UVs, one
-    PNG per tile."""
+    `config.prompt` under `guidance`, the texels `image`'s view sees from the image; write `out_path` (GLB),
+    the texture (PNG) and, for UDIM UVs, one PNG per tile."""
     config.validate()
     out_path = glb_output(out_path)
-    return run_job(prepare_paint(config, guidance, mesh, faces, appearance), out_path, on_event, cancel, job_dir)
+    return run_job(prepare_paint(config, guidance, mesh, faces, appearance, image), out_path, on_event, cancel,
+                   job_dir)
 
 
 CONFIG = PaintConfig
@@ -212,19 +234,21 @@ CONFIG = PaintConfig
 
 def check_inputs(config: PaintConfig, mesh: Mesh | None, arrays: dict[str, np.ndarray] | None = None) -> None:
     """Refuse inputs a job could not use, before it is queued (the config is validated): the mesh to paint, its
-    UDIM tiles, the texture's size and the look of the faces (`arrays`: the submit's face selection and
-    appearance), as the job will read them."""
+    UDIM tiles, the texture's size, the look of the faces (`arrays`: the submit's face selection and
+    appearance) and the reference image, as the job will read them."""
     if mesh is None:
         raise InputError("a paint job needs the mesh to paint", "send its vertices and faces")
     arrays = arrays or {}
     plan_texture(config, mesh, arrays.get("selected_faces"), Appearance.from_wire(arrays))
+    image_input(arrays, config.image)
 
 
 def run_task(config: PaintConfig, guidance: Guidance, mesh: Mesh | None, arrays: dict[str, np.ndarray],
              out_path: str | Path, on_event: EventSink = ignore, cancel: threading.Event | None = None,
              job_dir: str | Path | None = None) -> PaintResult:
     """A task's uniform entry: paint `mesh` (only the submit's `selected_faces` of it, when given, around the look
-    its appearance arrays give the others)."""
+    its appearance arrays give the others; the texels a reference image's view sees from `arrays["image"]`)."""
     check_inputs(config, mesh, arrays)
     return paint(config, guidance, mesh, out_path, on_event=on_event, cancel=cancel, job_dir=job_dir,
-                 faces=arrays.get("selected_faces"), appearance=Appearance.from_wire(arrays))
+                 faces=arrays.get("selected_faces"), appearance=Appearance.from_wire(arrays),
+                 image=image_input(arrays, config.image))

@@ -4,11 +4,12 @@ face selection and appearance arrays must agree with each other."""
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...catalog import MAX_FACES, MAX_VERTICES, TASKS
+from ...catalog import MAX_FACES, MAX_LODS, MAX_REFERENCE_BYTES, MAX_REFERENCE_SIDE, MAX_VERTICES, TASKS
 from .base import (
     DTYPES,
     FIRST_TILE,
@@ -39,6 +40,12 @@ _MESH = {"vertices": _VERTS, "faces": _FACES, "uvs": _UVS}
 _SELECTED_FACES = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_FACES)
 # a painted mesh is split along UV seams: vertex_map[i] is the input vertex that output vertex i copies
 _VERTEX_MAP = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_VERTICES)
+# a quad export's faces as polygons over `vertices`: corners per face, then every face's corners in a row
+_POLYGON_SIZES = ArrayRule(frozenset({"int32", "int64"}), 0, MAX_FACES)
+_POLYGON_CORNERS = ArrayRule(frozenset({"int32", "int64"}), 0, 3 * MAX_FACES)
+_LEVEL = {**_MESH, "polygon_sizes": _POLYGON_SIZES, "polygon_corners": _POLYGON_CORNERS}
+LOD_ITEM = re.compile(r"lod\.(\d)\.([a-z_]+)")  # lod.<k>.<array or blob> of level k ≥ 1; LOD0's are unprefixed
+LOD_BLOBS = {"normal_map": 1 << 30, "texture": 1 << 30}
 _ANY = ArrayRule(DTYPES, None)
 CHECKPOINT_PREFIX = "ckpt."  # arrays of a checkpoint are named ckpt.0, ckpt.1, ...
 # a paint's appearance: how each face looks now, so that what is not painted is kept (see PROTOCOL.md)
@@ -55,16 +62,27 @@ _IMAGE = ArrayRule(frozenset({"uint8", "float16", "float32"}), None, finite=True
 TILE_BLOB = re.compile(r"tile\.(\d{4})")  # a paint result's UDIM tile: PNG
 
 ARRAYS: dict[str, dict[str, ArrayRule]] = {"submit": {**_MESH, "selected_faces": _SELECTED_FACES, **_APPEARANCE},
-                                          "result": {**_MESH, "vertex_map": _VERTEX_MAP},
+                                          "result": {**_LEVEL, "vertex_map": _VERTEX_MAP},
                                           "task": {**_MESH, "selected_faces": _SELECTED_FACES, **_APPEARANCE}}
 CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
 IMAGE_ARRAYS = frozenset({"submit", "task"})
+IMAGE_BLOB = "image"  # a submit's reference image: one PNG (RGB, or RGBA whose alpha is the mask)
+IMAGE_VIEW_FIELDS = ("image_azimuth", "image_elevation")  # where it was seen from, in the asset's frame
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
     "result": {"texture": 1 << 30, "glb": 2 << 30, "normal_map": 1 << 30},
+    "submit": {IMAGE_BLOB: MAX_REFERENCE_BYTES},
+    "task": {IMAGE_BLOB: MAX_REFERENCE_BYTES},
 }
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TILE_BLOBS = frozenset({"result"})
 MAX_TILE_BYTES = 1 << 30
+
+
+def lod_item(name: str) -> tuple[int, str] | None:
+    """(k, item) of a level of detail's array or blob name `lod.<k>.<item>`, or None (k in 1 … MAX_LODS − 1)."""
+    found = LOD_ITEM.fullmatch(name)
+    return None if found is None or not 1 <= int(found.group(1)) < MAX_LODS else (int(found.group(1)), found.group(2))
 
 
 def image_index(name: str) -> tuple[int, int] | None:
@@ -76,6 +94,8 @@ def image_index(name: str) -> tuple[int, int] | None:
 def blob_limit(kind: str, name: str) -> int | None:
     if kind in TILE_BLOBS and TILE_BLOB.fullmatch(name) and FIRST_TILE <= int(name[5:]) <= LAST_TILE:
         return MAX_TILE_BYTES
+    if kind == "result" and (level := lod_item(name)) is not None:
+        return LOD_BLOBS.get(level[1])
     return BLOBS.get(kind, {}).get(name)
 
 
@@ -84,6 +104,8 @@ def array_rule(kind: str, name: str) -> ArrayRule:
         return _ANY
     if kind in IMAGE_ARRAYS and image_index(name) is not None:
         return _IMAGE
+    if kind == "result" and (level := lod_item(name)) is not None and level[1] in _LEVEL:
+        return _LEVEL[level[1]]
     rule = ARRAYS.get(kind, {}).get(name)
     if rule is None:
         raise ProtocolError("bad_array", f"{a_or_an(kind)} message carries no array named {name!r}")
@@ -176,3 +198,58 @@ def check_appearance(task: str, arrays: dict[str, np.ndarray]) -> None:
         if name in arrays and len(arrays[name]) != 3 * n_faces:
             raise ProtocolError("bad_array", f"'{name}' must have one row per face corner ({3 * n_faces}), "
                                              f"got {len(arrays[name])}")
+
+
+def check_result_arrays(arrays: dict[str, np.ndarray], blobs: dict[str, bytes]) -> None:
+    """A result's levels agree with themselves: faces and polygon corners index their own vertices, UVs are
+    one per vertex, polygon sizes (each 3 or more) add up to the corners, and levels of detail come in order
+    (lod.1, lod.2, …), each with its vertices, faces and normal map."""
+    levels = sorted({level[0] for name in [*arrays, *blobs] if (level := lod_item(name)) is not None})
+    if levels != list(range(1, len(levels) + 1)):
+        raise ProtocolError("bad_array", f"levels of detail must be lod.1 … lod.N in order, got {levels}")
+    for prefix in ["", *(f"lod.{k}." for k in levels)]:
+        names = {n[len(prefix):] for n in arrays if n.startswith(prefix) and (prefix or lod_item(n) is None)}
+        if prefix and not {"vertices", "faces"} <= names or prefix and f"{prefix}normal_map" not in blobs:
+            raise ProtocolError("bad_array", f"level {prefix[:-1]} needs its 'vertices', 'faces' and 'normal_map'")
+        if "vertices" not in names:
+            continue
+        n = len(arrays[prefix + "vertices"])
+        for index in ("faces", "polygon_corners"):
+            values = arrays.get(prefix + index)
+            if values is not None and values.size and (int(values.min()) < 0 or int(values.max()) >= n):
+                raise ProtocolError("bad_array", f"'{prefix}{index}' index vertices outside [0, {n})")
+        if prefix + "uvs" in arrays and len(arrays[prefix + "uvs"]) != n:
+            raise ProtocolError("bad_array", f"'{prefix}uvs' must have one [u, v] row per vertex")
+        sizes, corners = arrays.get(prefix + "polygon_sizes"), arrays.get(prefix + "polygon_corners")
+        if (sizes is None) != (corners is None):
+            raise ProtocolError("bad_array", f"'{prefix}polygon_sizes' and '{prefix}polygon_corners' come together")
+        if sizes is not None and (sizes.size and int(sizes.min()) < 3 or int(sizes.sum()) != len(corners)):
+            raise ProtocolError("bad_array", f"'{prefix}polygon_sizes' must each be 3 or more and add up to the "
+                                             f"length of '{prefix}polygon_corners'")
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, or None when the bytes do not start as a PNG does."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def check_image_blob(fields: dict, blobs: dict[str, bytes]) -> None:
+    """A submit's reference image: a PNG no more than MAX_REFERENCE_SIDE a side (read from its header, before
+    anything decodes it), and its view fields only beside it. Its pixels and mask are the task's to check."""
+    if IMAGE_BLOB not in blobs:
+        given = [name for name in IMAGE_VIEW_FIELDS if name in fields]
+        if given:
+            raise ProtocolError("bad_field", f"field {given[0]!r} says where an image was seen from, but the submit "
+                                             f"carries no {IMAGE_BLOB!r} blob")
+        return
+    size = png_size(blobs[IMAGE_BLOB])
+    if size is None:
+        raise ProtocolError("bad_input", f"blob {IMAGE_BLOB!r} is not a PNG image: send the image as PNG bytes")
+    if max(size) > MAX_REFERENCE_SIDE:
+        raise ProtocolError("too_large", f"the reference image is {size[0]}×{size[1]} pixels, over the limit of "
+                                         f"{MAX_REFERENCE_SIDE} a side: scale it down")
+    if min(size) < 1:
+        raise ProtocolError("bad_input", f"the reference image is {size[0]}×{size[1]} pixels: it has no pixels")

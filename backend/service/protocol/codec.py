@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import array_rule, blob_limit, check_arrays, check_mesh_arrays
+from .arrays import array_rule, blob_limit, check_arrays, check_image_blob, check_mesh_arrays, check_result_arrays
 from .base import (
     DTYPES,
     ERROR_CODES,
@@ -194,6 +194,9 @@ def _decode_header(header: dict[str, Any], frames: Sequence[bytes], limits: Limi
         message.blobs[name] = bytes(frame)
     if kind == "submit":
         check_mesh_arrays(fields["task"], message.arrays)
+        check_image_blob(fields, message.blobs)
+    if kind == "result":
+        check_result_arrays(message.arrays, message.blobs)
     return message
 
 

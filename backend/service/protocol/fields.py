@@ -52,6 +52,8 @@ SCHEMAS: dict[str, dict[str, F]] = {
         # ranges of settings beyond their wire type are the service's (one table for fields and overrides)
         "seed": F(int, lo=0, hi=MAX_SEED), "iterations": F(int, lo=1),
         "overrides": F(dict), "watch": F(bool),
+        # where the `image` blob was seen from: degrees in the asset's frame (0, 0: its front, −Y)
+        "image_azimuth": F(float, lo=-360, hi=360), "image_elevation": F(float, lo=-90, hi=90),
     },
     "status": {"job": _JOB, "watch": F(bool)},
     "list": {"limit": F(int, lo=1, hi=1000), "state": _STATE},
