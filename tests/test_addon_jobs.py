@@ -118,6 +118,23 @@ def test_a_mesh_edited_mid_paint_keeps_the_edit_and_its_result_waits_to_be_impor
     assert bpy.ops.latentforge.paint.poll()  # the scene can start its next job
 
 
+def test_a_paint_whose_object_was_deleted_is_held_and_applies_to_a_mesh_of_the_same_topology(
+        bpy: ModuleType, service: Service) -> None:
+    cube = checker_cube()
+    job = start_paint(bpy, cube)
+    bpy.data.objects.remove(cube)  # the artist deletes it meanwhile
+    job, _ = run_to_end(bpy, service)
+    assert job.held and "\u201cCube\u201d is no longer in this file" in job.held, job.held
+    assert list(bpy.data.objects) == []
+    again = checker_cube()  # the same mesh made again: its faces fit the texture
+    bpy.context.view_layer.objects.active = again
+    shown = draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)
+    assert ("operator setting", "latentforge.import_result.how=ACTIVE") in shown
+    assert bpy.ops.latentforge.import_result(job=job.job, how="ACTIVE") == {"FINISHED"}
+    assert slots(again)[0] == ["Checker.001", "Red.001", "Checker.001 (Wooden crate)", "Red.001 (Wooden crate)"]
+    assert not job.held and list(bpy.data.objects) == [again]
+
+
 def test_a_paint_whose_file_was_closed_never_lands_in_another_and_fetch_paints_it_once_reopened(
         bpy: ModuleType, service: Service, tmp_path: Path) -> None:
     _, timers, _ = support.modules()
