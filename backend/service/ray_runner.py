@@ -95,7 +95,7 @@ class JobActor:
     def info(self) -> dict[str, Any]:
         self._ensure_started()  # after a job process that died or hung, its replacement answers first
         return {"name": self.name, "pid": os.getpid(), "models": self.models, "device": self.device,
-                "version": __version__}
+                "version": __version__, "job_process": self.process.process.pid}
 
     def run(self, task: list[bytes]) -> Iterator[list[bytes]]:
         """Run one job (a `task` message) and yield its progress, checkpoint and final frames."""
@@ -308,7 +308,8 @@ class RayWorkers(WorkerPool):
             print(f"service: actor {slot.name} runs latentforge {info.get('version')}, this service "
                   f"{__version__}: install the same version on every node", file=sys.stderr)
         print(f"service: worker {slot.name} joined on Ray ({info['device']}; {', '.join(sorted(slot.models))}; "
-              f"{time.monotonic() - slot.created:.1f} s to start)", file=sys.stderr, flush=True)
+              f"{time.monotonic() - slot.created:.1f} s to start; job process {info.get('job_process')})",
+              file=sys.stderr, flush=True)
         if slot.key not in self.idle:
             self.idle.append(slot.key)
 
