@@ -3,7 +3,8 @@
     <jobs>/<id>/spec.json          the submit's fields
     <jobs>/<id>/inputs/<name>.npy  its arrays (sketch or mesh)
     <jobs>/<id>/state.json         state, attempts, error: replaced atomically on every change
-    <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays)
+    <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays); a variant's
+                                   draft keeps it after its result, so that it can be finished
     <jobs>/<id>/result/            mesh.npz, texture.png, asset.glb (normal.png: a refined mesh's normal map)
 
 A job folder appears only once complete (built under a hidden name, then renamed). Ids are uuid4 hex,
@@ -71,6 +72,12 @@ class JobRecord:
     checkpoint: dict | None = None  # {"stage", "step"} of the saved checkpoint
     worker: str = ""
     stats: dict | None = None  # of the result: vertices, faces, seconds, worker
+    # a variant: the id of its group (the submit that asked for several), its seed, and while it is a draft the
+    # first-stage steps the draft runs (None once it is finished: it then runs the job's whole schedule)
+    group: str = ""
+    seed: int | None = None
+    draft: int | None = None
+    finish_requested: bool = False  # finished while its draft ran: that run's end continues into the finish
     progress: dict | None = field(default=None, metadata={"volatile": True})
 
     def to_json(self) -> dict[str, Any]:
@@ -100,7 +107,9 @@ class JobStore:
 
     # --- creation and state
 
-    def create(self, spec: dict[str, Any], arrays: dict[str, np.ndarray], owner: str) -> JobRecord:
+    def create(self, spec: dict[str, Any], arrays: dict[str, np.ndarray], owner: str, group: str = "",
+               draft: int | None = None) -> JobRecord:
+        """A new queued job; `group` and `draft` (its first-stage steps) when it is a variant's draft."""
         job_id = uuid.uuid4().hex
         staging = self.root / f".new-{job_id}"
         (staging / INPUTS).mkdir(parents=True)
@@ -109,7 +118,8 @@ class JobStore:
             np.save(staging / INPUTS / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
         now = time.time()
         record = JobRecord(job_id, spec["task"], now, updated=now, owner=owner, prompt=spec.get("prompt", ""),
-                           model=spec.get("model", ""))
+                           model=spec.get("model", ""), group=group, seed=spec.get("seed") if group else None,
+                           draft=draft)
         (staging / STATE).write_text(json.dumps(record.to_json()), encoding="utf-8")
         os.replace(staging, self.folder(job_id))
         return record
@@ -237,8 +247,10 @@ class JobStore:
     # --- results
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
-                    normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None) -> Path:
-        """`tiles`: a UDIM paint's images by blob name (tile.<number>), kept as tile.<number>.png."""
+                    normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None,
+                    keep_checkpoint: bool = False) -> Path:
+        """`tiles`: a UDIM paint's images by blob name (tile.<number>), kept as tile.<number>.png.
+        `keep_checkpoint`: the job may resume once more (a variant's draft that can be finished)."""
         folder = self.folder(job_id) / RESULT
         files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
         if normal_png is not None:
@@ -246,7 +258,8 @@ class JobStore:
         for name, png in (tiles or {}).items():
             files[folder / f"{name}.png"] = png
         write_atomically(files)
-        (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
+        if not keep_checkpoint:
+            (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
         return folder / ASSET_GLB
 
     def load_result(self, job_id: str) -> tuple[dict[str, np.ndarray], bytes, Path]:
