@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 from test_service_faults import assert_valid, wait_until
@@ -117,3 +118,21 @@ def test_a_worker_killed_mid_variant_restarts_it_and_the_group_completes(service
     resumed = [s for s, _ in latent([p for p in progress if p.fields["worker"] != killed], jobs[0])]
     assert resumed[0] > saved["step"], "the variant restarted from zero instead of its checkpoint"
     assert f"worker {killed} exited" in service.log()
+
+
+def test_idle_workers_go_first_to_the_client_with_the_fewest_jobs_running() -> None:
+    from backend.service.broker import WorkerPool
+
+    owners = {"a1": "alice", "a2": "alice", "a3": "alice", "a4": "alice", "b1": "bob", "c1": "carol"}
+    pool = WorkerPool(host=None)
+    for job in owners:  # alice's four variants were submitted before bob's and carol's jobs
+        pool.enqueue(job)
+    pool.workers = {k: SimpleNamespace(key=k, models=frozenset({"m"}), job=None) for k in range(4)}
+    pool.idle = [0, 1, 2]
+    pool.workers[3].job = "b0"  # bob already has one running
+    owners["b0"] = "bob"
+    pairs = pool.match(lambda job: "m", owners.get)
+    # alice and carol run nothing yet; then alice and bob have one each, and alice's is older
+    assert [job for job, _ in pairs] == ["a1", "c1", "a2"]
+    assert list(pool.queue) == ["a3", "a4", "b1"]
+    assert [job for job, _ in WorkerPool(host=None).match(lambda job: "m")] == []  # no worker, no job
