@@ -61,7 +61,7 @@ CHECKPOINT_ARRAYS = frozenset({"task", "checkpoint"})
 IMAGE_ARRAYS = frozenset({"submit", "task"})
 BLOBS: dict[str, dict[str, int]] = {
     "progress": {"preview": MAX_PREVIEW_BYTES},
-    "result": {"texture": 1 << 30, "glb": 2 << 30},
+    "result": {"texture": 1 << 30, "glb": 2 << 30, "normal_map": 1 << 30},  # a refined mesh's normal map
 }
 TILE_BLOBS = frozenset({"result"})
 MAX_TILE_BYTES = 1 << 30
