@@ -9,6 +9,7 @@ import os
 import signal
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from test_service_faults import assert_valid, wait_until
 
@@ -38,8 +39,9 @@ def latent(progress: list, job: str) -> list[tuple[int, int]]:
 
 def test_drafts_side_by_side_then_the_picked_one_finishes_from_where_its_draft_ended(service, service_tiny,
                                                                                      tmp_path, capsys) -> None:  # noqa: ANN001
-    overrides = tmp_path / "tiny.json"
-    overrides.write_text(json.dumps(schedule(service_tiny, 24)))
+    overrides = tmp_path / "tiny.json"  # the whole job has later stages, whose state no draft has
+    overrides.write_text(json.dumps({**schedule(service_tiny, 24), "refine": {"iters": 2, "resolution": 32},
+                                     "mesh": {"iters": 3, "resolution": 32, "grid_resolution": 12}}))
     assert main(["submit", "--server", service.endpoint, "--prompt", "a toadstool", "--seed", "7", "--variants", "2",
                  "--draft-iters", "8", "--overrides", str(overrides)]) == 0
     group, *lines = capsys.readouterr().out.split("\n")[:3]
@@ -72,15 +74,19 @@ def test_drafts_side_by_side_then_the_picked_one_finishes_from_where_its_draft_e
         assert info["state"] == "finished" and info["draft"] is None and info["attempts"] == 2
         final = client.fetch(jobs[8])
         assert "draft" not in final.stats and final.texture_png != drafts[jobs[8]].texture_png
+        assert final.normal_png is not None and drafts[jobs[8]].normal_png is None  # the mesh stage ran
         assert client.status(jobs[7])["state"] == "finished"  # an ended draft stays, to follow retention
         for job, code in ((jobs[8], "not_finishable"), (group, "not_finishable")):
             with pytest.raises(ServiceError) as err:
                 client.finish(job)
             assert err.value.code == code
     # the finish resumed at the draft's last step, in the whole schedule: it did not train from zero again
-    finish = [line.split()[1].split("/") for line in capsys.readouterr().err.splitlines() if line.startswith("latent ")]
+    printed = capsys.readouterr().err.splitlines()
+    finish = [line.split()[1].split("/") for line in printed if line.startswith("latent ")]
     steps = [int(step) for step, total in finish if int(step) and total == "24"]
     assert steps and steps[0] > 8, finish[:3]
+    assert any(line.startswith("rgb_refine 2/2") for line in printed) and any(line.startswith("mesh 3/3")
+                                                                             for line in printed)
 
 
 def test_a_draft_picked_while_it_runs_goes_on_into_its_finish_and_the_other_is_cancelled(service,
@@ -136,3 +142,41 @@ def test_idle_workers_go_first_to_the_client_with_the_fewest_jobs_running() -> N
     assert [job for job, _ in pairs] == ["a1", "c1", "a2"]
     assert list(pool.queue) == ["a3", "a4", "b1"]
     assert [job for job, _ in WorkerPool(host=None).match(lambda job: "m")] == []  # no worker, no job
+
+
+def test_a_group_and_its_drafts_survive_a_restart_and_a_finished_draft_resumes_in_the_whole_schedule(
+        tmp_path) -> None:  # noqa: ANN001
+    import torch
+
+    from backend.service import checkpoint_wire, variants
+    from backend.service.board import JobBoard
+    from backend.service.broker import WorkerPool
+    from backend.service.jobs import JobStore
+
+    store, group = JobStore(tmp_path), "a" * 32
+    done, waiting = (store.create({"task": "generate", "prompt": "a toadstool", "seed": seed, "draft": 8}, {},
+                                  "loopback", group, 8) for seed in (3, 4))
+    skeleton, arrays = checkpoint_wire.flatten({"stage": 1, "step": 0, "scene": {"w": torch.ones(2)}})
+    store.save_checkpoint(done.id, skeleton, arrays)  # its draft's end
+    store.save_result(done.id, {"vertices": np.zeros((3, 3), np.float32)}, b"png", b"glb", keep_checkpoint=True)
+    done.state = "finished"
+    store.save(done)
+
+    def restarted() -> JobBoard:  # what a service does at start
+        board = JobBoard(store, lambda *_: None, 3, lambda: None)
+        board.pool = WorkerPool(board)
+        board.recover()
+        return board
+
+    board = restarted()
+    summary = board.group_summary(group)
+    assert summary["state"] == "queued" and [(v["seed"], v["draft"]) for v in summary["variants"]] == [(3, 8), (4, 8)]
+    assert [e["job"] for e in board.entries("loopback", False)] == [group]
+    assert store.has_checkpoint(done.id) and list(board.pool.queue) == [waiting.id]
+    board.finish(board.records[done.id], variants.finish_spec(store.spec(done.id)))
+    board = restarted()
+    again = board.records[done.id]
+    assert again.state == "queued" and again.draft is None and "draft" not in store.spec(done.id)
+    assert again.checkpoint == {"stage": 0, "step": 8}  # step 8 of the first stage of the whole schedule
+    assert dict(store.load_checkpoint(done.id)[0]["$dict"])["draft"] is True
+    assert list(board.pool.queue) == [done.id, waiting.id]  # the finish runs first: it was submitted first
