@@ -74,3 +74,32 @@ def test_four_variants_find_both_walls_and_the_finished_one_is_its_wall_for_less
           f"took {draft_cpu:.1f} s, all four {sum(d[1] for d in drafts.values()):.1f} s")
     assert b >= 0.8 and b >= a + 0.3
     assert finish_cpu < fresh_cpu
+
+
+def test_a_paint_draft_keeps_its_texture_size_and_finishes_into_the_rgb_fine_tuning_it_never_had(tmp_path):
+    import numpy as np
+    import trimesh
+
+    from backend.examples import example_target
+    from backend.guidance import build_guidance
+
+    ball = trimesh.creation.icosphere(2)
+    arrays = {"vertices": np.asarray(ball.vertices, np.float32), "faces": np.asarray(ball.faces, np.int64)}
+    overrides = {"resolution": 16, "texture_size": 64, "iters": 12, "finetune_iters": 3, "finetune_resolution": 32,
+                 "loop": {"checkpoint_every": 4}}
+    submit = tasks.JobSpec.from_submit({"task": "paint", "prompt": "a ball", "seed": 1, "preset": "high",
+                                        "overrides": overrides}, arrays)
+    [spec], steps = variants.variant_specs(submit, 1, 6)
+    draft = tasks.JobSpec("paint", spec, arrays).config()
+    assert steps == 6 and (draft.iters, draft.finetune_iters, draft.texture_size) == (6, 0, 64)
+    guidance = build_guidance(f"target:{example_target()}", "cpu")
+    tasks.run_spec(tasks.JobSpec("paint", spec, arrays), guidance, tmp_path / "draft", lambda _: None, None)
+    skeleton, saved = checkpoint_wire.read(tmp_path / "draft")
+    checkpoint_wire.write(tmp_path / "finish", variants.continued(skeleton, 6), saved)
+    events: list = []
+    result = tasks.run_spec(tasks.JobSpec("paint", variants.finish_spec(spec), arrays), guidance, tmp_path / "finish",
+                            events.append, None)
+    steps = [(e.stage, e.step, e.total) for e in events if getattr(e, "losses", None) is not None
+             and not e.stage.startswith("export")]
+    assert steps[0] == ("paint", 7, 12) and steps[-1] == ("rgb_finetune", 3, 3)
+    assert result.texture.shape == (64, 64, 3)
