@@ -13,7 +13,8 @@ ratio would have been had the workers had their cores to themselves (`ratio_own_
 the cores the workers got over the cores they could use, min(N, W) and 1): a model, printed beside the
 measured ratio, never instead of it.
 
-Prints the numbers and then JSON. Not a test: `python benchmarks/variants_parallel.py [--out FILE.json]`.
+Prints the numbers and then JSON. Not a test: `python benchmarks/variants_parallel.py [--out FILE.json]`
+(the measured runs: `benchmarks/variants-parallel-cpu.json`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the Ray cluster = actors = local workers")
     parser.add_argument("--variants", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each path (they alternate)")
-    parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--out", help="also write the JSON here: a list of runs, this one added to those it holds")
     args = parser.parse_args()
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # before Ray starts: its actors inherit it
 
@@ -126,10 +127,11 @@ def main() -> int:
                   f"{many['workers_used']} workers (load {many['load_before']}→{many['load_after']}, workers got "
                   f"{many['worker_cores']} cores, {many['drafts_at_once']} drafts at once): {run['ratio']}× "
                   f"measured, {run['ratio_own_cores']}× on cores of their own")
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print(json.dumps(report, indent=2))
+    if args.out:  # the machine's load changes between runs: each run is kept
+        out = Path(args.out)
+        runs = json.loads(out.read_text()) if out.is_file() else []
+        out.write_text(json.dumps([*runs, report], indent=2) + "\n")
     return 0
 
 
