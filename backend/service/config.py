@@ -19,6 +19,7 @@ class ServiceConfig:
     ray_cpus: float = 1.0  # CPUs each Ray actor takes on a cluster without GPUs
     keys_dir: Path | None = None
     max_queued_per_client: int = 8
+    max_variants: int = 8  # variants one submit may ask for
     heartbeat_s: float = 1.0
     max_crashes: int = 3  # a job that kills its worker this often is failed, not retried forever
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
