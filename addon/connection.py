@@ -5,7 +5,8 @@ off the main thread; `runtime.py` moves its events into the scene on the main th
 Events are plain dicts, `{"type": ..., ...}`:
 - connected {info}, disconnected {message}, heartbeat {queue, workers, models}: the service pushes one
   whenever its status changes, and answers ours
-- accepted {request, job}, job {job: summary}: a submit's id, a status or cancel's answer
+- accepted {request, job, variants?}, job {job: summary}: a submit's id (a group's, with each variant's
+  {job, seed}), a status, cancel or finish's answer
 - progress {job, stage, step, total, eta_s, losses, blobs: {preview?}}
 - result {job, arrays: {vertices, faces, uvs}, blobs: {texture, glb?}, glb_path, stats, tiles: {UDIM tile: PNG}}
 - error {job?, request?, code, message, hint, details?}
@@ -57,7 +58,7 @@ def error_event(exc: ServiceError, **where: Any) -> Event:
 
 
 class Connection:
-    """Commands in (`submit`, `cancel`, `fetch`, `reexport`), events out (`drain`)."""
+    """Commands in (`submit`, `cancel`, `fetch`, `reexport`, `finish`), events out (`drain`)."""
 
     def __init__(self, settings: Settings, poll_s: float = 0.1, heartbeat_s: float = 5.0, quiet_s: float = 5.0,
                  retry_s: float = 2.0) -> None:
@@ -104,6 +105,10 @@ class Connection:
     def reexport(self, job: str, export: dict[str, Any]) -> None:
         """Export a failed job's trained field again with these export settings, and follow it."""
         self._send("reexport", job=job, export=export)
+
+    def finish(self, job: str, cancel_others: bool) -> None:
+        """Finish a variant's draft (its job's whole schedule), and follow it."""
+        self._send("finish", job=job, cancel_others=cancel_others)
 
     def drain(self, limit: int = 1000) -> list[Event]:
         out = []
@@ -183,7 +188,7 @@ class Connection:
                 return
             if op == "follow":
                 self._following.setdefault(kwargs["job"], 0.0)
-            elif op in ("submit", "cancel", "reexport"):
+            elif op in ("submit", "cancel", "reexport", "finish"):
                 where = {k: v for k, v in kwargs.items() if k in ("job", "request")}
                 self._emit({"type": "error", "code": "not_connected", **where,
                             "message": self._last_problem or f"not connected to {self.settings.address}"})
@@ -203,18 +208,31 @@ class Connection:
 
     def _do_submit(self, request: str, fields: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         try:
-            job = self._client.submit(**fields, **arrays, watch=True)
+            if "variants" in fields:  # a group: its variants are followed one by one
+                rest = {k: v for k, v in fields.items() if k != "variants"}
+                group = self._client.submit_variants(fields["variants"], **rest, **arrays, watch=True)
+                accepted = {"job": group.group, "variants": [{"job": j, "seed": seed} for j, seed in group.jobs]}
+                followed = [j for j, _ in group.jobs]
+            else:
+                job = self._client.submit(**fields, **arrays, watch=True)
+                accepted, followed = {"job": job}, [job]
         except ServiceTimeout as exc:
             self._emit({"type": "error", "request": request, "code": "timeout", "message": str(exc)})
             raise
-        self._following[job] = time.monotonic()
-        self._emit({"type": "accepted", "request": request, "job": job})
+        for job in followed:
+            self._following[job] = time.monotonic()
+        self._emit({"type": "accepted", "request": request, **accepted})
 
     def _do_cancel(self, job: str) -> None:
         self._emit({"type": "job", "job": self._client.cancel(job)})
 
     def _do_reexport(self, job: str, export: dict[str, Any]) -> None:
         summary = self._client.reexport(job, export, watch=True)
+        self._following[job] = time.monotonic()
+        self._emit({"type": "job", "job": summary})
+
+    def _do_finish(self, job: str, cancel_others: bool) -> None:
+        summary = self._client.finish(job, cancel_others=cancel_others, watch=True)
         self._following[job] = time.monotonic()
         self._emit({"type": "job", "job": summary})
 
@@ -235,7 +253,12 @@ class Connection:
         self._following[job] = time.monotonic()
         self._emit({"type": "job", "job": summary})
         state = summary.get("state")
-        if state == "finished":
+        if "variants" in summary:  # a group has no result of its own: its variants that go on are followed
+            self._following.pop(job, None)
+            for variant in summary["variants"]:
+                if variant.get("state") not in FINAL_STATES:
+                    self._following.setdefault(variant["job"], time.monotonic())
+        elif state == "finished":
             self._following.pop(job, None)
             self._emit(result_event(self._client.fetch(job)))
         elif state in FINAL_STATES:

@@ -105,6 +105,7 @@ class Job:
     preview: str | None = None  # name of the bpy image holding the latest preview
     result_dir: str | None = None
     cancel_requested: bool = False
+    group: Any = None  # a submit of several seeds: its variants (variants.VariantGroup) until one is finished
 
     @property
     def active(self) -> bool:

@@ -1,5 +1,5 @@
-"""Operators: Generate, Paint, Cancel, Reconnect, Fetch, Open Results, start/stop a local server, and
-the internal ones the timer uses (adding a result as one undo step, status-bar messages)."""
+"""Operators: Generate, Paint, Cancel, Pick a Variant, Reconnect, Fetch, Open Results, start/stop a local server,
+and the internal ones the timer uses (adding a result as one undo step, status-bar messages)."""
 
 from __future__ import annotations
 
@@ -200,6 +200,38 @@ class LATENTFORGE_OT_cancel(_Explained, bpy.types.Operator):
             rt.connection.cancel(job.job)
         # else: the submit has not been answered yet; the cancel follows the job's id (runtime._accepted)
         self.report({"INFO"}, "LatentForge: cancelling")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_pick_variant(_Explained, bpy.types.Operator):
+    """Finish this variant: its draft goes on to the quality asked for, and its result lands in the scene"""
+
+    bl_idname = "latentforge.pick_variant"
+    bl_label = "Finish Variant"
+
+    job: StringProperty(name="Job ID", description="The variant's job id on the server")
+
+    @classmethod
+    def problem(cls, context: bpy.types.Context) -> str | None:
+        rt = runtime.RUNTIME
+        job = rt.jobs.active(context.scene.session_uid) if rt is not None else None
+        if job is None or job.group is None or job.group.picked is not None:
+            return "No variants are waiting for a pick in this scene"
+        if not rt.server.connected:
+            return f"No server: {rt.server.message}"
+        return None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        if self.refused(context):
+            return {"CANCELLED"}
+        rt = runtime.runtime()
+        job = rt.jobs.active(context.scene.session_uid)
+        variant = job.group.find(self.job)
+        if variant is None or not variant.pickable:
+            self.report({"ERROR"}, f"{self.job!r} is not a variant of this scene's job that can be finished")
+            return {"CANCELLED"}
+        runtime.pick(rt, job, variant, context.scene.latentforge.keep_variants)
+        self.report({"INFO"}, f"LatentForge: finishing seed {variant.seed}")
         return {"FINISHED"}
 
 
@@ -443,7 +475,8 @@ class LATENTFORGE_OT_notify(bpy.types.Operator):
 
 
 CLASSES = (
-    LATENTFORGE_OT_generate, LATENTFORGE_OT_paint, LATENTFORGE_OT_cancel, LATENTFORGE_OT_reexport,
+    LATENTFORGE_OT_generate, LATENTFORGE_OT_paint, LATENTFORGE_OT_cancel, LATENTFORGE_OT_pick_variant,
+    LATENTFORGE_OT_reexport,
     LATENTFORGE_OT_reconnect,
     LATENTFORGE_OT_fetch, LATENTFORGE_OT_import_result, LATENTFORGE_OT_discard_result, LATENTFORGE_OT_open_results,
     LATENTFORGE_OT_start_server, LATENTFORGE_OT_stop_server, LATENTFORGE_OT_notify,

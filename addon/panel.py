@@ -1,4 +1,5 @@
-"""View3D › Sidebar › LatentForge: server status, prompt and settings, progress, preview, errors."""
+"""View3D › Sidebar › LatentForge: server status, prompt and settings, progress, previews (each variant's, side by
+side, to pick one from), errors."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         col.prop(settings, "method")
         col.prop(settings, "quality")
         col.prop(settings, "seed")
+        col.prop(settings, "variants")
         if settings.mode == "GENERATE":
             col.prop(settings, "looseness")
         col.prop(settings, "texture_size")
@@ -150,7 +152,9 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         box = layout.box()
         if job.prompt:
             box.label(text=f"\u201c{job.prompt}\u201d", icon="INFO")
-        if job.active:
+        if job.active and job.group is not None and job.group.picked is None:
+            VIEW3D_PT_latentforge.draw_variants(box, job)
+        elif job.active:
             row = box.row(align=True)
             row.progress(factor=job.fraction, type="BAR", text=job.progress_text())
             row.operator("latentforge.cancel", text="", icon="X")
@@ -194,6 +198,24 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         col.operator("latentforge.discard_result", icon="TRASH").job = job.job
 
 
+    @staticmethod
+    def draw_variants(layout: bpy.types.UILayout, job: Job) -> None:
+        """Each variant's latest preview and seed, side by side; its button finishes it."""
+        row = layout.row()
+        row.label(text="Pick a variant to finish" if job.group.ready else "Drafting variants…", icon="IMGDISPLAY")
+        row.operator("latentforge.cancel", text="", icon="X")
+        grid = layout.grid_flow(row_major=True, columns=2, even_columns=True, align=True)
+        for variant in job.group.variants:
+            col = grid.column(align=True)
+            if (shown := runtime.preview(variant.preview)) is not None:
+                col.template_icon(icon_value=shown.icon_id, scale=5.0)
+            else:
+                col.label(text="", icon="TIME")
+            button = col.row()
+            button.enabled = variant.pickable
+            button.operator("latentforge.pick_variant", text=variant.label()).job = variant.job
+
+
 class VIEW3D_PT_latentforge_advanced(_Sidebar, bpy.types.Panel):
     bl_label = "Advanced"
     bl_parent_id = "VIEW3D_PT_latentforge"
@@ -208,6 +230,8 @@ class VIEW3D_PT_latentforge_advanced(_Sidebar, bpy.types.Panel):
         col.prop(settings, "iterations")
         if settings.mode != "PAINT":
             col.prop(settings, "mesh_iterations")
+        col.prop(settings, "draft_steps")
+        col.prop(settings, "keep_variants")
         col.prop(settings, "extra_json")
         layout.separator()
         layout.label(text="Fetch a result by job id:")

@@ -63,6 +63,15 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(name="Quality", description="A preset schedule for the job (the server's presets)",
                           items=_preset_items, get=_get_quality, set=_set_quality)
     seed: IntProperty(name="Seed", description="Same seed and settings give the same result", min=0, default=0)
+    variants: IntProperty(name="Variants", min=1, max=16, default=1,
+                          description="Seeds to try side by side (Seed, Seed + 1, …) as quick drafts on the server's "
+                                      "workers: pick the one to finish. 1: a single job")
+    draft_steps: IntProperty(name="Draft Steps", min=0, max=1_000_000, default=0,
+                             description="Optimisation steps each variant's draft runs before you pick one (0: the "
+                                         "Draft quality's)")
+    keep_variants: BoolProperty(name="Keep Other Variants", default=False,
+                                description="When you pick a variant, let the others run on (their drafts stay on the "
+                                            "server) instead of cancelling them")
     looseness: FloatProperty(
         name="Follow Loosely",
         description="How far from the sketch's surface the shape may wander (in units where the sketch fits a "
@@ -171,4 +180,8 @@ class LatentForgeSettings(bpy.types.PropertyGroup):
         }
         if self.iterations:
             fields["iterations"] = self.iterations
+        if self.variants > 1:
+            fields["variants"] = self.variants
+            if self.draft_steps:
+                fields["draft_iterations"] = self.draft_steps
         return fields

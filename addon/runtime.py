@@ -25,6 +25,7 @@ from .connection import Connection, Event
 from .jobs import Job, Jobs, ServerStatus
 from .landing import object_by_uid, save_files, scene_by_uid
 from .local_backend import LocalBackend
+from .variants import Variant, VariantGroup
 
 ACTIVE_INTERVAL_S = 0.1  # while a job runs: progress feels live
 IDLE_INTERVAL_S = 0.5
@@ -188,11 +189,35 @@ def _heartbeat(rt: Runtime, event: Event) -> None:
     rt.server.update(event)
 
 
+def _variant(rt: Runtime, job_id: str | None) -> tuple[Job, Variant] | None:
+    """The scene job and variant an event is about, when it is about a variant that is not being finished (those
+    events show in the panel's grid; none of them fails or lands anything)."""
+    for job in rt.jobs.all():
+        if job.group is not None and job_id != job.job and (variant := job.group.find(job_id)) is not None:
+            return job, variant
+    return None
+
+
+def _group_ended(job: Job) -> None:
+    """Nothing of an unpicked group runs any more: without a draft to pick (or once cancelled), the job ends."""
+    group = job.group
+    if group.picked is not None or group.running or (group.ready and not job.cancel_requested):
+        return
+    failed = next((v for v in group.variants if v.state == "failed"), None)
+    if job.cancel_requested or failed is None:
+        job.fail({"code": "cancelled", "message": "the variants were cancelled"}, "cancelled")
+    else:
+        job.fail({"message": failed.message or "every variant failed"})
+    _report_end(job)
+
+
 def _accepted(rt: Runtime, event: Event) -> None:
     job = rt.jobs.find(request=event["request"])
     if job is None:
         return
     job.job, job.state = event["job"], "queued"
+    if event.get("variants"):
+        job.group = VariantGroup.accepted(event["job"], event["variants"])
     if (scene := scene_by_uid(job.scene)) is not None:
         scene.latentforge.job_id = job.job
     if job.target is not None:  # saved with the file: a Fetch after a restart lands on the same object
@@ -203,8 +228,20 @@ def _accepted(rt: Runtime, event: Event) -> None:
 
 def _job(rt: Runtime, event: Event) -> None:
     summary = event["job"]
+    if (hit := _variant(rt, summary.get("job"))) is not None:
+        hit[1].on_summary(summary)
+        if hit[0].active and hit[0].group.picked is None:
+            _group_ended(hit[0])
+        return
     job = rt.jobs.find(job=summary.get("job"))
     if job is None:
+        return
+    if "variants" in summary:  # the group's own summary (status or cancel)
+        job.group.on_summary(summary)
+        if job.state in ("submitting", "queued") and summary.get("state") == "running":
+            job.state = "running"
+        if job.active:
+            _group_ended(job)
         return
     was_active = job.active
     job.on_summary(summary)
@@ -212,7 +249,21 @@ def _job(rt: Runtime, event: Event) -> None:
         _report_end(job)
 
 
+def _variant_progress(job: Job, variant: Variant, event: Event) -> None:
+    variant.on_progress(event)
+    if job.state in ("submitting", "queued"):
+        job.state = "running"
+    preview = event.get("blobs", {}).get("preview")
+    if preview and time.monotonic() - variant.preview_at >= preferences.get().preview_interval_s:
+        variant.preview_at = time.monotonic()
+        variant.preview = show_preview(preview, f"{preview_name(job)} seed {variant.seed}")
+
+
 def _progress(rt: Runtime, event: Event) -> None:
+    if (hit := _variant(rt, event.get("job"))) is not None:
+        if hit[0].active and hit[0].group.picked is None:
+            _variant_progress(*hit, event)
+        return
     job = rt.jobs.find(job=event.get("job"))
     if job is None or not job.active:
         return
@@ -224,6 +275,11 @@ def _progress(rt: Runtime, event: Event) -> None:
 
 
 def _result(rt: Runtime, event: Event) -> None:
+    draft = (event.get("stats") or {}).get("draft") is not None  # a variant's draft: judged, never landed
+    if (hit := _variant(rt, event.get("job"))) is not None or draft:
+        if hit is not None:
+            hit[1].state = "finished"
+        return
     job = rt.jobs.find(job=event.get("job"))
     if job is None or not (job.active or job.held):
         return
@@ -247,6 +303,13 @@ def _result(rt: Runtime, event: Event) -> None:
 
 
 def _error(rt: Runtime, event: Event) -> None:
+    if (hit := _variant(rt, event.get("job"))) is not None:
+        job, variant = hit
+        variant.state = "cancelled" if event.get("code") == "cancelled" else "failed"
+        variant.message = event.get("message", "")
+        if job.active and job.group.picked is None:
+            _group_ended(job)
+        return
     job = rt.jobs.find(job=event.get("job")) or rt.jobs.find(request=event.get("request"))
     if job is None:
         if event.get("code") not in ("not_connected", "timeout"):
@@ -295,12 +358,34 @@ def preview(name: str | None) -> bpy.types.ImagePreview | None:
 
 
 def drop_preview(job: Job) -> None:
-    """Forget the job's preview: it only shows while the job runs."""
+    """Forget the job's previews (its variants' too): they only show while the job runs."""
+    for holder in [job, *(job.group.variants if job.group is not None else ())]:
+        forget_preview(holder.preview)
+        holder.preview = None
+
+
+def forget_preview(name: str | None) -> None:
     rt = RUNTIME
-    if job.preview is not None and rt is not None:
-        if job.preview in rt.previews:
-            del rt.previews[job.preview]
-        with contextlib.suppress(OSError):
-            (rt.preview_dir / f"{bpy.path.clean_name(job.preview)}.png").unlink()
-    job.preview = None
+    if name is None or rt is None:
+        return
+    if name in rt.previews:
+        del rt.previews[name]
+    with contextlib.suppress(OSError):
+        (rt.preview_dir / f"{bpy.path.clean_name(name)}.png").unlink()
+
+
+def pick(rt: Runtime, job: Job, variant: Variant, keep_others: bool) -> None:
+    """Finish `variant` of the scene's job: from now on the job is that variant's, whose result lands as any
+    job's; the other variants' previews go (and the service cancels those that run, unless `keep_others`)."""
+    job.group.picked = variant.job
+    kept = rt.preview_dir / f"{bpy.path.clean_name(variant.preview)}.png" if variant.preview else None
+    png = kept.read_bytes() if kept is not None and kept.is_file() else None
+    drop_preview(job)
+    if png is not None:  # the picked draft's last look shows until its finish sends one, under the job's name
+        job.preview = show_preview(png, preview_name(job))
+    job.job = variant.job
+    job.restart()
+    if (scene := scene_by_uid(job.scene)) is not None:
+        scene.latentforge.job_id = job.job
+    rt.connection.finish(variant.job, cancel_others=not keep_others)
 

@@ -34,6 +34,10 @@ class Task:
     # the arrays a submit carries: "sketch" (an optional mesh of primitives), "paint" (the mesh to paint,
     # optional UVs and an optional face selection)
     mesh: str = "sketch"
+    later: tuple[str, ...] = ()  # the dotted step counts of its stages after the first, in order
+    # the table of its export settings, which change nothing that is trained (a variant's draft takes the
+    # draft preset's); None when its export size is part of what it trains (paint's latent texture)
+    export: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,10 @@ TASKS: dict[str, Task] = {
     "generate": Task("text (and sketch) to a textured GLB", "backend.tasks.generate", "optim.iters",
                      {"refine_iters": "refine.iters", "mesh_iters": "mesh.iters", "mesh_resolution": "mesh.resolution",
                       "looseness": "sketch.looseness", "faces": "export.max_faces", "quad": "export.quad",
-                      "lods": "export.lods"}, mesh="sketch"),
+                      "lods": "export.lods"}, mesh="sketch", later=("refine.iters", "mesh.iters"), export="export"),
     "paint": Task("texture a mesh from a prompt (Latent-Paint), keeping its geometry", "backend.tasks.paint", "iters",
-                  {"texture_size": "texture_size", "finetune_iters": "finetune_iters"}, mesh="paint"),
+                  {"texture_size": "texture_size", "finetune_iters": "finetune_iters"}, mesh="paint",
+                  later=("finetune_iters",)),
 }
 
 # command-line flags every task has → dotted settings
@@ -102,6 +107,8 @@ PRESETS: dict[str, Preset] = {
     }),
 }
 DEFAULT_PRESET = "standard"
+# variants run the draft preset's steps of the first stage (and its export settings) before the artist picks one
+DRAFT_PRESET = "draft"
 
 
 def choices(table: dict[str, Method] | dict[str, Preset]) -> list[list[str]]:

@@ -33,6 +33,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("backend.service.commands", "a job's state, or every job's"),
     "reexport": ("backend.service.commands", "export a job whose export failed again, with other export settings, "
                                              "without training again"),
+    "finish": ("backend.service.commands", "finish a variant's draft: its job's whole schedule (the quality preset "
+                                           "asked for), continued from the draft"),
     "fetch": ("backend.service.commands", "download a finished job's result"),
     "bench": ("backend.bench", "time each task's step at production scale against its U-Net calls alone"),
 }

@@ -14,9 +14,10 @@ import dataclasses
 import importlib
 from typing import Any
 
-from backend.catalog import DEFAULT_METHOD, DEFAULT_PRESET, METHODS, PRESETS, TASKS, Task
+from backend.catalog import DEFAULT_METHOD, DEFAULT_PRESET, DRAFT_PRESET, METHODS, PRESETS, TASKS, Task
 from backend.config import merge
 from backend.errors import ConfigError
+from backend.nesting import nested
 
 
 def task_info(name: str) -> Task:
@@ -76,13 +77,41 @@ def named_method(layers: tuple[dict, ...]) -> str | None:
     return None
 
 
-def compose_config(task: str, *layers: dict, method: str | None = None, preset: str | None = None) -> Any:
+def setting(config: Any, path: str) -> Any:
+    """The value of dotted setting `path` of a config dataclass."""
+    for part in path.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def draft_steps(task: str) -> int:
+    """The first-stage steps of the draft preset: what a variant runs before the artist picks one."""
+    path = task_info(task).iterations
+    overrides = preset_overrides(DRAFT_PRESET, task)
+    for part in path.split("."):
+        overrides = overrides[part]
+    return int(overrides)
+
+
+def compose_config(task: str, *layers: dict, method: str | None = None, preset: str | None = None,
+                   draft: int | None = None) -> Any:
     """Task `task`'s settings: defaults, the method's, the preset's, then each of `layers` in turn (unvalidated
-    as a whole: call its `validate()`)."""
+    as a whole: call its `validate()`).
+
+    With `draft`, those of a variant's draft of that job: its first stage runs `draft` steps and no later stage
+    runs (over every layer), and it exports with the draft preset's export settings (under the layers, which
+    may still set them). Everything that is trained stays the job's own, so the job can finish from the
+    draft's checkpoint."""
     cls = config_type(task)
+    info = task_info(task)
     method = method or named_method(layers) or DEFAULT_METHOD
     config = merge(cls(), method_overrides(str(method), cls))
     config = merge(config, preset_overrides(preset or DEFAULT_PRESET, task))
+    if draft is not None and info.export is not None:
+        config = merge(config, {info.export: preset_overrides(DRAFT_PRESET, task).get(info.export, {})})
     for layer in layers:
         config = merge(config, layer)
+    if draft is not None:
+        steps = {"first": draft, **{path: 0 for path in info.later}}
+        config = merge(config, nested(steps, {"first": info.iterations, **{path: path for path in info.later}}))
     return config

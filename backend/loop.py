@@ -24,6 +24,8 @@ from backend.events import EventSink, Progress, StageStarted, ignore
 from backend.timing import Timer, untimed
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# set in a checkpoint of a variant's draft that its job continues from (see `backend.service.variants`)
+DRAFT_KEY = "draft"
 
 
 @dataclass
@@ -134,7 +136,15 @@ def run_stages(
     start_stage, start_step, saved = 0, 0, None
     if checkpointer is not None and (saved := checkpointer.load()) is not None:
         start_stage, start_step = int(saved["stage"]), int(saved["step"])
-        state.load_state_dict(saved["scene"])
+        # a variant's draft (a shorter schedule of this job) has no state for the stages it never had (absent, or
+        # sized to nothing): those parts keep their fresh values, as at this point of a job run from the start
+        draft, scene = bool(saved.get(DRAFT_KEY, False)), saved["scene"]
+        if draft:
+            own = state.state_dict()
+            scene = {k: v for k, v in scene.items() if not (v.numel() == 0 and k in own and own[k].numel())}
+        loaded = state.load_state_dict(scene, strict=not draft)
+        if loaded.unexpected_keys:
+            raise RuntimeError(f"the checkpoint holds state this job does not have: {loaded.unexpected_keys[:5]}")
         generator.set_state(saved["generator"])
     t0, steps_timed, last_preview = time.perf_counter(), 0, -float("inf")
     losses: dict[str, float] = {}

@@ -129,7 +129,7 @@ def test_a_paint_whose_object_was_deleted_is_held_and_applies_to_a_mesh_of_the_s
     again = checker_cube()  # the same mesh made again: its faces fit the texture
     bpy.context.view_layer.objects.active = again
     shown = draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)
-    assert ("operator setting", "latentforge.import_result.how=ACTIVE") in shown
+    assert ("operator property", "latentforge.import_result.how=ACTIVE") in shown
     assert bpy.ops.latentforge.import_result(job=job.job, how="ACTIVE") == {"FINISHED"}
     assert slots(again)[0] == ["Checker.001", "Red.001", "Checker.001 (Wooden crate)", "Red.001 (Wooden crate)"]
     assert not job.held and list(bpy.data.objects) == [again]
@@ -153,7 +153,7 @@ def test_a_paint_whose_file_was_closed_never_lands_in_another_and_fetch_paints_i
     assert datablocks(bpy) == objects  # not a datablock of this file touched
     shown = draw(bpy, support.submodule("panel").VIEW3D_PT_latentforge)  # said here, and keepable here too
     assert "belongs to \u201cchair.blend\u201d" in " ".join(text for kind, text in shown if kind == "label")
-    assert ("operator setting", "latentforge.import_result.how=NEW") in shown
+    assert ("operator property", "latentforge.import_result.how=NEW") in shown
 
     bpy.ops.wm.open_mainfile(filepath=str(chair))
     cube = bpy.data.objects["Cube"]

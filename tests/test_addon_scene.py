@@ -249,7 +249,7 @@ class FakeLayout:
     def _sub(self, *_: object, **__: object) -> FakeLayout:
         return FakeLayout(self.bpy, self.log)
 
-    row = column = box = split = _sub
+    row = column = box = split = grid_flow = _sub
 
     def _check(self, function: str, icon: str = "NONE", **kwargs: object) -> None:
         """The keywords must be ones bpy's UILayout function takes, the icon one Blender has."""
@@ -262,12 +262,12 @@ class FakeLayout:
         self._check("prop", **kwargs)
         self.log.append(("prop", name))
 
-    def operator(self, idname: str, **kwargs: object) -> FakeOperatorProperties:
+    def operator(self, idname: str, **kwargs: object) -> OperatorProperties:
         module, name = idname.split(".")
         rna = getattr(getattr(self.bpy.ops, module), name).get_rna_type()  # raises for an unknown operator
         self._check("operator", **kwargs)
         self.log.append(("operator", idname))
-        return FakeOperatorProperties(rna, idname, self.log)
+        return OperatorProperties(rna, idname, self.log)
 
     def label(self, **kwargs: object) -> None:
         self._check("label", **kwargs)
@@ -291,8 +291,8 @@ class FakeLayout:
         pass
 
 
-class FakeOperatorProperties:
-    """What `layout.operator` returns: the button's operator settings, which must be ones the operator has."""
+class OperatorProperties:
+    """What `layout.operator` returns: setting a property the operator lacks fails, as in Blender."""
 
     def __init__(self, rna: object, idname: str, log: list) -> None:
         object.__setattr__(self, "_rna", rna)
@@ -301,7 +301,7 @@ class FakeOperatorProperties:
     def __setattr__(self, name: str, value: object) -> None:
         idname, log = self._where
         assert name in self._rna.properties, f"{idname} has no property {name!r}"
-        log.append(("operator setting", f"{idname}.{name}={value}"))
+        log.append(("operator property", f"{idname}.{name}={value}"))
 
 
 class Drawer:

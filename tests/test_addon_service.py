@@ -618,3 +618,38 @@ def test_reference_images_travel_as_display_values_with_their_alpha() -> None:
         bpy.data.images.remove(linear)
     assert sent.shape == (2, 4, 4)
     np.testing.assert_array_equal(sent[0, 0], [124, 188, 255, 128])  # linear 0.2, 0.5 encoded as sRGB
+
+
+def test_two_variants_show_two_previews_and_the_picked_one_lands_as_one_object(bpy: ModuleType,
+                                                                               service: Service) -> None:
+    from test_addon_scene import draw
+
+    panel = support.submodule("panel")
+    configure(bpy, "a toadstool", "TEXT", TINY_GENERATE)
+    settings = bpy.context.scene.latentforge
+    settings.seed, settings.variants, settings.draft_steps = 4, 2, 10
+    bpy.ops.ed.undo_push(message="before")
+    assert bpy.ops.latentforge.generate() == {"FINISHED"}
+    job = scene_job(bpy)
+    support.pump(lambda: job.group is not None and all(v.preview for v in job.group.variants), JOB_TIMEOUT_S,
+                 "a preview of each variant")
+    seeds = [v.seed for v in job.group.variants]
+    previews = sorted(support.modules()[1].runtime().previews)  # icon previews, never datablocks
+    assert seeds == [4, 5] and len(previews) == 2 and [p[-6:] for p in previews] == ["seed 4", "seed 5"]
+    assert not [i for i in bpy.data.images if i.name.startswith("LatentForge Preview")]
+    log = draw(bpy, panel.VIEW3D_PT_latentforge)  # the grid: each variant's preview and its seed's button
+    assert [kind for kind, _ in log].count("preview") == 2
+    assert {text for kind, text in log if kind == "operator property"} == {
+        f"latentforge.pick_variant.job={v.job}" for v in job.group.variants}
+    first, other = job.group.variants
+    support.pump(lambda: first.state == "finished", JOB_TIMEOUT_S, "the first draft")
+    assert bpy.context.scene.objects[:] == []  # a draft is never landed
+    assert bpy.ops.latentforge.pick_variant(job=first.job) == {"FINISHED"}
+    job, _ = run_to_end(bpy, service)
+    assert job.state == "finished" and job.job == first.job, job.message
+    [result] = bpy.context.scene.objects  # one object: the finished variant
+    assert result["latentforge_job"] == first.job and len(result.data.polygons) > 50
+    assert not support.modules()[1].runtime().previews
+    support.pump(lambda: other.state in ("cancelled", "finished"), 30, "the other variant to end")
+    bpy.ops.ed.undo()  # one step takes the result away
+    assert list(bpy.context.scene.objects) == []

@@ -118,3 +118,30 @@ def test_the_allow_list_changing_under_the_service_keeps_the_last_good_keys(serv
     finally:
         shutil.move(moved, allowed)
     assert service.process.poll() is None and "Traceback" not in service.log(), service.log()
+
+
+def test_a_group_of_variants_is_its_owners_alone_and_counts_against_their_queue(service, keys) -> None:  # noqa: ANN001
+    with connect(service, keys, "alice") as alice, connect(service, keys, "bob") as bob:
+        assert alice.hello()["limits"]["max_variants"] == 8
+        over = {9: ("bad_config", "over this service's limit of 8"), 3: ("queue_full", "room for 2 more")}
+        for count, (code, words) in over.items():  # nothing is stored: the refusal comes before any job exists
+            with pytest.raises(ServiceError) as err:
+                alice.submit_variants(count, "alice's teapot")
+            assert err.value.code == code and words in err.value.message, err.value.message
+        group = alice.submit_variants(2, "alice's teapot", seed=5)
+        (first, _), (second, _) = group.jobs
+        assert [seed for _, seed in group.jobs] == [5, 6]
+        *earlier, entry = alice.list()  # one entry: the group, with its variants
+        assert entry["job"] == group.group and entry["state"] == "queued"
+        assert [v["job"] for v in entry["variants"]] == [first, second]
+        assert not {first, second} & {e["job"] for e in earlier}
+        assert code_of(lambda: alice.submit("one more")) == "queue_full"  # the two drafts fill alice's queue
+        assert group.group not in {e["job"] for e in bob.list()}
+        for call in (lambda: bob.status(group.group), lambda: bob.cancel(group.group), lambda: bob.finish(first),
+                     lambda: bob.finish(group.group), lambda: bob.status(first)):
+            assert code_of(call) == "unknown_job"
+        # a draft that has not started yet, finished: it runs its whole schedule from the start; the other goes
+        assert alice.finish(first)["draft"] is None
+        assert alice.status(second)["state"] == "cancelled" and alice.status(first)["state"] == "queued"
+        assert alice.cancel(group.group)["state"] == "cancelled"
+        assert code_of(lambda: alice.finish(second)) == "not_finishable"

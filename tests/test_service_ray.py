@@ -169,6 +169,25 @@ def test_a_job_holding_its_gil_finishes_on_its_actor_and_a_hung_job_process_give
                              rf"running job {job}: it hung; ending it", 30)  # the actor's words, as Ray relays them
 
 
+def test_variants_on_the_two_actors_one_killed_mid_draft_resumes_elsewhere_and_the_group_completes(
+        ray_service, service_tiny) -> None:  # noqa: ANN001
+    with ray_service.client() as client:
+        group = client.submit_variants(2, "a toadstool", overrides=long_job(service_tiny, 300), draft_iterations=150)
+        jobs = [job for job, _ in group.jobs]
+        saved = checkpointed(client, jobs[0], ray_service.log())
+        first = client.status(jobs[0])["worker"]
+        os.kill(_pid(first), signal.SIGKILL)
+        progress: list = []
+        drafts = client.wait_all(jobs, 300, progress.append)
+        infos = [client.status(job) for job in jobs]
+        assert client.status(group.group)["state"] == "finished"
+    for job in jobs:
+        assert_valid(drafts[job])
+    assert infos[0]["attempts"] == 2 and infos[0]["crashes"] == 1 and drafts[jobs[0]].stats["worker"] != first
+    resumed = [p for p in progress if p.fields["job"] == jobs[0] and p.fields["worker"] != first]
+    assert first_step_after(resumed, 0) > saved["step"], "the variant restarted instead of resuming"
+
+
 def test_service_sigkilled_and_restarted_on_the_same_cluster_lists_and_finishes_every_job(
         ray_service, start_service, ray_cluster, service_tiny) -> None:  # noqa: ANN001
     with ray_service.client() as client:

@@ -1,8 +1,9 @@
 """Jobs to workers: the queue every kind of worker shares, and the local workers' ZeroMQ link.
 
-`WorkerPool` holds the queue in submission order and pairs the oldest queued job with the first idle
-worker that serves its model (idle workers wait least-recently-used first). `Broker` is the pool of the
-service's own worker processes, ZeroMQ's load-balancing pattern with heartbeats: they connect DEALERs to
+`WorkerPool` holds the queue in submission order and pairs each idle worker (least-recently-used first) with the
+oldest queued job it serves of the client that has the fewest jobs running, so that one client's many jobs (a
+group of variants) share the workers with other clients' instead of holding them all in turn. `Broker` is the
+pool of the service's own worker processes, ZeroMQ's load-balancing pattern with heartbeats: they connect DEALERs to
 a private ROUTER and say `ready`. A worker that misses heartbeats, exits, or says `ready` while it still
 holds a job has lost that job: the service requeues it, and the next worker resumes it from the
 checkpoint it last shipped. (`backend.service.ray_runner` is the same pool on a Ray cluster.)
@@ -89,12 +90,21 @@ class WorkerPool:
 
     # --- dispatch
 
-    def match(self, model_of: Callable[[str], str]) -> list[tuple[str, Any]]:
-        """Pair the oldest queued jobs with idle workers that serve their model, and mark them busy."""
+    def match(self, model_of: Callable[[str], str],
+              owner_of: Callable[[str], str] | None = None) -> list[tuple[str, Any]]:
+        """Pair queued jobs with idle workers that serve their model, and mark them busy: for each worker the
+        oldest job it serves among those of the clients (`owner_of`) with the fewest jobs running."""
         pairs = []
         for key in list(self.idle):
             worker = self.workers[key]
-            job = next((j for j in self.queue if model_of(j) in worker.models), None)
+            servable = [j for j in self.queue if model_of(j) in worker.models]
+            if owner_of is not None and servable:
+                running: dict[str, int] = {}
+                for busy in self.workers.values():
+                    if busy.job is not None:
+                        running[owner_of(busy.job)] = running.get(owner_of(busy.job), 0) + 1
+                servable.sort(key=lambda j: running.get(owner_of(j), 0))  # stable: queue order within a count
+            job = servable[0] if servable else None
             if job is not None:
                 self.queue.remove(job)
                 self.idle.remove(key)

@@ -95,6 +95,14 @@ class JobResult:
                          {name: png for name, png in b.items() if name.startswith("lod.")})
 
 
+@dataclass
+class Variants:
+    """A submit's group of variants: its id (for `status`, `list` and `cancel`) and each variant's job and seed."""
+
+    group: str
+    jobs: list[tuple[str, int]]
+
+
 def _error(message: Message) -> ServiceError:
     f = message.fields
     return ServiceError(f["code"], f["message"], f.get("hint"), f.get("job"), f.get("details"))
@@ -180,18 +188,36 @@ class Client:
                vertices: np.ndarray | None = None, faces: np.ndarray | None = None, uvs: np.ndarray | None = None,
                selected_faces: np.ndarray | None = None, appearance: dict[str, np.ndarray] | None = None,
                image: bytes | None = None, image_view: tuple[float, float] | None = None,
-               watch: bool = True) -> str:
+               watch: bool = True, variants: int | None = None, draft_iterations: int | None = None) -> str:
         """Submit a job; returns its id. A generate's optional sketch or a paint's mesh goes in
         vertices [V, 3] / faces [F, 3] (and uvs [V, 2] for paint; `selected_faces` [N]: paint only those
         triangles; `appearance`: how its faces look now, the arrays PROTOCOL.md lists). `image`: a reference
         image's PNG bytes, seen from `image_view` (azimuth, elevation in degrees, the asset's frame; default
-        its front). With `watch`, its events stream here."""
-        azimuth, elevation = image_view if image_view is not None else (None, None)
-        given = {"task": task, "prompt": prompt, "negative": negative, "method": method, "seed": seed,
-                 "iterations": iterations, "preset": preset, "model": model, "overrides": overrides, "watch": watch,
-                 "image_azimuth": azimuth, "image_elevation": elevation}
-        fields = {k: float(v) if k.startswith("image_") else v for k, v in given.items() if v is not None}
+        its front). With `watch`, its events stream here. With `variants`, the id is the group's (see
+        `submit_variants`)."""
+        return self._submit(locals()).fields["job"]
+
+    def submit_variants(self, count: int, prompt: str = "", task: str = "generate", *,
+                        draft_iterations: int | None = None, **kwargs: Any) -> Variants:
+        """Submit `count` variants of a job (seeds `seed`, `seed` + 1, …, each run as a draft of
+        `draft_iterations` first-stage steps, by default the draft preset's) and return the group; the other
+        arguments are `submit`'s. `finish` one of them to run its whole schedule from its draft."""
+        fields = self._submit({**kwargs, "prompt": prompt, "task": task, "variants": count,
+                               "draft_iterations": draft_iterations}).fields
+        return Variants(fields["job"], [(v["job"], v["seed"]) for v in fields["variants"]])
+
+    def _submit(self, given: dict[str, Any]) -> Message:
+        task = given.get("task", "generate")
+        names = ("task", "prompt", "negative", "method", "seed", "iterations", "preset", "model", "overrides", "watch",
+                 "variants", "draft_iterations")
+        fields = {k: given[k] for k in names if given.get(k) is not None}
+        fields.setdefault("watch", True)
+        if given.get("image_view") is not None:
+            fields["image_azimuth"], fields["image_elevation"] = (float(v) for v in given["image_view"])
+        image = given.get("image")
         blobs = {protocol.IMAGE_BLOB: bytes(image)} if image is not None else {}
+        vertices, faces, uvs = given.get("vertices"), given.get("faces"), given.get("uvs")
+        selected_faces, appearance = given.get("selected_faces"), given.get("appearance")
         arrays: dict[str, np.ndarray] = {}
         if vertices is not None:
             arrays["vertices"] = np.asarray(vertices, dtype=np.float32)
@@ -210,7 +236,7 @@ class Client:
             protocol.check_image_blob(fields, blobs)
         except ProtocolError as exc:
             raise ServiceError(exc.code, exc.message) from None
-        return self.request("submit", fields, arrays, blobs=blobs).fields["job"]
+        return self.request("submit", fields, arrays, blobs=blobs)
 
     def status(self, job: str, watch: bool = False) -> dict[str, Any]:
         """The job's summary (state, progress, error...); with `watch`, its events stream here from now on."""
@@ -230,6 +256,13 @@ class Client:
         `{"density_threshold": 2.5}`), without training again; returns its summary (queued once more).
         With `watch`, its events stream here."""
         return self.request("reexport", {"job": job, "export": export, "watch": watch}).fields["job"]
+
+    def finish(self, job: str, cancel_others: bool = True, watch: bool = True) -> dict[str, Any]:
+        """Finish a variant's draft: its job's whole schedule, continued from the draft; returns its summary
+        (queued again, or running on into the finish). The group's other variants that have not ended are
+        cancelled unless `cancel_others` is false. With `watch`, its events stream here."""
+        fields = {"job": job, "cancel_others": cancel_others, "watch": watch}
+        return self.request("finish", fields).fields["job"]
 
     def fetch(self, job: str, glb: bool = False) -> JobResult:
         """A finished job's result, again; `glb` also brings the GLB file's bytes."""
@@ -255,28 +288,51 @@ class Client:
 
     def wait(self, job: str, timeout_s: float | None = None,
              on_progress: Callable[[Message], None] | None = None, check_every_s: float = 2.0) -> JobResult:
-        """Follow a job to its result. When no event comes for `check_every_s` (this client reconnected,
-        or the service restarted) it asks for the status and re-subscribes, so nothing is missed."""
+        """Follow a job to its result (raises its error). When no event comes for `check_every_s` (this client
+        reconnected, or the service restarted) it asks for the status and re-subscribes, so nothing is missed."""
+        outcome = self.wait_all([job], timeout_s, on_progress, check_every_s)[job]
+        if isinstance(outcome, ServiceError):
+            raise outcome
+        return outcome
+
+    def wait_all(self, jobs: list[str], timeout_s: float | None = None,
+                 on_progress: Callable[[Message], None] | None = None,
+                 check_every_s: float = 2.0) -> dict[str, JobResult | ServiceError]:
+        """Follow several jobs (e.g. the variants of a group) to their ends at once: each one's result, or the
+        error it ended with. Raises ServiceTimeout when they have not all ended within `timeout_s`."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        last_seen = time.monotonic()
-        while deadline is None or time.monotonic() < deadline:
+        last_seen = dict.fromkeys(jobs, time.monotonic())
+        out: dict[str, JobResult | ServiceError] = {}
+        while len(out) < len(last_seen) and (deadline is None or time.monotonic() < deadline):
             wait_s = check_every_s if deadline is None else min(check_every_s, deadline - time.monotonic())
             message = self.poll(max(0.0, wait_s))
-            if message is not None and message.fields.get("job") == job:
-                last_seen = time.monotonic()
+            job = message.fields.get("job") if message is not None else None
+            if job in last_seen and job not in out:
+                last_seen[job] = time.monotonic()
                 if message.type == "result":
-                    return JobResult.from_message(message)
-                if message.type == "error":
-                    raise _error(message)
-                if message.type == "progress" and on_progress is not None:
+                    out[job] = JobResult.from_message(message)
+                elif message.type == "error":
+                    out[job] = _error(message)
+                elif message.type == "progress" and on_progress is not None:
                     on_progress(message)
-            if time.monotonic() - last_seen >= check_every_s:
-                last_seen = time.monotonic()
-                info = self.status(job, watch=True)
-                if info["state"] == "finished":
-                    return self.fetch(job)
-                if info["state"] in ("failed", "cancelled"):
-                    error = info.get("error") or {}
-                    raise ServiceError(error.get("code", "job_failed"), error.get("message", info["state"]),
-                                       error.get("hint"), job, error.get("details"))
-        raise ServiceTimeout(f"job {job} did not finish within {timeout_s:g} s")
+            for job, seen in last_seen.items():
+                if job not in out and time.monotonic() - seen >= check_every_s:
+                    last_seen[job] = time.monotonic()
+                    if (ended := self._ended(job)) is not None:
+                        out[job] = ended
+        if len(out) < len(last_seen):
+            left = [j for j in last_seen if j not in out]
+            raise ServiceTimeout(f"job {left[0]}{f' and {len(left) - 1} more' if len(left) > 1 else ''} did not "
+                                 f"finish within {timeout_s:g} s")
+        return out
+
+    def _ended(self, job: str) -> JobResult | ServiceError | None:
+        """A quiet job's end, asked for (and its events subscribed to again): None while it goes on."""
+        info = self.status(job, watch=True)
+        if info["state"] == "finished":
+            return self.fetch(job)
+        if info["state"] in ("failed", "cancelled"):
+            error = info.get("error") or {}
+            return ServiceError(error.get("code", "job_failed"), error.get("message", info["state"]), error.get("hint"),
+                                job, error.get("details"))
+        return None

@@ -1,4 +1,4 @@
-"""The service's command-line commands: serve, keys, submit, status, reexport, fetch."""
+"""The service's command-line commands: serve, keys, submit, status, reexport, finish, fetch."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from backend.devices import DEVICES, device_arg
 from backend.errors import LatentForgeError
 from backend.image_view import view_arg
 from backend.service.client import DEFAULT_ENDPOINT, Client, CurveKeys, JobResult, ServiceError
+from backend.service.protocol import MAX_GROUP
 from backend.service.retention import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_DISK_GB
 from backend.service.worker import HANG_S
 
@@ -62,6 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise LatentForgeError("--workers must be 0 or more")
+    if not 1 <= args.max_variants <= MAX_GROUP:
+        raise LatentForgeError(f"--max-variants must be in [1, {MAX_GROUP}], got {args.max_variants}")
     if args.ray is not None:  # the cluster's GPUs (or CPUs) are the actors' devices, not this machine's
         workers, devices = args.workers or 0, [args.device]
     else:
@@ -72,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         jobs_dir=Path(args.jobs) if args.jobs else default_jobs_dir(), models=args.model or [f"sd:{default_model()}"],
         bind=args.bind, workers=workers, devices=devices or ["cpu"], ray=args.ray, ray_cpus=args.ray_cpus,
         keys_dir=Path(args.keys) if args.keys else None, max_queued_per_client=args.max_queued,
-        heartbeat_s=args.heartbeat_s, hang_s=args.hang_s,
+        max_variants=args.max_variants, heartbeat_s=args.heartbeat_s, hang_s=args.hang_s,
         retention=RetentionPolicy(args.keep_days, args.disk_budget_gb))
     service = Service(config)
     try:
@@ -130,21 +133,62 @@ def cmd_submit(args: argparse.Namespace) -> int:
             arrays["uvs"] = mesh.uvs
     if args.image_view is not None and args.image is None:
         raise LatentForgeError("--image-view says where an image was seen from, but no --image is given")
+    if args.draft_iters is not None and args.variants is None:
+        raise LatentForgeError("--draft-iters is the length of each variant's draft", "add --variants N")
     image = None
     if args.image is not None:  # its mask is made here, once: alpha travels with it
         from backend.reference import png_of, read_image
 
         image = png_of(read_image(args.image))
+    overrides = load_file(args.overrides) if args.overrides else None
+    settings = dict(negative=args.negative, method=args.method, seed=args.seed, iterations=args.iters,
+                    preset=args.preset, model=args.model, overrides=overrides, watch=args.wait, image=image,
+                    image_view=args.image_view, **arrays)
     with _client(args) as client:
-        job = client.submit(args.prompt or "", args.task, negative=args.negative, method=args.method, seed=args.seed,
-                            iterations=args.iters, preset=args.preset, model=args.model,
-                            overrides=load_file(args.overrides) if args.overrides else None, watch=args.wait,
-                            image=image, image_view=args.image_view, **arrays)
+        if args.variants is not None:
+            return _submit_variants(client, args, settings)
+        job = client.submit(args.prompt or "", args.task, **settings)
         print(job, flush=True)
         if args.wait:
             result = client.wait(job, on_progress=_print_progress)
             if args.out:
                 _write_result(client.fetch(job, glb=True), Path(args.out))
+            else:
+                print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
+    return 0
+
+
+def _submit_variants(client: Client, args: argparse.Namespace, settings: dict[str, Any]) -> int:
+    """Print the group's id, then each variant's job id and seed; with --wait, each draft's result as it ends."""
+    group = client.submit_variants(args.variants, args.prompt or "", args.task, draft_iterations=args.draft_iters,
+                                   **settings)
+    print(group.group, flush=True)
+    for job, seed in group.jobs:
+        print(f"{job} seed {seed}", flush=True)
+    if not args.wait:
+        return 0
+    outcomes = client.wait_all([job for job, _ in group.jobs], on_progress=_print_progress)
+    for job, seed in group.jobs:
+        outcome = outcomes[job]
+        if isinstance(outcome, ServiceError):
+            print(f"seed {seed}: {outcome.message} [{outcome.code}]")
+        elif args.out:
+            out = Path(args.out)
+            _write_result(client.fetch(job, glb=True), out.with_name(f"{out.stem}-seed{seed}{out.suffix}"))
+        else:
+            print(f"seed {seed}: {outcome.glb_path} ({len(outcome.faces):,} faces)")
+    print("finish one with: latentforge finish JOB (the job id of its seed)")
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.finish(args.job, cancel_others=not args.keep_others, watch=args.wait)
+        print(args.job, flush=True)
+        if args.wait:
+            result = client.wait(args.job, on_progress=_print_progress)
+            if args.out:
+                _write_result(client.fetch(args.job, glb=True), Path(args.out))
             else:
                 print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
     return 0
@@ -228,6 +272,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                "actor takes (default 1)")
     s.add_argument("--keys", help="keys folder from `latentforge keys`: CURVE for clients (required off loopback)")
     s.add_argument("--max-queued", type=int, default=8, help="queued jobs allowed per client (default 8)")
+    s.add_argument("--max-variants", type=int, default=8, help="variants one submit may ask for (default 8)")
     s.add_argument("--heartbeat-s", type=float, default=1.0, help="worker heartbeat interval (default 1 s)")
     s.add_argument("--hang-s", type=_positive, default=HANG_S,
                    help=f"a job that sends nothing this long is hung: its worker is restarted and the job resumed "
@@ -260,8 +305,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--image", help="a reference image (PNG or JPEG), sent as a PNG with its mask as alpha")
     m.add_argument("--image-view", type=view_arg, metavar="front|right|back|left|top|bottom|AZ,EL",
                    help="where the image was seen from, in the asset's frame (default front)")
-    m.add_argument("--wait", action="store_true", help="follow the job to its end")
-    m.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it)")
+    m.add_argument("--variants", type=int, metavar="N", help="N drafts with seeds SEED, SEED+1, …, side by side on "
+                                                               "the service's workers; finish one with `finish`")
+    m.add_argument("--draft-iters", type=int, help="with --variants: latent-stage steps of each draft (default: "
+                                                   "the draft preset's, 1500)")
+    m.add_argument("--wait", action="store_true", help="follow the job (with --variants: every draft) to its end")
+    m.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it); with "
+                                 "--variants, NAME-seedS.glb for each")
     m.set_defaults(func=_run(cmd_submit))
 
     t = sub.add_parser("status", help="a job's state, or every job's")
@@ -279,6 +329,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--wait", action="store_true", help="follow the job to its end")
     r.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it)")
     r.set_defaults(func=_run(cmd_reexport))
+
+    n = sub.add_parser("finish", help="finish a variant's draft: its job's whole schedule (the quality preset asked "
+                                      "for), continued from the draft")
+    _client_args(n)
+    n.add_argument("job", help="the variant's job id (not its group's)")
+    n.add_argument("--keep-others", action="store_true", help="let the group's other variants run on (default: "
+                                                               "cancel those that have not ended)")
+    n.add_argument("--wait", action="store_true", help="follow the job to its end")
+    n.add_argument("--out", help="with --wait: write the result here (.glb, and its .png beside it)")
+    n.set_defaults(func=_run(cmd_finish))
 
     f = sub.add_parser("fetch", help="download a finished job's result")
     _client_args(f)

@@ -20,6 +20,7 @@ class ServiceConfig:
     ray_cpus: float = 1.0  # CPUs each Ray actor takes on a cluster without GPUs
     keys_dir: Path | None = None
     max_queued_per_client: int = 8
+    max_variants: int = 8  # variants one submit may ask for
     heartbeat_s: float = 1.0
     hang_s: float = HANG_S  # a job process silent this long while it runs a job is hung
     max_crashes: int = 3  # a job that kills its worker this often is failed, not retried forever

@@ -3,7 +3,8 @@
     <jobs>/<id>/spec.json          the submit's fields
     <jobs>/<id>/inputs/<name>.npy  its arrays (sketch or mesh); inputs/<name>.blob its blobs (a reference image)
     <jobs>/<id>/state.json         state, attempts, error: replaced atomically on every change
-    <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays)
+    <jobs>/<id>/checkpoint.npz     the latest checkpoint a worker sent (JSON skeleton + arrays); a variant's
+                                   draft keeps it after its result, so that it can be finished
     <jobs>/<id>/result/            mesh.npz, texture.png, asset.glb (normal.png: a refined mesh's normal map)
 
 A job folder appears only once complete (built under a hidden name, then renamed). Ids are uuid4 hex,
@@ -72,6 +73,12 @@ class JobRecord:
     checkpoint: dict | None = None  # {"stage", "step"} of the saved checkpoint
     worker: str = ""
     stats: dict | None = None  # of the result: vertices, faces, seconds, worker
+    # a variant: the id of its group (the submit that asked for several), its seed, and while it is a draft the
+    # first-stage steps the draft runs (None once it is finished: it then runs the job's whole schedule)
+    group: str = ""
+    seed: int | None = None
+    draft: int | None = None
+    finish_requested: bool = False  # finished while its draft ran: that run's end continues into the finish
     progress: dict | None = field(default=None, metadata={"volatile": True})
 
     def to_json(self) -> dict[str, Any]:
@@ -102,7 +109,8 @@ class JobStore:
     # --- creation and state
 
     def create(self, spec: dict[str, Any], arrays: dict[str, np.ndarray], owner: str,
-               blobs: dict[str, bytes] | None = None) -> JobRecord:
+               blobs: dict[str, bytes] | None = None, group: str = "", draft: int | None = None) -> JobRecord:
+        """A new queued job; `group` and `draft` (its first-stage steps) when it is a variant's draft."""
         job_id = uuid.uuid4().hex
         staging = self.root / f".new-{job_id}"
         (staging / INPUTS).mkdir(parents=True)
@@ -113,7 +121,8 @@ class JobStore:
             (staging / INPUTS / f"{name}{BLOB_SUFFIX}").write_bytes(data)
         now = time.time()
         record = JobRecord(job_id, spec["task"], now, updated=now, owner=owner, prompt=spec.get("prompt", ""),
-                           model=spec.get("model", ""))
+                           model=spec.get("model", ""), group=group, seed=spec.get("seed") if group else None,
+                           draft=draft)
         (staging / STATE).write_text(json.dumps(record.to_json()), encoding="utf-8")
         os.replace(staging, self.folder(job_id))
         return record
@@ -246,9 +255,11 @@ class JobStore:
     # --- results
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray], texture_png: bytes, glb: bytes,
-                    normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None) -> Path:
+                    normal_png: bytes | None = None, tiles: dict[str, bytes] | None = None,
+                    keep_checkpoint: bool = False) -> Path:
         """`tiles`: a result's other images by blob name (a UDIM paint's tile.<number>, a level of detail's
-        lod.<k>.normal_map and lod.<k>.texture), each kept as <name>.png."""
+        lod.<k>.normal_map and lod.<k>.texture), each kept as <name>.png. `keep_checkpoint`: the job may resume
+        once more (a variant's draft that can be finished)."""
         folder = self.folder(job_id) / RESULT
         files = {folder / MESH_NPZ: _npz_bytes(arrays), folder / TEXTURE_PNG: texture_png, folder / ASSET_GLB: glb}
         if normal_png is not None:
@@ -256,7 +267,8 @@ class JobStore:
         for name, png in (tiles or {}).items():
             files[folder / f"{name}.png"] = png
         write_atomically(files)
-        (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
+        if not keep_checkpoint:
+            (self.folder(job_id) / CHECKPOINT).unlink(missing_ok=True)  # a finished job never resumes
         return folder / ASSET_GLB
 
     def load_result(self, job_id: str) -> tuple[dict[str, np.ndarray], bytes, Path]:

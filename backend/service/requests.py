@@ -1,9 +1,11 @@
-"""The service's answers to client requests (hello, submit, status, list, cancel, fetch, reexport, heartbeat),
-each a method `on_<type>(identity, owner, message) → frames` once the message is decoded and its sender known."""
+"""The service's answers to client requests (hello, submit, status, list, cancel, fetch, reexport, finish,
+heartbeat), each a method `on_<type>(identity, owner, message) → frames` once the message is decoded and its
+sender known. `status`, `list` and `cancel` also take a group of variants by its id."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from backend import __version__
 from backend.catalog import MAX_FACES, MAX_PROMPT_CHARS, MAX_SEED, MAX_VERTICES, METHODS, PRESETS, TASKS, choices
 from backend.errors import LatentForgeError
-from backend.service import models, ownership, schema, tasks
+from backend.service import models, schema, tasks, variants
 from backend.service.board import JobBoard
 from backend.service.config import ServiceConfig
 from backend.service.jobs import FINAL_STATES
@@ -62,7 +64,7 @@ class Requests:
     def limits(self) -> dict[str, Any]:
         return {"max_prompt_chars": MAX_PROMPT_CHARS, "max_faces": MAX_FACES, "max_vertices": MAX_VERTICES,
                 "max_message_bytes": REQUEST_LIMITS.max_message_bytes, "max_seed": MAX_SEED,
-                "max_queued_per_client": self.config.max_queued_per_client,
+                "max_queued_per_client": self.config.max_queued_per_client, "max_variants": self.config.max_variants,
                 "ceilings": self.ceilings,
                 "keep_days": self.config.retention.max_age_days, "disk_budget_gb": self.config.retention.max_disk_gb}
 
@@ -89,19 +91,52 @@ class Requests:
         if model in self.unavailable:
             raise Refused("model_not_found", f"this service cannot load the model {model}: "
                           f"{self.unavailable[model]}", models.HINT)
-        queued = self.board.queued_by(owner)
-        if queued >= self.config.max_queued_per_client:
-            raise Refused("queue_full", f"you already have {queued} queued jobs, the most this service allows",
-                          "wait for one to start, or cancel one")
+        count = message.fields.get("variants")
+        self._check_room(owner, count)
         spec = tasks.JobSpec.from_submit({**message.fields, "model": model}, message.arrays, message.blobs)
         tasks.check_spec(spec)
-        record = self.store.create(spec.fields, spec.arrays, owner, spec.blobs)
-        self.board.add(record)
-        if message.fields.get("watch", True):
-            self.board.watch(record.id, identity)
-        return reply("accepted", message, {"job": record.id, "position": self.board.pool.position(record.id)})
+        if count is None:
+            if message.fields.get("draft_iterations") is not None:
+                raise Refused("bad_config", "draft_iterations is the length of each variant's draft",
+                              "send it with variants, or leave it out")
+            records = [self.store.create(spec.fields, spec.arrays, owner, spec.blobs)]
+        else:
+            specs, draft = variants.variant_specs(spec, count, message.fields.get("draft_iterations"))
+            group = uuid.uuid4().hex
+            records = [self.store.create(fields, spec.arrays, owner, spec.blobs, group, draft) for fields in specs]
+        for record in records:
+            self.board.add(record)
+            if message.fields.get("watch", True):
+                self.board.watch(record.id, identity)
+        fields: dict[str, Any] = {"job": records[0].id, "position": self.board.pool.position(records[0].id)}
+        if count is not None:
+            fields.update(job=records[0].group, variants=[{"job": r.id, "seed": r.seed} for r in records])
+        return reply("accepted", message, fields)
+
+    def _check_room(self, owner: str, count: int | None) -> None:
+        """Refuse a submit of `count` variants (None: one job) over the service's ceiling or the client's queue."""
+        most, limit = self.config.max_variants, self.config.max_queued_per_client
+        if count is not None and count > most:
+            raise Refused("bad_config", f"variants is {count}, over this service's limit of {most}",
+                          f"ask for {most} or fewer")
+        queued = self.board.queued_by(owner)
+        if count is None and queued >= limit:
+            raise Refused("queue_full", f"you already have {queued} queued jobs, the most this service allows",
+                          "wait for one to start, or cancel one")
+        if count is not None and queued + count > limit:
+            room = max(0, limit - queued)
+            raise Refused("queue_full", f"{count} variants would make {queued + count} queued jobs of yours, over "
+                          f"this service's limit of {limit} (room for {room} more)",
+                          f"ask for {room} or fewer variants, or wait for queued jobs to start" if room else
+                          "wait for queued jobs to start, or cancel some")
 
     def on_status(self, identity: bytes, owner: str, message: Message) -> Frames:
+        group = self.board.group(message.fields["job"], owner, self.keys_on())
+        if group is not None:
+            for member in group:
+                if message.fields.get("watch") and member.state not in FINAL_STATES:
+                    self.board.watch(member.id, identity)
+            return reply("job", message, {"job": self.board.group_summary(message.fields["job"])})
         record = self.board.record(message.fields["job"], owner, self.keys_on())
         if message.fields.get("watch") and record.state not in FINAL_STATES:
             self.board.watch(record.id, identity)
@@ -109,18 +144,23 @@ class Requests:
 
     def on_list(self, identity: bytes, owner: str, message: Message) -> Frames:
         state = message.fields.get("state")
-        keys_on = self.keys_on()
-        records = [r for r in self.board.records.values() if (state is None or r.state == state)
-                   and ownership.owns(owner, r.owner, keys_on)]
-        records = records[-message.fields.get("limit", 100):]
-        return reply("jobs", message, {"jobs": [self.board.summary(r) for r in records]})
+        entries = [e for e in self.board.entries(owner, self.keys_on()) if state is None or e["state"] == state]
+        return reply("jobs", message, {"jobs": entries[-message.fields.get("limit", 100):]})
 
     def on_cancel(self, identity: bytes, owner: str, message: Message) -> Frames:
+        group = self.board.group(message.fields["job"], owner, self.keys_on())
+        if group is not None:  # every variant that has not ended; finished drafts stay
+            for member in group:
+                self.board.cancel(member)
+            return reply("job", message, {"job": self.board.group_summary(message.fields["job"])})
         record = self.board.record(message.fields["job"], owner, self.keys_on())
         self.board.cancel(record)
         return reply("job", message, {"job": self.board.summary(record)})
 
     def on_fetch(self, identity: bytes, owner: str, message: Message) -> Frames:
+        if (group := self.board.group(message.fields["job"], owner, self.keys_on())) is not None:
+            raise Refused("not_finished", f"{message.fields['job']} is a group of {len(group)} variants, which has no "
+                          "result of its own", "fetch one of its variants (its status lists them)")
         record = self.board.record(message.fields["job"], owner, self.keys_on())
         if record.state in ("failed", "cancelled"):
             error = record.error or {}
@@ -162,6 +202,30 @@ class Requests:
         record.state, record.error, record.progress, record.cancel_requested = "queued", None, None, False
         self.store.save(record)
         self.board.pool.enqueue(record.id)
+        if message.fields.get("watch", True):
+            self.board.watch(record.id, identity)
+        return reply("job", message, {"job": self.board.summary(record)})
+
+    def on_finish(self, identity: bytes, owner: str, message: Message) -> Frames:
+        """Finish a variant's draft with its job's whole schedule, from the draft's checkpoint; the group's other
+        variants that have not ended are cancelled unless `cancel_others` is false."""
+        job = message.fields["job"]
+        if self.board.group(job, owner, self.keys_on()) is not None:
+            raise Refused("not_finishable", f"{job} is a group of variants: finish one of them",
+                          "its status lists each variant's id and seed")
+        record = self.board.record(job, owner, self.keys_on())
+        if record.draft is None or record.finish_requested:
+            raise Refused("not_finishable", f"job {record.id} is not a variant's draft"
+                          + (" any more: it is being finished" if record.group else ""),
+                          "finish a draft of a submit with variants" if not record.group else None)
+        if record.state in ("failed", "cancelled"):
+            raise Refused("not_finishable", f"the draft of job {record.id} {record.state}: it kept nothing to "
+                          "finish from", "finish another variant, or submit again")
+        self.board.finish(record, variants.finish_spec(self.store.spec(record.id)))
+        if message.fields.get("cancel_others", True):
+            for other in self.board.members(record.group):
+                if other is not record:
+                    self.board.cancel(other)
         if message.fields.get("watch", True):
             self.board.watch(record.id, identity)
         return reply("job", message, {"job": self.board.summary(record)})

@@ -61,7 +61,7 @@ class JobSpec:
     @staticmethod
     def from_submit(fields: dict[str, Any], arrays: dict[str, np.ndarray],
                     blobs: dict[str, bytes] | None = None) -> JobSpec:
-        spec = {k: v for k, v in fields.items() if k not in ("id", "watch")}
+        spec = {k: v for k, v in fields.items() if k not in ("id", "watch", "variants", "draft_iterations")}
         return JobSpec(spec["task"], spec, dict(arrays), dict(blobs or {}))
 
     def inputs(self) -> dict[str, np.ndarray]:
@@ -70,10 +70,11 @@ class JobSpec:
         return {**self.arrays, **{name: BLOB_INPUTS[name](data) for name, data in self.blobs.items()}}
 
     def config(self) -> Any:
-        """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`."""
+        """Defaults, the method's defaults, the quality preset, the submit's fields, then its `overrides`; a
+        variant's draft (`draft`: its first-stage steps) on the draft schedule (see `backend.service.variants`)."""
         return compose_config(self.task, nested(self.fields, submit_settings(self.task)),
                               self.fields.get("overrides", {}), method=self.fields.get("method"),
-                              preset=self.fields.get("preset"))
+                              preset=self.fields.get("preset"), draft=self.fields.get("draft"))
 
     def mesh(self) -> Mesh | None:
         """The task's mesh (a sketch, the mesh to paint), validated, or None when the submit carries none."""

@@ -44,6 +44,7 @@ from .base import (  # noqa: F401
     JOB_STATES,
     LAST_TILE,
     LIVENESS,
+    MAX_GROUP,
     MAX_IMAGE_SIDE,
     MAX_IMAGES,
     MAX_PREVIEW_BYTES,

@@ -17,9 +17,11 @@ MAX_SLOTS = 32767  # a paint submit's material slots: Blender's limit
 MAX_IMAGES = 64  # image arrays (images × UDIM tiles) one paint submit may carry
 MAX_IMAGE_SIDE = 16384
 FIRST_TILE, LAST_TILE = 1001, 1999  # UDIM tile numbers: ten per row, 99 rows
+MAX_GROUP = 1000  # variants one submit may ask for, at most (each service has its own, lower, ceiling)
 LIVENESS = 5  # heartbeat intervals of silence after which the service counts a worker as gone
 
-CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "reexport", "heartbeat"})
+CLIENT_REQUESTS = frozenset({"hello", "submit", "status", "list", "cancel", "fetch", "reexport", "finish",
+                             "heartbeat"})
 SERVER_REPLIES = frozenset({"welcome", "accepted", "job", "jobs", "progress", "result", "error", "heartbeat"})
 WORKER_TO_BROKER = frozenset({"ready", "heartbeat", "progress", "checkpoint", "result", "error"})
 BROKER_TO_WORKER = frozenset({"task", "cancel", "heartbeat"})
@@ -56,6 +58,7 @@ ERROR_CODES: dict[str, str] = {
     "busy": "a worker was sent a task while it was running another",
     "no_surface": "the export threshold leaves no surface in the trained field; `details` has what was measured",
     "not_reexportable": "a reexport of a job that kept no trained field (it is not a failed export)",
+    "not_finishable": "a finish of a job that is not a variant's draft (or whose draft failed or was cancelled)",
 }
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
