@@ -156,8 +156,8 @@ def test_levels_of_detail_land_in_blender_as_one_collection_with_lod0_shown(expo
 
     import test_addon_support as support
 
+    from backend.service.job_process import level_arrays
     from backend.service.protocol import encode
-    from backend.service.worker import level_arrays
 
     result = exported(max_faces=1000, lods=3, quad=True)
     blobs = {"texture": result.png_path.read_bytes(), "normal_map": result.normal_map_path.read_bytes()}

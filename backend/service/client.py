@@ -152,9 +152,19 @@ class Client:
                 blobs: dict[str, bytes] | None = None) -> Message:
         """Send a request and return its reply; raises ServiceError for an error reply, ServiceTimeout."""
         request_id = uuid.uuid4().hex[:16]
-        self.socket.send_multipart(protocol.encode(kind, {"id": request_id, **(fields or {})}, arrays, blobs),
-                                   copy=False)
-        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
+        # a DEALER whose only peer refused its handshake (e.g. a revoked key) has nowhere to queue a message and
+        # would block in send: bounded by the same timeout as the reply
+        self.socket.sndtimeo = max(1, int(wait_s * 1000))
+        try:
+            self.socket.send_multipart(protocol.encode(kind, {"id": request_id, **(fields or {})}, arrays, blobs),
+                                       copy=False)
+        except zmq.Again:
+            self.close()
+            self._open()
+            raise ServiceTimeout(f"could not send {kind} to {self.endpoint} within {wait_s:g} s (is this computer's "
+                                 "key allowed there?)") from None
+        deadline = time.monotonic() + wait_s
         while (remaining := deadline - time.monotonic()) > 0:
             message = self._receive(remaining)
             if message is None:
@@ -168,8 +178,7 @@ class Client:
             # else: the late reply to a request that timed out: dropped
         self.close()  # a fresh socket, so the late reply cannot be mistaken for the next one
         self._open()
-        raise ServiceTimeout(f"no reply from {self.endpoint} to {kind} within "
-                             f"{self.timeout_s if timeout_s is None else timeout_s:g} s")
+        raise ServiceTimeout(f"no reply from {self.endpoint} to {kind} within {wait_s:g} s")
 
     # ---------------------------------------------------------------------------------- requests
 
