@@ -7,48 +7,11 @@ its own faces: the triangle levels from a GLB on the top row, the quad levels fr
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 from pathlib import Path
 
-
-def frame_camera(scene, objects) -> None:  # noqa: ANN001 - bpy types
-    from mathutils import Vector
-
-    corners = [o.matrix_world @ Vector(c) for o in objects for c in o.bound_box]
-    lo = Vector([min(c[i] for c in corners) for i in range(3)])
-    hi = Vector([max(c[i] for c in corners) for i in range(3)])
-    center, radius = (lo + hi) / 2, (hi - lo).length / 2
-    camera = scene.camera
-    distance = radius / math.sin(camera.data.angle / 2) * 1.05
-    az, el = math.radians(30), math.radians(20)
-    camera.location = center + distance * Vector((math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az),
-                                                  math.sin(el)))
-    camera.rotation_euler = (center - camera.location).to_track_quat("-Z", "Y").to_euler()
-
-
-def setup_scene(size: int, samples: int):  # noqa: ANN201
-    import bpy
-
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    camera = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
-    camera.data.angle = math.radians(35)
-    scene.collection.objects.link(camera)
-    scene.camera = camera
-    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", type="SUN"))
-    sun.data.energy = 3.0
-    sun.rotation_euler = (math.radians(40), math.radians(10), math.radians(-30))
-    scene.collection.objects.link(sun)
-    world = bpy.data.worlds.new("world")
-    world.use_nodes = True
-    world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.35, 0.35, 0.38, 1.0)
-    scene.world = world
-    scene.render.engine = "CYCLES"
-    scene.cycles.device = "CPU"
-    scene.cycles.samples = samples
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.image_settings.file_format = "PNG"
-    return scene
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from render_glb import frame, lit_scene  # noqa: E402 - the same scene and camera as scripts/render_glb.py
 
 
 def add_wireframe(obj, thickness: float):  # noqa: ANN001, ANN201
@@ -92,7 +55,7 @@ def wire_normal_maps(obj) -> None:  # noqa: ANN001
 def render_level(path: Path, k: int, out: Path, size: int, samples: int) -> None:
     import bpy
 
-    scene = setup_scene(size, samples)
+    scene = lit_scene(size, samples, fov_deg=35)
     if path.suffix == ".glb":
         bpy.ops.import_scene.gltf(filepath=str(path), merge_vertices=True)  # UV seams split the GLB's vertices
     else:
@@ -106,7 +69,7 @@ def render_level(path: Path, k: int, out: Path, size: int, samples: int) -> None
         wire_normal_maps(chosen)
     extent = max(chosen.dimensions)
     add_wireframe(chosen, extent * 0.0025)
-    frame_camera(scene, [chosen])
+    frame(scene, [chosen], margin=1.05)
     scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
 

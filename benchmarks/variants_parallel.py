@@ -33,8 +33,9 @@ from service_load import SMALL_JOB, start_service
 
 from backend.service.client import Client, ServiceError
 
-# one draft is a few seconds of one CPU thread: long against the service's own costs (dispatch, export)
-JOB = {**SMALL_JOB, "optim": {"iters": 800}, "loop": {"checkpoint_every": 100, "preview_every_s": 1.0}}
+# a draft of 400 steps (of a job twice as long) is a few seconds of one CPU thread, where the service's own costs
+# (dispatch, storing checkpoints and results) are a fraction of a second; a GPU draft is minutes
+JOB = {**SMALL_JOB, "loop": {"checkpoint_every": 100, "preview_every_s": 1.0}}
 DRAFT = 400
 
 
@@ -42,10 +43,21 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def with_children(pids: list[int]) -> list[int]:
+    """The processes and all their descendants (a worker runs its jobs in a child, its job process)."""
+    found, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far (Linux)."""
+    """User + system CPU seconds the processes and their descendants have used so far (Linux)."""
     total = 0
-    for pid in pids:
+    for pid in with_children(pids):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
@@ -60,13 +72,14 @@ def worker_pids(endpoint: str, count: int) -> list[int]:
     return sorted({int(name.rsplit(":", 1)[1]) for name in names if name})
 
 
-def time_group(endpoint: str, count: int, seed: int, pids: list[int] | None = None) -> dict:
+def time_group(endpoint: str, count: int, seed: int, pids: list[int] | None = None, draft: int = DRAFT) -> dict:
     """Seconds from submitting `count` variants to the last draft's result, with the load around it and the CPU
     seconds the workers `pids` used meanwhile."""
     with Client(endpoint, timeout_s=60) as client:
         before, cpu = load(), cpu_seconds(pids or [])
         start = time.perf_counter()
-        group = client.submit_variants(count, "a toadstool", overrides=JOB, draft_iterations=DRAFT, seed=seed)
+        group = client.submit_variants(count, "a toadstool", overrides={**JOB, "optim": {"iters": 2 * draft}},
+                                       draft_iterations=draft, seed=seed)
         ended = client.wait_all([job for job, _ in group.jobs], timeout_s=3600)
         seconds = time.perf_counter() - start
         cpu = cpu_seconds(pids or []) - cpu
@@ -85,6 +98,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="CPUs of the Ray cluster = actors = local workers")
     parser.add_argument("--variants", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each path (they alternate)")
+    parser.add_argument("--draft-steps", type=int, default=DRAFT, help="first-stage steps of each draft")
     parser.add_argument("--out", help="also write the JSON here: a list of runs, this one added to those it holds")
     args = parser.parse_args()
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # before Ray starts: its actors inherit it
@@ -93,8 +107,8 @@ def main() -> int:
 
     context = ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     address = context.address_info["gcs_address"]
-    report: dict = {"workers": args.workers, "variants": args.variants, "draft_steps": DRAFT, "cpus": os.cpu_count(),
-                    "torch_threads_per_worker": 1, "ray": ray.__version__}
+    report: dict = {"workers": args.workers, "variants": args.variants, "draft_steps": args.draft_steps,
+                    "cpus": os.cpu_count(), "torch_threads_per_worker": 1, "ray": ray.__version__}
     paths = {"local": (["--device", "cpu"], r"joined \("),
              "ray": (["--ray", address, "--device", "cpu"], r"joined on Ray")}
     rounds: dict[str, list[dict]] = {name: [] for name in paths}
@@ -107,12 +121,13 @@ def main() -> int:
             stack.callback(process.wait, 60)
             stack.callback(process.terminate)
             wait_for_workers(tmp / "service.log", joined, args.workers)
-            time_group(endpoints[name], args.workers, seed=100)  # warm-up: one draft on every worker
+            # warm-up: one draft on every worker
+            time_group(endpoints[name], args.workers, seed=100, draft=args.draft_steps)
         pids = {name: worker_pids(endpoint, 1) for name, endpoint in endpoints.items()}
         for r in range(args.rounds):
             for name in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
-                one = time_group(endpoints[name], 1, r, pids[name])
-                many = time_group(endpoints[name], args.variants, r, pids[name])
+                one = time_group(endpoints[name], 1, r, pids[name], args.draft_steps)
+                many = time_group(endpoints[name], args.variants, r, pids[name], args.draft_steps)
                 own = (many["seconds"] * many["worker_cores"] / min(args.variants, args.workers)) / (
                     one["seconds"] * one["worker_cores"])
                 rounds[name].append({"one": one, "many": many, "ratio": round(many["seconds"] / one["seconds"], 3),

@@ -13,32 +13,16 @@ import math
 from pathlib import Path
 
 
-def render(glb: Path, out: Path, size: int = 256, samples: int = 16, azimuth: float = 30.0,
-           elevation: float = 20.0) -> None:
+def lit_scene(size: int, samples: int, fov_deg: float = 40.0):  # noqa: ANN201 - a bpy Scene
+    """An empty scene with a camera, one sun and a grey world, rendered by Cycles on the CPU as a PNG."""
     import bpy
-    from mathutils import Vector
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.import_scene.gltf(filepath=str(glb))
-    meshes = [o for o in bpy.context.scene.objects if o.type == "MESH"]
-    if not meshes:
-        raise SystemExit(f"{glb} holds no mesh")
-    corners = [o.matrix_world @ Vector(c) for o in meshes for c in o.bound_box]
-    lo = Vector([min(c[i] for c in corners) for i in range(3)])
-    hi = Vector([max(c[i] for c in corners) for i in range(3)])
-    center, radius = (lo + hi) / 2, (hi - lo).length / 2
-
     scene = bpy.context.scene
     camera = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
+    camera.data.angle = math.radians(fov_deg)
     scene.collection.objects.link(camera)
-    camera.data.angle = math.radians(40)
-    distance = radius / math.sin(camera.data.angle / 2) * 1.1
-    az, el = math.radians(azimuth), math.radians(elevation)
-    camera.location = center + distance * Vector((math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az),
-                                                  math.sin(el)))
-    camera.rotation_euler = (center - camera.location).to_track_quat("-Z", "Y").to_euler()
     scene.camera = camera
-
     sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", type="SUN"))
     sun.data.energy = 3.0
     sun.rotation_euler = (math.radians(40), math.radians(10), math.radians(-30))
@@ -47,12 +31,40 @@ def render(glb: Path, out: Path, size: int = 256, samples: int = 16, azimuth: fl
     world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.35, 0.35, 0.38, 1.0)
     scene.world = world
-
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.image_settings.file_format = "PNG"
+    return scene
+
+
+def frame(scene, objects, azimuth: float = 30.0, elevation: float = 20.0, margin: float = 1.1) -> None:  # noqa: ANN001
+    """Point the scene's camera at the objects' bounding box from the front (−Y) turned by `azimuth` degrees."""
+    from mathutils import Vector
+
+    corners = [o.matrix_world @ Vector(c) for o in objects for c in o.bound_box]
+    lo = Vector([min(c[i] for c in corners) for i in range(3)])
+    hi = Vector([max(c[i] for c in corners) for i in range(3)])
+    center, radius = (lo + hi) / 2, (hi - lo).length / 2
+    camera = scene.camera
+    distance = radius / math.sin(camera.data.angle / 2) * margin
+    az, el = math.radians(azimuth), math.radians(elevation)
+    camera.location = center + distance * Vector((math.cos(el) * math.sin(az), -math.cos(el) * math.cos(az),
+                                                  math.sin(el)))
+    camera.rotation_euler = (center - camera.location).to_track_quat("-Z", "Y").to_euler()
+
+
+def render(glb: Path, out: Path, size: int = 256, samples: int = 16, azimuth: float = 30.0,
+           elevation: float = 20.0) -> None:
+    import bpy
+
+    scene = lit_scene(size, samples)
+    bpy.ops.import_scene.gltf(filepath=str(glb))
+    meshes = [o for o in scene.objects if o.type == "MESH"]
+    if not meshes:
+        raise SystemExit(f"{glb} holds no mesh")
+    frame(scene, meshes, azimuth, elevation)
     scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
 

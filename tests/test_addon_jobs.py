@@ -18,7 +18,16 @@ import test_addon_support as support
 import torch
 from addon_scenes import checker_cube, edit_select, plain_material, polygons_facing
 from test_addon_scene import draw
-from test_addon_service import JOB_TIMEOUT_S, TINY_GENERATE, TINY_PAINT, Service, configure, run_to_end, scene_job
+from test_addon_service import (
+    JOB_TIMEOUT_S,
+    TINY_GENERATE,
+    TINY_PAINT,
+    Service,
+    configure,
+    run_to_end,
+    scene_job,
+    serving,
+)
 
 from backend.mesh import Mesh
 from backend.sketch import SketchConfig, SketchShape
@@ -30,15 +39,8 @@ LONG_PAINT = {**TINY_PAINT, "iters": 400}  # long enough to edit the mesh while 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    server = Service(tmp_path_factory.mktemp("service"))
-    server.start()
-    _, _, prefs = support.modules()
-    p = prefs.get()
-    saved = (p.server_address, p.timeout_s)
-    p.timeout_s, p.server_address = 5.0, server.endpoint
-    yield server
-    server.kill()
-    p.server_address, p.timeout_s = saved
+    with serving(tmp_path_factory.mktemp("service"), timeout_s=5.0) as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ and `<tmp>/paint-after.png` (pytest's tmp_path of that test; the paths are print
 from __future__ import annotations
 
 import io
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +32,7 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 from skimage.draw import polygon as fill_polygon
 from test_addon_scene import draw
-from test_addon_service import TINY_PAINT, Service, configure, run_to_end
+from test_addon_service import TINY_PAINT, Service, configure, run_to_end, serving
 
 from backend.tasks.face_selection import padding_for
 
@@ -42,15 +41,8 @@ pytestmark = pytest.mark.slow  # each test runs a paint job on the service
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    server = Service(tmp_path_factory.mktemp("service"))
-    server.start()
-    _, _, prefs = support.modules()
-    p = prefs.get()
-    saved = (p.server_address, p.timeout_s)
-    p.timeout_s, p.server_address = 5.0, server.endpoint
-    yield server
-    server.kill(signal.SIGTERM)
-    p.server_address, p.timeout_s = saved
+    with serving(tmp_path_factory.mktemp("service"), timeout_s=5.0) as server:
+        yield server
 
 
 @pytest.fixture

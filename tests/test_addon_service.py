@@ -8,6 +8,7 @@ tmp_path of test_generate_from_three_primitives; the path is printed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,18 +96,30 @@ class Service:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    server = Service(tmp_path_factory.mktemp("service"))
+@contextlib.contextmanager
+def serving(root: Path, **settings: object) -> Iterator[Service]:
+    """A service under `root`, and the add-on's preferences pointed at it with `settings` until it stops."""
+    server = Service(root)
     server.start()
     _, _, prefs = support.modules()
     p = prefs.get()
-    saved = (p.server_address, p.timeout_s, p.preview_interval_s)
-    p.timeout_s, p.preview_interval_s = 2.0, 0.2  # notice a dead server in seconds; keep every preview
+    saved = {name: getattr(p, name) for name in ("server_address", *settings)}
+    for name, value in settings.items():
+        setattr(p, name, value)
     p.server_address = server.endpoint  # the update callback reconnects
-    yield server
-    server.kill(signal.SIGTERM)
-    p.server_address, p.timeout_s, p.preview_interval_s = saved
+    try:
+        yield server
+    finally:
+        server.kill(signal.SIGTERM)
+        for name, value in saved.items():
+            setattr(p, name, value)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    # notice a dead server in seconds; keep every preview
+    with serving(tmp_path_factory.mktemp("service"), timeout_s=2.0, preview_interval_s=0.2) as server:
+        yield server
 
 
 @pytest.fixture

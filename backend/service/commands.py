@@ -147,14 +147,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.variants is not None:
             return _submit_variants(client, args, settings)
-        job = client.submit(args.prompt or "", args.task, **settings)
-        print(job, flush=True)
-        if args.wait:
-            result = client.wait(job, on_progress=_print_progress)
-            if args.out:
-                _write_result(client.fetch(job, glb=True), Path(args.out))
-            else:
-                print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
+        _follow(client, client.submit(args.prompt or "", args.task, **settings), args)
     return 0
 
 
@@ -184,14 +177,19 @@ def _submit_variants(client: Client, args: argparse.Namespace, settings: dict[st
 def cmd_finish(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.finish(args.job, cancel_others=not args.keep_others, watch=args.wait)
-        print(args.job, flush=True)
-        if args.wait:
-            result = client.wait(args.job, on_progress=_print_progress)
-            if args.out:
-                _write_result(client.fetch(args.job, glb=True), Path(args.out))
-            else:
-                print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
+        _follow(client, args.job, args)
     return 0
+
+
+def _follow(client: Client, job: str, args: argparse.Namespace) -> None:
+    """Print the job's id; with --wait, follow it to its end and write (--out) or name its result."""
+    print(job, flush=True)
+    if args.wait:
+        result = client.wait(job, on_progress=_print_progress)
+        if args.out:
+            _write_result(client.fetch(job, glb=True), Path(args.out))
+        else:
+            print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -224,13 +222,7 @@ def cmd_reexport(args: argparse.Namespace) -> int:
         raise LatentForgeError("nothing to change in the export", "pass --density-threshold VALUE")
     with _client(args) as client:
         client.reexport(args.job, export, watch=args.wait)
-        print(args.job, flush=True)
-        if args.wait:
-            result = client.wait(args.job, on_progress=_print_progress)
-            if args.out:
-                _write_result(client.fetch(args.job, glb=True), Path(args.out))
-            else:
-                print(f"finished: {result.glb_path} ({len(result.faces):,} faces)")
+        _follow(client, args.job, args)
     return 0
 
 
