@@ -199,7 +199,11 @@ def test_service_sigkilled_and_restarted_on_the_same_cluster_lists_and_finishes_
     with restarted.client() as client:
         listed = {j["job"]: j for j in client.list()}
         assert {k: listed[k]["state"] for k in before} == before  # finished, failed and cancelled ones as they were
-        assert all(listed[j]["state"] in ("queued", "running") for j in jobs), [listed[j] for j in jobs]
+        # the running and waiting jobs are back in the queue; one may have ended before the kill (an actor still
+        # busy with the last test's job leaves the other free to finish one alone)
+        states = {j: listed[j]["state"] for j in jobs}
+        assert states[jobs[0]] in ("queued", "running"), states
+        assert all(state in ("queued", "running", "finished") for state in states.values()), states
         assert listed[jobs[0]]["crashes"] == 1
         progress: list = []
         client.status(jobs[0], watch=True)
