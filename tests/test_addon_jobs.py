@@ -24,6 +24,7 @@ from test_addon_service import (
     TINY_PAINT,
     Service,
     configure,
+    connected_scene,
     run_to_end,
     scene_job,
     serving,
@@ -45,10 +46,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture
 def bpy(service: Service) -> ModuleType:
-    support.fresh_scene()
-    bpy, timers, _ = support.modules()
-    support.pump(lambda: timers.runtime().server.connected, 30, "the connection to the service")
-    return bpy
+    return connected_scene()
 
 
 def start_paint(bpy: ModuleType, obj: object, overrides: dict = LONG_PAINT, **kwargs: object) -> object:

@@ -32,7 +32,7 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 from skimage.draw import polygon as fill_polygon
 from test_addon_scene import draw
-from test_addon_service import TINY_PAINT, Service, configure, run_to_end, serving
+from test_addon_service import TINY_PAINT, Service, configure, connected_scene, run_to_end, serving
 
 from backend.tasks.face_selection import padding_for
 
@@ -47,10 +47,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture
 def bpy(service: Service) -> ModuleType:
-    support.fresh_scene()
-    bpy, timers, _ = support.modules()
-    support.pump(lambda: timers.runtime().server.connected, 30, "the connection to the service")
-    return bpy
+    return connected_scene()
 
 
 def paint(bpy: ModuleType, service: Service, prompt: str) -> object:

@@ -122,13 +122,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         yield server
 
 
-@pytest.fixture
-def bpy(service: Service) -> ModuleType:
-    """An empty scene and an add-on connected to the service."""
+def connected_scene() -> ModuleType:
+    """An empty scene and an add-on connected to the service the preferences name."""
     support.fresh_scene()
     bpy, timers, _ = support.modules()
     support.pump(lambda: timers.runtime().server.connected, 30, "the connection to the service")
     return bpy
+
+
+@pytest.fixture
+def bpy(service: Service) -> ModuleType:
+    return connected_scene()
 
 
 def primitives(bpy: ModuleType) -> list:
