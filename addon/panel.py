@@ -188,8 +188,9 @@ class VIEW3D_PT_latentforge(_Sidebar, bpy.types.Panel):
         col = box.column(align=True)
         col.operator("latentforge.import_result", text="Try Again", icon="FILE_REFRESH").job = job.job
         active = context.active_object
+        # (drawing may not write Edit Mode's mesh back; the face count first spares a redraw hashing a large mesh)
         if job.paint is not None and active is not None and active.type == "MESH" and active.mode != "EDIT" and \
-                identity.topology(active.data) == job.topology:  # (drawing may not write Edit Mode's mesh back)
+                len(active.data.polygons) == job.faces_then and identity.topology(active.data) == job.topology:
             apply = col.operator("latentforge.import_result", text=f"Apply to \u201c{active.name}\u201d",
                                  icon="BRUSH_DATA")
             apply.job, apply.how = job.job, "ACTIVE"

@@ -8,12 +8,13 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from ..backend.catalog import MIN_EXPORT_FACES as MIN_FACES
 from ..backend.nesting import merge_trees as merge
 from . import choices
 
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
-# game-ready output: the service's own limits (`welcome.limits.ceilings`) are checked again when it gets the job
-MIN_FACES, MAX_FACES, MAX_LODS = 100, 500_000, 4
+# game-ready output: the service's own ceilings (`welcome.limits.ceilings`) are checked again when it gets the job
+MAX_FACES, MAX_LODS = 500_000, 4
 
 
 def _method_items(_self: Any, _context: Any) -> list[tuple]:

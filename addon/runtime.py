@@ -253,10 +253,15 @@ def _variant_progress(job: Job, variant: Variant, event: Event) -> None:
     variant.on_progress(event)
     if job.state in ("submitting", "queued"):
         job.state = "running"
+    _show_preview(variant, event, f"{preview_name(job)} seed {variant.seed}")
+
+
+def _show_preview(holder: Job | Variant, event: Event, name: str) -> None:
+    """The event's preview, if any, as `holder`'s, at most once a preview interval."""
     preview = event.get("blobs", {}).get("preview")
-    if preview and time.monotonic() - variant.preview_at >= preferences.get().preview_interval_s:
-        variant.preview_at = time.monotonic()
-        variant.preview = show_preview(preview, f"{preview_name(job)} seed {variant.seed}")
+    if preview and time.monotonic() - holder.preview_at >= preferences.get().preview_interval_s:
+        holder.preview_at = time.monotonic()
+        holder.preview = show_preview(preview, name)
 
 
 def _progress(rt: Runtime, event: Event) -> None:
@@ -268,10 +273,7 @@ def _progress(rt: Runtime, event: Event) -> None:
     if job is None or not job.active:
         return
     job.on_progress(event)
-    preview = event.get("blobs", {}).get("preview")
-    if preview and time.monotonic() - job.preview_at >= preferences.get().preview_interval_s:
-        job.preview_at = time.monotonic()
-        job.preview = show_preview(preview, preview_name(job))
+    _show_preview(job, event, preview_name(job))
 
 
 def _result(rt: Runtime, event: Event) -> None:
